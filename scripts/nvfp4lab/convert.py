@@ -1,0 +1,79 @@
+"""Dense checkpoint (HF safetensors dir) -> `.dat` in the original's layout.
+
+Rules (as the user's Qwen3 file): every bias-free nn.Linear weight whose in_features % 16 == 0 is an
+NVFP4 pair (`<name>.qdata` uint8 elemType 0 by default, `<name>.scale` E4M3 elemType 101);
+everything else (embeddings, norms) is float16 (elemType 5). lm_head is always its own NVFP4 pair,
+also when config.json ties it to the embeddings (taken from embed_tokens then). Entry order is
+the model's parameter order (embed, layers 0..L-1 in module order, final norm, lm_head).
+"""
+import glob
+import os
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from . import ops
+from .dat import write_dat
+from .model import load_config
+
+ELEM_QDATA, ELEM_SCALE, ELEM_DENSE = 0, 101, 5
+
+
+def conversion_plan(config) -> list[tuple[str, bool]]:
+    """(parameter name, is_nvfp4) in file order, from the model transformers builds for config."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    linear = {f"{n}.weight" for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) and m.bias is None and m.in_features % 16 == 0}
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    if "lm_head.weight" not in names:
+        names.append("lm_head.weight")
+        linear.add("lm_head.weight")
+    return [(n, n in linear) for n in names]
+
+
+def dat_entries(plan, get_tensor: Callable[[str], torch.Tensor], qdata_elem_type=ELEM_QDATA,
+                device="cpu") -> Iterator[tuple[str, int, torch.Tensor]]:
+    """Yield (key, elemType, tensor) one weight at a time: peak memory ~ one tensor, twice."""
+    for name, nvfp4 in plan:
+        w = get_tensor(name)
+        if nvfp4:
+            q, s = ops.quantize(w.to(device, torch.float32))
+            yield f"{name}.qdata", qdata_elem_type, q.cpu()
+            yield f"{name}.scale", ELEM_SCALE, s.cpu()
+        else:
+            if not bool(torch.isfinite(w).all()):
+                raise ValueError(f"tensor {name!r} contains NaN or Inf")
+            yield name, ELEM_DENSE, w.to(torch.float16)
+        del w
+
+
+def safetensors_getter(hf_dir: str, tied: bool) -> Callable[[str], torch.Tensor]:
+    from safetensors import safe_open
+    files = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"{hf_dir}: no *.safetensors files")
+    where = {}
+    for f in files:
+        with safe_open(f, "pt") as sf:
+            for k in sf.keys():
+                where[k] = f
+
+    def get(name):
+        if name not in where and name == "lm_head.weight" and tied:
+            name = "model.embed_tokens.weight"
+        if name not in where:
+            raise KeyError(f"{hf_dir}: checkpoint has no tensor {name!r}")
+        with safe_open(where[name], "pt") as sf:
+            return sf.get_tensor(name)
+    return get
+
+
+def convert_hf(hf_dir: str, out: str, qdata_elem_type=ELEM_QDATA, device="cpu") -> list:
+    config = load_config(hf_dir)
+    plan = conversion_plan(config)
+    get = safetensors_getter(hf_dir, bool(getattr(config, "tie_word_embeddings", False)))
+    write_dat(out, dat_entries(plan, get, qdata_elem_type, device))
+    return plan

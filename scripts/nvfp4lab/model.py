@@ -1,0 +1,260 @@
+"""transformers' own causal LM (Qwen3 first, Llama-family too) running on NVFP4 `.dat` weights.
+
+Only two things are ours: `NVFP4Linear`, which replaces each nn.Linear stored as a qdata+scale pair
+and keeps it packed (4B model: ~2.5 GB instead of 8), and the trainable form of every weight:
+
+    projection / lm_head:  W = fake_quantize(dequantize(qdata, scale) + delta)   (STE backward)
+    dense (norms, embed):  W = base + delta
+where the NVFP4 base (or stored dense base) is frozen and `delta` (zeros at load) holds the
+training update. Why a delta: with lr 1e-5 a bf16 master weight loses every update (w + 1e-5
+rounds back to w); a zero-based delta keeps them, costs 2 bytes/weight like a bf16 master, makes
+"back to the initial weights" a `zero_()`, and an untouched tensor exports byte for byte.
+"""
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from . import ops
+from .dat import DatFile, export_dat, nvfp4_prefix
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+GEMV_MAX_ROWS = 8  # decode-sized inputs go through the W4A16 kernel; larger ones through cuBLAS
+
+
+class ModelLoadError(ValueError):
+    """Config and `.dat` disagree (the message names the tensor)."""
+
+
+class QATLinearFn(torch.autograd.Function):
+    """y = x @ fake_quantize(base + delta).T; the weight is rebuilt in backward, never saved.
+
+    Saving only x (not the [N, K] weight) is what keeps full-parameter QAT memory near the size of
+    the trainable state: a saved bf16 weight per layer would cost another 2 bytes per parameter.
+    """
+
+    @staticmethod
+    def forward(ctx, x, qdata, scale, delta):
+        w = ops.fake_quantize_delta(qdata, scale, delta, x.dtype)   # [N, K]
+        ctx.save_for_backward(x, qdata, scale, delta)
+        return x @ w.t()
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, qdata, scale, delta = ctx.saved_tensors
+        w = ops.fake_quantize_delta(qdata, scale, delta, gy.dtype)
+        gx = gy @ w if ctx.needs_input_grad[0] else None
+        # Straight-through: d fake_quantize(u) / du = 1, so the delta gets the weight gradient.
+        gd = (gy.reshape(-1, gy.shape[-1]).t() @ x.reshape(-1, x.shape[-1])).to(delta.dtype)
+        return gx, None, None, gd
+
+
+class NVFP4Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qdata", torch.empty(out_features, in_features // 2,
+                                                  dtype=torch.uint8, device=device))
+        self.register_buffer("scale", torch.empty(out_features, in_features // 16,
+                                                  dtype=torch.uint8, device=device))
+        self.delta = None        # nn.Parameter [out, in] once made trainable
+        self.use_delta = True    # False: compute with the frozen base (the model before training)
+
+    def make_trainable(self, dtype=torch.bfloat16):
+        self.delta = nn.Parameter(torch.zeros(self.out_features, self.in_features, dtype=dtype,
+                                              device=self.qdata.device))
+
+    def forward(self, x):
+        if self.delta is not None and self.use_delta:
+            return QATLinearFn.apply(x, self.qdata, self.scale, self.delta)
+        rows = x.numel() // x.shape[-1]
+        if x.is_cuda and rows <= GEMV_MAX_ROWS:
+            return ops.linear(x, self.qdata, self.scale)
+        return F.linear(x, ops.dequantize(self.qdata, self.scale, x.dtype))
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, nvfp4"
+
+
+class AddDelta(nn.Module):
+    """Parametrization of a dense weight: weight = base + delta (delta is the trained tensor)."""
+
+    def __init__(self, base: torch.Tensor):
+        super().__init__()
+        self.register_buffer("base", base, persistent=False)
+        self.use_delta = True
+
+    def forward(self, delta):
+        return self.base + delta.to(self.base.dtype) if self.use_delta else self.base
+
+    def right_inverse(self, value):
+        # Called once by register_parametrization with the current weight: start at delta = 0.
+        return torch.zeros_like(value)
+
+
+def load_config(model_dir: str):
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (the model dir needs config.json)")
+    try:
+        json.load(open(path, encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
+    return AutoConfig.from_pretrained(model_dir)
+
+
+def module_of(model: nn.Module, param_key: str) -> tuple[nn.Module, str]:
+    """`model.layers.0.mlp.up_proj.weight` -> (that Linear module, "weight")."""
+    path, _, leaf = param_key.rpartition(".")
+    return model.get_submodule(path), leaf
+
+
+def load_model(dat: DatFile, model_dir: str, device="cpu", dtype=torch.bfloat16):
+    """Build transformers' model from config.json on the meta device, then fill it from `dat`.
+
+    No full-size dense copy is ever built: NVFP4 linears stay packed, dense tensors are copied
+    tensor by tensor from the memory-mapped file to `device`.
+    """
+    config = load_config(model_dir)
+    stored = {nvfp4_prefix(k) for k in dat.by_key if nvfp4_prefix(k)}
+    # The original file stores lm_head as its own NVFP4 pair although config says tied: untie.
+    if "lm_head.weight" in stored or "lm_head.weight" in dat:
+        config.tie_word_embeddings = False
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    device = torch.device(device)
+
+    params = dict(model.named_parameters())
+    for prefix in sorted(stored):
+        if prefix not in params:
+            raise ModelLoadError(f"{dat.path}: NVFP4 tensor {prefix!r} has no matching weight in "
+                                 f"{config.model_type} built from {model_dir}/config.json")
+        parent, leaf = module_of(model, prefix)
+        if not isinstance(parent, nn.Linear) or leaf != "weight" or parent.bias is not None:
+            raise ModelLoadError(f"{dat.path}: {prefix!r} is stored as NVFP4 but is not the weight "
+                                 "of a bias-free nn.Linear")
+        q, s = dat.nvfp4_pair(prefix)
+        n, k = parent.out_features, parent.in_features
+        if tuple(q.shape) != (n, k // 2) or tuple(s.shape) != (n, k // 16):
+            raise ModelLoadError(f"{dat.path}: {prefix!r} qdata {tuple(q.shape)} / scale "
+                                 f"{tuple(s.shape)} do not fit the config's [{n}, {k}] weight")
+        lin = NVFP4Linear(k, n, device=device)
+        lin.qdata.copy_(q)
+        lin.scale.copy_(s)
+        path, _, name = prefix.rpartition(".")[0].rpartition(".")
+        setattr(model.get_submodule(path) if path else model, name, lin)
+
+    dense = {n: p for n, p in model.named_parameters() if p.is_meta}
+    missing = [n for n in dense if n not in dat]
+    if missing:
+        raise ModelLoadError(f"{dat.path}: missing tensor(s) the config needs: {missing[:5]}")
+    for key in dat.by_key:
+        if nvfp4_prefix(key) is None and key not in dense:
+            raise ModelLoadError(f"{dat.path}: tensor {key!r} is not a parameter of the model")
+    for name, p in dense.items():
+        t = dat.tensor(name)
+        if tuple(t.shape) != tuple(p.shape):
+            raise ModelLoadError(f"{dat.path}: {name!r} has shape {tuple(t.shape)}, config needs "
+                                 f"{tuple(p.shape)}")
+        mod, leaf = module_of(model, name)
+        setattr(mod, leaf, nn.Parameter(t.to(device=device, dtype=dtype), requires_grad=False))
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    # Non-persistent buffers (rotary inv_freq) were built on meta: rebuild them with the
+    # official constructor on the real device.
+    for name, mod in list(model.named_modules()):
+        if hasattr(mod, "inv_freq") and hasattr(mod, "config"):
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf,
+                    type(mod)(mod.config).to(device))
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                if t.is_meta]
+    if leftover:
+        raise ModelLoadError(f"{dat.path}: not filled from the file: {leftover[:5]}")
+    model.eval()
+    return model
+
+
+def make_trainable(model: nn.Module, delta_dtype=torch.bfloat16) -> list[tuple[str, nn.Parameter]]:
+    """Give every weight a zero delta; returns (name, delta) for the optimizer.
+
+    1-D tensors (norms) get float32 deltas: they are tiny and their updates are the smallest.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for mod in model.modules():
+        if isinstance(mod, NVFP4Linear):
+            mod.make_trainable(delta_dtype)
+    dense = [(n, p) for n, p in model.named_parameters() if not n.endswith(".delta")]
+    for name, p in dense:
+        mod, leaf = module_of(model, name)
+        if parametrize.is_parametrized(mod, leaf):
+            continue  # tied weights: one parametrization serves both names
+        base = p.detach()
+        setattr(mod, leaf, nn.Parameter(base.clone(), requires_grad=True))
+        parametrize.register_parametrization(mod, leaf, AddDelta(base), unsafe=True)
+        delta = getattr(mod.parametrizations, leaf).original
+        delta.data = delta.data.to(torch.float32 if base.dim() == 1 else delta_dtype)
+    for mod in model.modules():
+        if isinstance(mod, NVFP4Linear):
+            mod.delta.requires_grad_(True)
+    return trainable_deltas(model)
+
+
+def trainable_deltas(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(stored key, delta) for every trainable tensor, keyed by its name in the `.dat`."""
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, NVFP4Linear) and mod.delta is not None:
+            out.append((f"{name}.weight", mod.delta))
+        if parametrize.is_parametrized(mod):
+            for leaf, plist in mod.parametrizations.items():
+                out.append((f"{name}.{leaf}", plist.original))
+    return out
+
+
+def set_use_delta(model: nn.Module, on: bool) -> None:
+    """Switch between the trained weights and the frozen base (for KL targets and probes)."""
+    for mod in model.modules():
+        if isinstance(mod, (NVFP4Linear, AddDelta)):
+            mod.use_delta = on
+
+
+@torch.no_grad()
+def reset_deltas(model: nn.Module) -> None:
+    """Back to the initial weights: every delta to zero."""
+    for _, d in trainable_deltas(model):
+        d.zero_()
+
+
+@torch.no_grad()
+def updated_tensors(model: nn.Module, dat: DatFile) -> dict[str, torch.Tensor]:
+    """The `.dat` entries that training changed, re-encoded in their stored layout.
+
+    Tensors whose delta is all zero are left out, so the writer copies their bytes verbatim.
+    """
+    out = {}
+    for key, delta in trainable_deltas(model):
+        if not bool(delta.any()):
+            continue
+        if key + ".qdata" in dat:
+            q, s = dat.nvfp4_pair(key)
+            w = ops.dequantize(q.to(delta.device), s.to(delta.device), torch.float32)
+            q2, s2 = ops.quantize(w + delta.float())
+            out[key + ".qdata"], out[key + ".scale"] = q2.cpu(), s2.cpu()
+        else:
+            e = dat.by_key[key]
+            base = dat.tensor(key).to(delta.device, torch.float32)
+            out[key] = (base + delta.float()).to(e.dtype).cpu()
+    return out
+
+
+def export_model(model: nn.Module, dat: DatFile, dst: str) -> list[str]:
+    """Write the trained model as a new `.dat` in `dat`'s layout; returns the replaced keys."""
+    new = updated_tensors(model, dat)
+    export_dat(dat, dst, new)
+    return sorted(new)
