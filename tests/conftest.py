@@ -22,3 +22,30 @@ def shared_reference() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/reference is absent")
     return SHARED
+
+
+def build_tiny_qwen(out_dir: Path, seed=0, vocab_size=151936, hidden=64, layers=2) -> tuple[Path, Path]:
+    """A tiny random Qwen3 with the real vocab size, saved as HF dir and converted to `.dat`.
+
+    Returns (model_dir with config.json, path of the .dat). The tokenizer falls back to the
+    packaged Qwen files, as for any model dir without tokenizer files.
+    """
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from nvfp4lab.convert import convert_hf
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=hidden // 4, tie_word_embeddings=True, max_position_embeddings=512,
+                      bos_token_id=151643, eos_token_id=151645)
+    model = Qwen3ForCausalLM(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    dat = out_dir / "tiny.dat"
+    convert_hf(str(out_dir), str(dat))
+    return out_dir, dat
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory):
+    """Session-wide tiny Qwen3 (model_dir, dat_path). Treat as read-only."""
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen"))
