@@ -1,0 +1,18 @@
+"""Run a command under the GPU memory guard: kill its whole process tree when it uses too much.
+
+    python3 scripts/guard.py --gpu-limit-gb 108 --gpu-over-secs 0 --gpu-poll-secs 0.5 \
+        script scripts/train.py <args...>
+    python3 scripts/guard.py --mode host --gpu-limit-gb 8 -- <any command>
+
+Exit code: the child's, 124 when the guard killed it, 130/143 when the guard was interrupted,
+2 for usage errors. `--help` lists the flags; the logic lives in nvfp4lab/guard.py.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import nvfp4lab.guard  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(nvfp4lab.guard.main())
