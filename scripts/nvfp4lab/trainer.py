@@ -1,0 +1,256 @@
+"""Full-parameter NVFP4 QAT: layer-wise LR, data mix, probes, collapse detection and fallback.
+
+One attempt = zero every delta (the initial weights), a fresh AdamW, `steps` steps on the mix.
+After it (and every --probe-every steps) the probes judge the model; a collapse (an anchor
+answered with the identity, repetition, NaN loss) discards the attempt — training never continues
+from a collapsed state — and the next attempt starts again from the initial weights with a safer
+policy (head LR halved, anchor share doubled), up to --max-retries times.
+"""
+import hashlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import chat, mix, model as M, probes as P
+from .dat import AtomicFile
+from .generate import greedy_answers
+from .tsv import DataError
+
+GROUPS = ("head", "embed", "norm", "blocks")
+SUCCESS, NOT_REACHED, COLLAPSED = 0, 3, 4
+
+
+class TrainingCollapse(RuntimeError):
+    pass
+
+
+def group_of(key: str, delta: torch.Tensor) -> str:
+    if key.startswith("lm_head"):
+        return "head"
+    if "embed_tokens" in key:
+        return "embed"
+    return "norm" if delta.dim() == 1 else "blocks"
+
+
+def layer_of(key: str) -> int | None:
+    parts = key.split(".")
+    return int(parts[2]) if len(parts) > 2 and parts[1] == "layers" else None
+
+
+def select_trainable(deltas, num_layers: int, train_last_layers: int):
+    """--train-last-layers N (0 = all): freeze the deltas of layers below L-N."""
+    if train_last_layers <= 0:
+        return deltas
+    first = num_layers - train_last_layers
+    keep = []
+    for key, d in deltas:
+        layer = layer_of(key)
+        if layer is not None and layer < first:
+            d.requires_grad_(False)
+        else:
+            keep.append((key, d))
+    return keep
+
+
+def make_optimizer(deltas, lrs: dict, weight_decay: float):
+    groups = []
+    for g in GROUPS:
+        params = [d for k, d in deltas if group_of(k, d) == g]
+        if params:
+            groups.append({"params": params, "lr": lrs[g], "name": g})
+    cuda = all(d.is_cuda for _, d in deltas)
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay,
+                             fused=True if cuda else None)
+
+
+def batch_loss(model, batch: dict, anchor_rows: torch.Tensor, kl_weight: float):
+    """CE on the answer tokens only (+ KL to the frozen base on anchor rows).
+
+    lm_head runs only on the positions that have a label: the [B, T, vocab] logits of a full
+    forward would be 150k wide for every prompt token too.
+    """
+    body = getattr(model, model.base_model_prefix)
+    h = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    y = batch["labels"][:, 1:]                           # [B, T-1] next-token targets
+    sel = y != -100
+    logits = model.lm_head(h[:, :-1][sel]).float()       # [n, V]
+    ce = F.cross_entropy(logits, y[sel])
+    kl = torch.zeros((), device=ce.device)
+    a_sel = sel & anchor_rows[:, None]
+    if kl_weight > 0 and bool(a_sel.any()):
+        with torch.no_grad():
+            M.set_use_delta(model, False)
+            try:
+                hb = body(input_ids=batch["input_ids"],
+                          attention_mask=batch["attention_mask"]).last_hidden_state
+                base_logp = F.log_softmax(model.lm_head(hb[:, :-1][a_sel]).float(), -1)
+            finally:
+                M.set_use_delta(model, True)
+        logp = F.log_softmax(logits[a_sel[sel]], -1)
+        kl = F.kl_div(logp, base_logp, log_target=True, reduction="batchmean")
+    return ce + kl_weight * kl, ce, kl
+
+
+def encode_batch(tok, rows, seq_len: int, replay: dict, device) -> tuple[dict, torch.Tensor, int]:
+    enc, truncated = [], 0
+    for prompt, target, role in rows:
+        if role == "anchor" and replay:
+            target = replay.get(prompt, target)
+        ids, labels, cut = chat.encode_row(tok, prompt, target, seq_len)
+        truncated += cut
+        enc.append((ids, labels))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else chat.stop_token_ids(tok)[0]
+    batch = {k: v.to(device) for k, v in chat.collate(enc, pad).items()}
+    anchor = torch.tensor([r[2] == "anchor" for r in rows], device=device)
+    return batch, anchor, truncated
+
+
+# ---------------------------------------------------------------- replay: the base's own answers
+
+def file_fingerprint(path: str) -> str:
+    """Cheap identity of a (possibly 3 GB) file: size, mtime and its first and last MiB."""
+    st = os.stat(path)
+    h = hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, st.st_size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+def replay_answers(model, tok, sources, dat_path: str, max_new_tokens: int, cache_dir: str,
+                   log) -> dict:
+    """prompt -> the base model's greedy answer for every anchor row, cached per base file."""
+    prompts = sorted({r.prompt for s in sources if s.role == "anchor" for r in s.rows})
+    if not prompts:
+        return {}
+    key = hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:12]
+    path = os.path.join(cache_dir, f"replay-{os.path.basename(dat_path)}-"
+                                   f"{file_fingerprint(dat_path)}-{key}-{max_new_tokens}.tsv")
+    if os.path.exists(path):
+        rows = [line.rstrip("\n").split("\t", 1) for line in open(path, encoding="utf-8")]
+        log(f"replay: {len(rows)} base answers from cache {path}")
+        return {p: a for p, a in rows}
+    t0 = time.time()
+    answers = greedy_answers(model, tok, prompts, max_new_tokens)
+    os.makedirs(cache_dir, exist_ok=True)
+    with AtomicFile(path) as f:
+        for p, a in zip(prompts, answers):
+            f.write(f"{p}\t{a.replace(chr(9), ' ').replace(chr(10), ' ')}\n".encode("utf-8"))
+    log(f"replay: generated {len(prompts)} base answers in {time.time() - t0:.1f}s -> {path}")
+    return {p: a.replace("\t", " ").replace("\n", " ") for p, a in zip(prompts, answers)}
+
+
+# ---------------------------------------------------------------- one attempt
+
+@dataclass
+class Attempt:
+    index: int
+    lrs: dict
+    anchor_scale: float
+    losses: list = field(default_factory=list)
+    status: str = ""            # success / not-reached / collapse
+    why: str = ""
+    summary: dict = field(default_factory=dict)
+    rows: list = field(default_factory=list)
+    seconds: float = 0.0
+    truncated: int = 0
+
+
+@dataclass
+class ProbeSet:
+    probes: list
+    base_answers: list
+    base_nll: list
+    target: str
+    thresholds: P.Thresholds
+    max_new_tokens: int
+
+
+def run_probes(model, tok, ps: ProbeSet):
+    answers = P.probe_model(model, tok, ps.probes, ps.max_new_tokens)
+    nll = P.anchor_nll(model, tok, ps.probes, ps.base_answers)
+    return P.judge(ps.probes, answers, ps.base_answers, ps.target, ps.thresholds, nll, ps.base_nll)
+
+
+def train_attempt(model, tok, deltas, sources, att: Attempt, cfg, replay, ps: ProbeSet, log):
+    """Train from the initial weights; fills att.losses/status. Never raises on collapse."""
+    M.reset_deltas(model)
+    opt = make_optimizer(deltas, att.lrs, cfg.weight_decay)
+    srcs = [mix.Source(s.path, s.weight * (att.anchor_scale if s.role == "anchor" else 1.0),
+                       s.role, s.rows) for s in sources]
+    rng = random.Random(cfg.seed + 1000 * att.index)
+    torch.manual_seed(cfg.seed + 1000 * att.index)
+    device = deltas[0][1].device
+    params = [d for _, d in deltas]
+    t0 = time.time()
+    model.train()
+    for step in range(1, cfg.steps + 1):
+        rows = mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode)
+        batch, anchor, cut = encode_batch(tok, rows, cfg.seq_len, replay, device)
+        att.truncated += cut
+        loss, ce, kl = batch_loss(model, batch, anchor, cfg.kl_weight)
+        value = float(loss)
+        att.losses.append(value)
+        if not math.isfinite(value):
+            att.status, att.why = "collapse", f"loss is {value} at step {step}"
+            break
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            log(f"[attempt {att.index}] step {step}/{cfg.steps} loss {value:.4f} "
+                f"(ce {float(ce):.4f} kl {float(kl):.4f}) {time.time() - t0:.1f}s")
+        if cfg.probe_every and step % cfg.probe_every == 0 and step < cfg.steps:
+            model.eval()
+            _, s = run_probes(model, tok, ps)
+            model.train()
+            log(f"[attempt {att.index}] probe at step {step}: {P.format_summary(s)}")
+            if s["verdict"] == "collapse":
+                att.status, att.why, att.summary = "collapse", f"step {step}: {s['why']}", s
+                break
+    model.eval()
+    att.seconds = time.time() - t0
+    if att.status != "collapse":
+        att.rows, att.summary = run_probes(model, tok, ps)
+        att.status, att.why = att.summary["verdict"], att.summary["why"]
+    del opt
+    return att
+
+
+def safer(att: Attempt, index: int) -> Attempt:
+    """Retry policy after a collapse: half the head LR, twice the anchor share."""
+    lrs = dict(att.lrs)
+    lrs["head"] = lrs["head"] / 2
+    return Attempt(index=index, lrs=lrs, anchor_scale=att.anchor_scale * 2)
+
+
+def train_with_fallback(model, tok, deltas, sources, cfg, replay, ps: ProbeSet, log) -> list:
+    attempts = [Attempt(index=1, lrs=dict(cfg.lrs), anchor_scale=1.0)]
+    while True:
+        att = attempts[-1]
+        log(f"[attempt {att.index}] lrs {att.lrs} anchor x{att.anchor_scale:g}")
+        train_attempt(model, tok, deltas, sources, att, cfg, replay, ps, log)
+        log(f"[attempt {att.index}] {att.status}: {att.why}")
+        if att.status != "collapse":
+            return attempts
+        M.reset_deltas(model)   # fall back to the initial weights at once
+        log(f"[attempt {att.index}] collapse: weights restored to the initial ones")
+        if len(attempts) > cfg.max_retries:
+            return attempts
+        attempts.append(safer(att, att.index + 1))
+
+
+def check_sources(sources, probes) -> None:
+    """Probes must be held out: a probe prompt inside a training file is a data error."""
+    train_prompts = {r.prompt.strip() for s in sources for r in s.rows}
+    leaked = [p.prompt for p in probes if p.prompt.strip() in train_prompts]
+    if leaked:
+        raise DataError(f"probe prompts also appear in the training data: {leaked[:3]}")
