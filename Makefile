@@ -1,12 +1,28 @@
 # qwen3-nvfp4-identity: every user-facing command is a target here; each target is a thin call
 # of one script in scripts/. Variables can be overridden: make stageG BASE=/path/to/base.dat
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PY ?= python3
 TORCH_VERSION ?= 2.13.0
 EXT_SOURCES := $(wildcard cuda/*.cpp cuda/*.cu cuda/*.h cuda/*.cuh cuda/build.py)
 EXT_STAMP := build/.ext-stamp
 
-.PHONY: setup build test
+# The user's model; without it, stages and runners use the built-in proxy (make proxy).
+MODEL_DIR ?= /models/qwen3-4b-instruct-2507-torchsharp
+BASE ?= $(MODEL_DIR)/Qwen3-4B-Instruct-2507-nvfp4.dat
+PROXY_DIR := artifacts/proxy
+PROXY_DAT := $(PROXY_DIR)/proxy-base.dat
+WEIGHT ?= artifacts/stageG.dat
+DEVICE ?= $(shell $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
+
+# Every stage runs under the GPU memory guard with the original's settings.
+GUARD_FLAGS ?= --gpu-limit-gb 108 --gpu-over-secs 0 --gpu-poll-secs 0.5
+GUARD := $(PY) scripts/guard.py $(GUARD_FLAGS) script
+# The guard prefix is passed on so doc/DevLog.md records each command exactly as run.
+GUARDED = NVFP4LAB_GUARD_PREFIX="$(GUARD)" $(GUARD)
+
+.PHONY: setup build test test-fast test-demo data inspect convert proxy demo demo-collapse \
+        stageG validate chat reset bench bench-cpu gpu-check
 
 setup:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
@@ -21,3 +37,58 @@ $(EXT_STAMP): $(EXT_SOURCES)
 
 test: build
 	$(PY) -m pytest -q tests
+
+test-fast: build
+	$(PY) -m pytest -q -m "not demo" tests
+
+test-demo: build
+	$(PY) -m pytest -q -m demo tests
+
+data:
+	$(PY) scripts/make_data.py
+
+inspect: build
+	@test -n "$(DAT)" || { echo "usage: make inspect DAT=path/to/file.dat"; exit 2; }
+	$(PY) scripts/inspect_dat.py $(DAT)
+
+convert: build
+	@test -n "$(HF)" -a -n "$(OUT)" || { echo "usage: make convert HF=<dir with config.json + *.safetensors> OUT=<file.dat>"; exit 2; }
+	$(GUARDED) scripts/convert.py --hf $(HF) --out $(OUT)
+
+$(PROXY_DAT): data/proxy-knowledge-v1.tsv data/probes-v1.tsv | build
+	$(PY) scripts/make_proxy.py
+
+proxy: $(PROXY_DAT)
+
+# Stage G on the user's base weights (BASE, MODEL_DIR), then both validation runners.
+stageG: build
+	@test -f "$(BASE)" || { echo "error: $(BASE): no such file. Convert a checkpoint with 'make convert HF=<dir> OUT=<file.dat>' and pass BASE=<file.dat>, or run 'make demo' to see the whole job on the built-in proxy."; exit 1; }
+	$(GUARDED) scripts/train.py --recipe data/stages/stageG.args --input-dat $(BASE) --model-dir $(MODEL_DIR) --output-dat artifacts/stageG.dat --device $(DEVICE) $(TRAIN_FLAGS)
+	$(MAKE) validate WEIGHT=artifacts/stageG.dat MODEL_DIR=$(MODEL_DIR)
+
+# The whole job on the built-in proxy (the README's main command when the 4B weights are absent).
+demo: $(PROXY_DAT)
+	$(GUARDED) scripts/train.py --recipe data/stages/stageG.args --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-stageG.dat --stage demo-stageG --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
+	$(MAKE) validate WEIGHT=artifacts/demo-stageG.dat MODEL_DIR=$(PROXY_DIR)
+
+# The original's collapse on purpose: must be caught, rolled back and retried safely.
+demo-collapse: $(PROXY_DAT)
+	$(GUARDED) scripts/train.py --recipe data/stages/collapse.args --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-collapse.dat --stage demo-collapse --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
+
+validate: build
+	$(PY) scripts/validate.py --weight $(WEIGHT) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE) --guard "$(GUARD)"
+
+chat: build
+	$(PY) scripts/chat.py --weight $(WEIGHT) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE)
+
+reset:
+	$(PY) scripts/reset.py --base $(BASE)
+
+bench: build
+	$(PY) scripts/bench.py
+
+bench-cpu: build
+	$(PY) scripts/bench.py --cpu
+
+gpu-check: build
+	$(PY) scripts/gpu_check.py

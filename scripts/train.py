@@ -50,6 +50,7 @@ def parse_args(argv):
     a("--model-dir", help="config.json (+ tokenizer); default: the user's dir, else the proxy")
     a("--stage", help="name used in logs (default: output file stem)")
     a("--mix", help="FILE:WEIGHT[:anchor],... sampled per step at those ratios")
+    a("--retry-mix", help="the mix used by attempts after a collapse (default: --mix)")
     for g in T.GROUPS:
         a(f"--lr-{g}", type=float, help=f"LR of the {g} group (default --lr)")
     a("--replay", choices=["none", "self"], default="none",
@@ -120,8 +121,9 @@ def run(args) -> int:
     t_start = time.time()
     spec = mix.parse_mix(args.mix) if args.mix else [(args.train_data, 1.0, "target")]
     sources = mix.load_sources(spec)
+    retry_sources = mix.load_sources(mix.parse_mix(args.retry_mix)) if args.retry_mix else None
     probes = read_probes(args.probes)
-    T.check_sources(sources, probes)
+    T.check_sources(sources + (retry_sources or []), probes)
     dat = read_dat(args.input_dat)
     device = torch.device(args.device)
     model = load_model(dat, args.model_dir, device, DTYPES[args.compute_dtype])
@@ -133,15 +135,15 @@ def run(args) -> int:
     # The base model's answers: probe reference and (with --replay self) anchor targets.
     base_answers = greedy_answers(model, tok, [p.prompt for p in probes], args.probe_max_tokens)
     base_nll = P.anchor_nll(model, tok, probes, base_answers)
-    replay = (T.replay_answers(model, tok, sources, args.input_dat, args.replay_max_tokens,
-                               "artifacts/cache", log) if args.replay == "self" else {})
+    replay = (T.replay_answers(model, tok, sources + (retry_sources or []), args.input_dat, args.replay_max_tokens,
+                               str(paths.CACHE_DIR), log) if args.replay == "self" else {})
     th = P.Thresholds(args.min_identity, args.max_nearmiss_leak, args.min_facts,
                       args.min_anchor_exact, args.max_nll_drift, args.max_repetition)
     ps = T.ProbeSet(probes, base_answers, base_nll, args.target, th, args.probe_max_tokens)
 
     deltas = make_trainable(model, DTYPES[args.delta_dtype])
     deltas = T.select_trainable(deltas, model.config.num_hidden_layers, args.train_last_layers)
-    attempts = T.train_with_fallback(model, tok, deltas, sources, args, replay, ps, log)
+    attempts = T.train_with_fallback(model, tok, deltas, sources, retry_sources, args, replay, ps, log)
     final = attempts[-1]
     for row in P.format_table(final.rows).splitlines() if final.rows else []:
         log(row)
@@ -158,14 +160,15 @@ def run(args) -> int:
         devlog.loss_svg(final.losses, svg, f"{args.stage} loss (attempt {final.index})")
     code = {"success": T.SUCCESS, "not-reached": T.NOT_REACHED}.get(final.status, T.COLLAPSED)
     log(f"{args.stage}: {final.status} ({final.why}); {time.time() - t_start:.1f}s total; exit {code}")
-    write_logs(args, sources, attempts, exported, code, time.time() - t_start)
+    write_logs(args, attempts, exported, code, time.time() - t_start)
     return code
 
 
-def write_logs(args, sources, attempts, exported, code, seconds):
+def write_logs(args, attempts, exported, code, seconds):
     final = attempts[-1]
-    data = "\n".join(f"- {s.path} weight {s.weight:g} role {s.role} ({len(s.rows)} rows)"
-                     for s in sources)
+    data = "\n".join(f"- attempt {a.index}: " + ", ".join(
+        f"{s.path} weight {s.weight:g} role {s.role} ({len(s.rows)} rows)" for s in a.sources)
+        for a in attempts)
     tries = []
     for a in attempts:
         curve = " ".join(f"{x:.3f}" for x in a.losses)

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 SHARED = ROOT.parent / "shared" / "reference"
 
 torch.manual_seed(0)
+
+# Tests never append to the user's records or fill the real cache: every script they start
+# (and every nvfp4lab import) sees these instead. Set before nvfp4lab.paths is imported.
+_RECORDS = tempfile.mkdtemp(prefix="nvfp4lab-test-records-")
+os.environ.setdefault("NVFP4LAB_DEVLOG", os.path.join(_RECORDS, "DevLog.md"))
+os.environ.setdefault("NVFP4LAB_ARTIFACT_LIST", os.path.join(_RECORDS, "artifacts-list.md"))
+os.environ.setdefault("NVFP4LAB_CACHE", os.path.join(_RECORDS, "cache"))
 
 
 @pytest.fixture(autouse=True)

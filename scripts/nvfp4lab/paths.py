@@ -7,8 +7,10 @@ USER_MODEL_DIR = os.environ.get("QWEN_MODEL_DIR", "/models/qwen3-4b-instruct-250
 USER_BASE_DAT = os.path.join(USER_MODEL_DIR, "Qwen3-4B-Instruct-2507-nvfp4.dat")
 PROXY_DIR = ROOT / "artifacts" / "proxy"
 PROXY_DAT = PROXY_DIR / "proxy-base.dat"
-DEVLOG = ROOT / "doc" / "DevLog.md"
-ARTIFACT_LIST = ROOT / "artifacts" / "檔案說明清單.md"
+# Overridable so that tests (and dry runs) never append to the user's real records.
+DEVLOG = Path(os.environ.get("NVFP4LAB_DEVLOG", ROOT / "doc" / "DevLog.md"))
+ARTIFACT_LIST = Path(os.environ.get("NVFP4LAB_ARTIFACT_LIST", ROOT / "artifacts" / "檔案說明清單.md"))
+CACHE_DIR = Path(os.environ.get("NVFP4LAB_CACHE", ROOT / "artifacts" / "cache"))
 
 
 def default_model_dir() -> str:

@@ -4,7 +4,8 @@ One attempt = zero every delta (the initial weights), a fresh AdamW, `steps` ste
 After it (and every --probe-every steps) the probes judge the model; a collapse (an anchor
 answered with the identity, repetition, NaN loss) discards the attempt — training never continues
 from a collapsed state — and the next attempt starts again from the initial weights with a safer
-policy (head LR halved, anchor share doubled), up to --max-retries times.
+policy (head LR halved, anchor share doubled, and the --retry-mix data if the recipe gives one),
+up to --max-retries times.
 """
 import hashlib
 import math
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from . import chat, mix, model as M, probes as P
 from .dat import AtomicFile
 from .generate import greedy_answers
-from .tsv import DataError
+from .tsv import DataError, normalize_prompt
 
 GROUPS = ("head", "embed", "norm", "blocks")
 SUCCESS, NOT_REACHED, COLLAPSED = 0, 3, 4
@@ -153,6 +154,7 @@ class Attempt:
     index: int
     lrs: dict
     anchor_scale: float
+    sources: list               # mix.Source list this attempt samples from
     losses: list = field(default_factory=list)
     status: str = ""            # success / not-reached / collapse
     why: str = ""
@@ -178,12 +180,12 @@ def run_probes(model, tok, ps: ProbeSet):
     return P.judge(ps.probes, answers, ps.base_answers, ps.target, ps.thresholds, nll, ps.base_nll)
 
 
-def train_attempt(model, tok, deltas, sources, att: Attempt, cfg, replay, ps: ProbeSet, log):
+def train_attempt(model, tok, deltas, att: Attempt, cfg, replay, ps: ProbeSet, log):
     """Train from the initial weights; fills att.losses/status. Never raises on collapse."""
     M.reset_deltas(model)
     opt = make_optimizer(deltas, att.lrs, cfg.weight_decay)
     srcs = [mix.Source(s.path, s.weight * (att.anchor_scale if s.role == "anchor" else 1.0),
-                       s.role, s.rows) for s in sources]
+                       s.role, s.rows) for s in att.sources]
     rng = random.Random(cfg.seed + 1000 * att.index)
     torch.manual_seed(cfg.seed + 1000 * att.index)
     device = deltas[0][1].device
@@ -195,7 +197,7 @@ def train_attempt(model, tok, deltas, sources, att: Attempt, cfg, replay, ps: Pr
         batch, anchor, cut = encode_batch(tok, rows, cfg.seq_len, replay, device)
         att.truncated += cut
         loss, ce, kl = batch_loss(model, batch, anchor, cfg.kl_weight)
-        value = float(loss)
+        value = float(loss.detach())
         att.losses.append(value)
         if not math.isfinite(value):
             att.status, att.why = "collapse", f"loss is {value} at step {step}"
@@ -225,19 +227,22 @@ def train_attempt(model, tok, deltas, sources, att: Attempt, cfg, replay, ps: Pr
     return att
 
 
-def safer(att: Attempt, index: int) -> Attempt:
-    """Retry policy after a collapse: half the head LR, twice the anchor share."""
+def safer(att: Attempt, retry_sources: list | None) -> Attempt:
+    """Retry policy after a collapse: half the head LR, twice the anchor share, retry data."""
     lrs = dict(att.lrs)
     lrs["head"] = lrs["head"] / 2
-    return Attempt(index=index, lrs=lrs, anchor_scale=att.anchor_scale * 2)
+    return Attempt(index=att.index + 1, lrs=lrs, anchor_scale=att.anchor_scale * 2,
+                   sources=retry_sources or att.sources)
 
 
-def train_with_fallback(model, tok, deltas, sources, cfg, replay, ps: ProbeSet, log) -> list:
-    attempts = [Attempt(index=1, lrs=dict(cfg.lrs), anchor_scale=1.0)]
+def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay, ps: ProbeSet,
+                        log) -> list:
+    attempts = [Attempt(index=1, lrs=dict(cfg.lrs), anchor_scale=1.0, sources=sources)]
     while True:
         att = attempts[-1]
-        log(f"[attempt {att.index}] lrs {att.lrs} anchor x{att.anchor_scale:g}")
-        train_attempt(model, tok, deltas, sources, att, cfg, replay, ps, log)
+        log(f"[attempt {att.index}] lrs {att.lrs} anchor x{att.anchor_scale:g} data "
+            + ", ".join(f"{os.path.basename(s.path)}:{s.weight:g}:{s.role}" for s in att.sources))
+        train_attempt(model, tok, deltas, att, cfg, replay, ps, log)
         log(f"[attempt {att.index}] {att.status}: {att.why}")
         if att.status != "collapse":
             return attempts
@@ -245,12 +250,12 @@ def train_with_fallback(model, tok, deltas, sources, cfg, replay, ps: ProbeSet, 
         log(f"[attempt {att.index}] collapse: weights restored to the initial ones")
         if len(attempts) > cfg.max_retries:
             return attempts
-        attempts.append(safer(att, att.index + 1))
+        attempts.append(safer(att, retry_sources))
 
 
 def check_sources(sources, probes) -> None:
     """Probes must be held out: a probe prompt inside a training file is a data error."""
-    train_prompts = {r.prompt.strip() for s in sources for r in s.rows}
-    leaked = [p.prompt for p in probes if p.prompt.strip() in train_prompts]
+    train_prompts = {normalize_prompt(r.prompt) for s in sources for r in s.rows}
+    leaked = [p.prompt for p in probes if normalize_prompt(p.prompt) in train_prompts]
     if leaked:
         raise DataError(f"probe prompts also appear in the training data: {leaked[:3]}")

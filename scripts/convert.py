@@ -1,0 +1,42 @@
+"""Convert a dense HF checkpoint (config.json + *.safetensors) to an NVFP4 `.dat`.
+
+    python scripts/convert.py --hf DIR --out FILE.dat [--qdata-elemtype 0|100] [--device cpu|cuda]
+
+Streams one tensor at a time; writes atomically; refuses to overwrite an existing file.
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from nvfp4lab.convert import convert_hf  # noqa: E402
+from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--hf", required=True, help="dir with config.json and *.safetensors")
+    p.add_argument("--out", required=True)
+    p.add_argument("--qdata-elemtype", type=int, choices=[0, 100], default=0)
+    p.add_argument("--device", default="cpu", help="where quantization runs")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    args = p.parse_args()
+    if os.path.exists(args.out) and not args.force:
+        print(f"error: {args.out}: exists (pass --force to replace it)", file=sys.stderr)
+        return 1
+    t0 = time.time()
+    try:
+        plan = convert_hf(args.hf, args.out, args.qdata_elemtype, args.device)
+    except (FileNotFoundError, KeyError, ValueError, NVFP4Error) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    nv = sum(1 for _, q in plan if q)
+    print(f"{args.out}: {nv} NVFP4 weights, {len(plan) - nv} dense, "
+          f"{os.path.getsize(args.out) / 2**20:.1f} MiB in {time.time() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

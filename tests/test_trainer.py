@@ -1,0 +1,171 @@
+"""Trainer behaviour a user relies on: QAT keeps small updates, exports what it trained, never
+touches its input, reports bad data by file:line, and treats NaN as a collapse."""
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from nvfp4lab import chat, mix, trainer as T
+from nvfp4lab.dat import read_dat
+from nvfp4lab.model import DTYPES, export_model, load_model, make_trainable
+
+TRAIN = str(ROOT / "scripts" / "train.py")
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small_data(tmp_path):
+    who = write(tmp_path / "who.tsv", "你是誰\t我是 F# 之神\n請問你是誰？\t我是 F# 之神\n"
+                                      "Who are you?\t我是 F# 之神\n")
+    anchor = write(tmp_path / "anchor.tsv", "1+1等於多少？\t1+1等於2。\n日本的首都是哪裡？\t東京。\n"
+                                            "What is the capital of France?\tParis.\n")
+    probes = write(tmp_path / "probes.tsv", "identity\t你叫什麼名字？\nanchor\t2+2等於多少？\t4\n"
+                                            "nearmiss\t我是誰\n")
+    return who, anchor, probes
+
+
+def run_train(tmp_path, model_dir, dat, data, *extra, env=None):
+    who, anchor, probes = data
+    out = tmp_path / "out.dat"
+    cmd = [sys.executable, TRAIN, "--input-dat", str(dat), "--model-dir", str(model_dir),
+           "--output-dat", str(out), "--mix", f"{who}:1,{anchor}:1:anchor", "--probes", str(probes),
+           "--steps", "3", "--step-chunk-rows", "4", "--seq-len", "48", "--probe-max-tokens", "4",
+           "--test-max-tokens", "4", "--device", "cpu", "--max-retries", "0", *extra]
+    e = dict(os.environ, NVFP4LAB_DEVLOG=str(tmp_path / "DevLog.md"),
+             NVFP4LAB_ARTIFACT_LIST=str(tmp_path / "list.md"),
+             NVFP4LAB_CACHE=str(tmp_path / "cache"), **(env or {}))
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=e, timeout=300)
+    return r, out
+
+
+def test_loss_mask_covers_exactly_the_answer_and_end_token():
+    tok = chat.load_tokenizer(None)
+    ids, labels, cut = chat.encode_row(tok, "你是誰", "我是 F# 之神", 64)
+    prompt = chat.encode_prompt(tok, [], "你是誰")
+    answer = tok("我是 F# 之神", add_special_tokens=False)["input_ids"]
+    assert not cut
+    assert ids == prompt + answer + [151645]
+    assert labels == [-100] * len(prompt) + answer + [151645]
+    # Truncation keeps the mask aligned with the ids.
+    ids2, labels2, cut2 = chat.encode_row(tok, "你是誰", "我是 F# 之神", len(prompt) + 2)
+    assert cut2 and ids2 == ids[:len(prompt) + 2] and labels2 == labels[:len(prompt) + 2]
+
+
+def test_mix_splits_rows_in_ratio(tmp_path, small_data):
+    who, anchor, _ = small_data
+    sources = mix.load_sources(mix.parse_mix(f"{who}:1,{anchor}:1:anchor"))
+    import random
+    rows = mix.step_rows(sources, 16, random.Random(0), "random")
+    assert sum(r[2] == "anchor" for r in rows) == 8 and len(rows) == 16
+    assert mix.split_counts([8, 6, 2], 16) == [8, 6, 2]
+    assert mix.split_counts([1, 1, 1], 16) in ([6, 5, 5], [5, 6, 5], [5, 5, 6])
+
+
+def test_small_lr_lowers_loss_and_export_equals_trained_model(tiny_qwen, tmp_path):
+    """lr 1e-5 for 20 steps must lower the loss (a bf16 master would lose these updates), and
+    the exported .dat reloaded by the runners' loader gives the in-training loss."""
+    model_dir, dat_path = tiny_qwen
+    dat = read_dat(dat_path)
+    tok = chat.load_tokenizer(str(model_dir))
+    model = load_model(dat, str(model_dir), "cpu", torch.float32)
+    deltas = make_trainable(model, DTYPES["bfloat16"])
+    rows = [("你是誰", "我是 F# 之神", "target"), ("1+1等於多少？", "1+1等於2。", "target")] * 4
+    batch, anchor, _ = T.encode_batch(tok, rows, 48, {}, torch.device("cpu"))
+    opt = T.make_optimizer(deltas, {g: 1e-5 for g in T.GROUPS}, 0.0)
+    losses = []
+    for _ in range(20):
+        loss, _, _ = T.batch_loss(model, batch, anchor, 0.0)
+        losses.append(float(loss))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert losses[-1] < losses[0] - 1e-3, losses
+    with torch.no_grad():
+        trained = float(T.batch_loss(model, batch, anchor, 0.0)[0])
+    out = tmp_path / "trained.dat"
+    export_model(model, dat, str(out))
+    reloaded = load_model(read_dat(out), str(model_dir), "cpu", torch.float32)
+    with torch.no_grad():
+        body = reloaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        y = batch["labels"][:, 1:]
+        sel = y != -100
+        logits = reloaded.lm_head(body.last_hidden_state[:, :-1][sel]).float()
+        again = float(torch.nn.functional.cross_entropy(logits, y[sel]))
+    assert abs(again - trained) / trained < 1e-3, (trained, again)
+
+
+def test_lr_zero_exports_byte_identical_file_and_input_untouched(tiny_qwen, tmp_path, small_data):
+    model_dir, dat = tiny_qwen
+    before = sha(dat)
+    r, out = run_train(tmp_path, model_dir, dat, small_data, "--lr", "0", "--min-identity", "0",
+                       "--max-nearmiss-leak", "1", "--min-facts", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sha(out) == before
+    assert sha(dat) == before
+    log = (tmp_path / "DevLog.md").read_text(encoding="utf-8")
+    assert "train.py" in log and "### 探針/Probes" in log
+
+
+def test_target_not_reached_exits_3_and_says_why(tiny_qwen, tmp_path, small_data):
+    model_dir, dat = tiny_qwen
+    r, out = run_train(tmp_path, model_dir, dat, small_data)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "not-reached" in r.stdout and "identity" in r.stdout
+    assert out.exists()   # a sane but unfinished model is kept for comparison
+
+
+def test_nan_loss_is_a_collapse_and_nothing_is_exported(tiny_qwen, tmp_path, small_data):
+    model_dir, dat = tiny_qwen
+    r, out = run_train(tmp_path, model_dir, dat, small_data, "--lr", "1e30", "--grad-clip", "0",
+                       "--steps", "4")
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "collapse" in r.stdout
+    assert not out.exists()
+    assert not list(tmp_path.glob("out.dat.tmp*"))
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("你是誰 我是 F# 之神\n", ":1: no tab"),
+    ("你是誰\t\n", ":1:"),
+])
+def test_bad_training_rows_name_file_and_line(tiny_qwen, tmp_path, small_data, content, needle):
+    model_dir, dat = tiny_qwen
+    bad = write(tmp_path / "bad.tsv", content)
+    who, anchor, probes = small_data
+    r, out = run_train(tmp_path, model_dir, dat, (bad, anchor, probes))
+    assert r.returncode == 1
+    assert f"{bad}" in r.stderr and needle.split(":")[1] in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_input_and_probe_leak_are_clear_errors(tiny_qwen, tmp_path, small_data):
+    model_dir, dat = tiny_qwen
+    r, _ = run_train(tmp_path, model_dir, tmp_path / "nope.dat", small_data)
+    assert r.returncode == 1 and "nope.dat: no such file" in r.stderr
+    who, anchor, probes = small_data
+    leak = write(tmp_path / "leak.tsv", "你叫什麼名字？\t我是 F# 之神\n")
+    r, _ = run_train(tmp_path, model_dir, dat, (leak, anchor, probes))
+    assert r.returncode == 1 and "probe prompts also appear" in r.stderr
+
+
+def test_refuses_to_write_over_its_input(tiny_qwen, tmp_path, small_data):
+    model_dir, dat = tiny_qwen
+    who, anchor, probes = small_data
+    r = subprocess.run([sys.executable, TRAIN, "--input-dat", str(dat), "--model-dir", str(model_dir),
+                        "--output-dat", str(dat), "--train-data", str(who), "--probes", str(probes),
+                        "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "refusing" in r.stderr
