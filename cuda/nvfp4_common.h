@@ -1,0 +1,166 @@
+// NVFP4 numerics shared by the CPU (g++) and CUDA (nvcc) kernels: one copy of the bit-exact rules of
+// scripts/nvfp4lab/nvfp4_ref.py, so that both devices run literally the same code.
+//   block of 16 along K -> 8 packed bytes (element 2j in the low nibble of byte j) + 1 e4m3 scale byte
+//   scale = e4m3(clamp(amax / 6, 2^-16, 448)), round to nearest even (torch's .to(float8_e4m3fn))
+//   x     = w / (scale + 1e-12f) (true IEEE division), clamped to [-6, 6]
+//   code  = #{thresholds <= |x|} | (x < 0 ? 8 : 0)
+//   value = codebook[code] * scale, in fp32 (always exact: <= 6 significant bits)
+// No torch and no CUDA runtime headers here: plain `nvcc -c` and plain g++ both compile it.
+#pragma once
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#define NV_HD __host__ __device__ __forceinline__
+#else
+#define NV_HD inline
+#endif
+
+namespace nvfp4 {
+
+constexpr int BLOCK = 16;
+
+NV_HD uint32_t f2u(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+NV_HD float u2f(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+// Correctly rounded fp32 ops. Under nvcc spell them out so that neither --use_fast_math nor FMA
+// contraction can change a bit; g++ without -ffast-math already does exactly this.
+NV_HD float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+NV_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+NV_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+// max(a, b) that returns NaN when either is NaN (fmaxf would drop it).
+NV_HD float max_nan(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  if (a != a) return a;
+  if (b != b) return b;
+  return b > a ? b : a;
+#endif
+}
+
+// e4m3fn byte -> fp32, all 256 bytes (0x7F / 0xFF are NaN; no infinities in this format).
+NV_HD float e4m3_to_float(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  // branch-free: the e4m3 bits shifted into an fp16 spell value * 2^-8, subnormals included
+  uint32_t h = ((b & 0x80u) << 8) | ((b & 0x7Fu) << 7);
+  float f = __half2float(__ushort_as_half((unsigned short)h)) * 256.0f;
+  return (b & 0x7Fu) == 0x7Fu ? u2f(0x7FC00000u | ((b & 0x80u) << 24)) : f;
+#else
+  uint32_t e = (b >> 3) & 15u, m = b & 7u;
+  float mag;
+  if (e == 0) mag = (float)m * 0.001953125f;                    // subnormal: m * 2^-9 (exact)
+  else if (e == 15 && m == 7) mag = u2f(0x7FC00000u);            // NaN
+  else mag = u2f(((e + 120u) << 23) | (m << 20));                // rebias 7 -> 127
+  return (b & 0x80u) ? -mag : mag;
+#endif
+}
+
+// fp32 (>= 0, or NaN) -> e4m3fn byte, round to nearest even, saturating at 448 (0x7E).
+// Negative inputs never occur here (the scale is |w|max / 6).
+NV_HD uint32_t e4m3_from_float(float v) {
+  if (!(v == v)) return 0x7Fu;                                   // NaN
+  if (v >= 448.0f) return 0x7Eu;
+  if (v < 0.015625f) {                                           // below 2^-6: subnormal grid of 2^-9
+    // v * 512 is exact; rintf rounds half to even (default rounding mode). 8 -> 0x08 = 2^-6, the
+    // smallest normal, which is also the right byte.
+    return (uint32_t)rintf(v * 512.0f);
+  }
+  uint32_t u = f2u(v);
+  u += 0x7FFFFu + ((u >> 20) & 1u);                              // RNE on the 20 dropped mantissa bits
+  return (((u >> 23) - 120u) << 3) | ((u >> 20) & 7u);           // carry into the exponent is right too
+}
+
+// 4-bit code -> codebook value {0,.5,1,1.5,2,3,4,6} with sign bit 8 (e2m1 decoded exactly).
+NV_HD float fp4_to_float(uint32_t code) {
+  uint32_t mag = code & 7u;
+  float v = mag < 2 ? 0.5f * (float)mag : u2f((((mag >> 1) + 126u) << 23) | ((mag & 1u) << 22));
+  return (code & 8u) ? -v : v;
+}
+
+// |x| (already clamped to [0, 6], or NaN) -> magnitude index 0..7 = how many of the thresholds
+// .25 .75 1.25 1.75 2.5 3.5 5 it reaches; a 3-compare binary search (NaN reaches none -> 0).
+NV_HD uint32_t fp4_magnitude(float a) {
+  const bool hi = a >= 1.75f;                                    // index >= 4
+  const bool b1 = a >= (hi ? 3.5f : 0.75f);                      // + 2
+  const bool b0 = a >= (hi ? (b1 ? 5.0f : 2.5f) : (b1 ? 1.25f : 0.25f));  // + 1
+  return 4u * hi + 2u * b1 + b0;
+}
+
+// Quantize one block: v[16] fp32 -> packed codes (p0 holds elements 0..7, p1 elements 8..15, element i
+// in bits 4i..4i+3 of its word, i.e. little-endian bytes = the packed layout) and the scale byte.
+NV_HD uint32_t quantize_block(const float* v, uint32_t& p0, uint32_t& p1) {
+  float amax = 0.0f;
+  for (int i = 0; i < BLOCK; ++i) amax = max_nan(amax, fabsf(v[i]));  // NaN propagates, like torch.amax
+  float s = div_rn(amax, 6.0f);
+  s = s < 1.52587890625e-05f ? 1.52587890625e-05f : (s > 448.0f ? 448.0f : s);  // clamp(2^-16, 448); NaN stays
+  uint32_t sb = e4m3_from_float(s);
+  float den = add_rn(e4m3_to_float(sb), 1e-12f);
+  p0 = 0;
+  p1 = 0;
+  for (int i = 0; i < BLOCK; ++i) {
+    // true division, as the reference. Its clamp to [-6, 6] changes no code (|x| >= 5 is index 7
+    // either way, the sign stays), so it is left out.
+    float x = div_rn(v[i], den);
+    uint32_t code = fp4_magnitude(fabsf(x)) | (x < 0.0f ? 8u : 0u);
+    if (i < 8) p0 |= code << (4 * i);
+    else p1 |= code << (4 * (i - 8));
+  }
+  return sb;
+}
+
+// Dequantize one block: out[i] = codebook[code_i] * scale (exact in fp32).
+NV_HD void dequantize_block(uint32_t p0, uint32_t p1, float scale, float* out) {
+  for (int i = 0; i < 8; ++i) out[i] = mul_rn(fp4_to_float((p0 >> (4 * i)) & 15u), scale);
+  for (int i = 0; i < 8; ++i) out[8 + i] = mul_rn(fp4_to_float((p1 >> (4 * i)) & 15u), scale);
+}
+
+// fp32 -> bf16 bits, round to nearest even, NaN -> 0x7FC0 (bit-identical to c10::BFloat16(float)).
+NV_HD uint16_t bf16_bits(float f) {
+  uint32_t u = f2u(f);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0u;
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+}  // namespace nvfp4

@@ -1,0 +1,27 @@
+// Host-side launchers of the CUDA kernels in nvfp4_kernels.cu. Plain C++ (no torch, no CUDA headers)
+// so that nvfp4_ops.cpp can call them and the .cu compiles with plain `nvcc -c`.
+// dtype codes: 0 = float32, 1 = float16, 2 = bfloat16. `stream` is a cudaStream_t.
+// All pointers must be 16-byte aligned and tensors contiguous (the caller makes sure of both).
+// Each returns 0 on success or the cudaError_t of the launch.
+#pragma once
+#include <stdint.h>
+
+namespace nvfp4 {
+
+// w [nb*16] -> q [nb*8], s [nb]  (nb = N*K/16 blocks; rows are contiguous so the tensor is one flat list)
+int launch_quantize(const void* w, int w_dtype, uint8_t* q, uint8_t* s, int64_t nb, void* stream);
+// q, s -> out [nb*16] in out_dtype
+int launch_dequantize(const uint8_t* q, const uint8_t* s, void* out, int out_dtype, int64_t nb, void* stream);
+// w -> dequantize(quantize(w)) in w's dtype
+int launch_fake_quantize(const void* w, void* out, int dtype, int64_t nb, void* stream);
+// fake_quantize(dequantize(q, s) + delta) in out_dtype; delta is float32 or bfloat16
+int launch_fake_quantize_delta(const uint8_t* q, const uint8_t* s, const void* delta, int delta_dtype,
+                               void* out, int out_dtype, int64_t nb, void* stream);
+// y [M, N] = x [M, K] @ W^T with W = (q [N, K/2], s [N, K/16]); needs 1 <= M <= 8, K % 32 == 0.
+// rows (1, 2 or 4; 0 = 2) = weight rows per group; threads = 16: 16 lanes of a half-warp split K for
+// their group (warp shuffles only); 32..256: the CTA kernel, whose threads split K and reduce through
+// shared memory; 0 = default (16 for K <= 4096, else 128).
+int launch_gemv(const void* x, int x_dtype, const uint8_t* q, const uint8_t* s, void* y, int M, int N,
+                int K, int rows, int threads, void* stream);
+
+}  // namespace nvfp4
