@@ -61,6 +61,7 @@ def parse_args(argv):
     a("--weight-decay", type=float, default=0.0, help="AdamW decay of the deltas (toward base)")
     a("--delta-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     a("--max-retries", type=int, default=2, help="attempts after a collapse")
+    a("--retry-lr-scale", type=float, default=0.5, help="every LR is multiplied by this per retry")
     a("--probe-every", type=int, default=0, help="probe during training too (0 = only at end)")
     a("--probes", default="data/probes-v1.tsv")
     a("--target", default="我是 F# 之神")

@@ -4,8 +4,8 @@ One attempt = zero every delta (the initial weights), a fresh AdamW, `steps` ste
 After it (and every --probe-every steps) the probes judge the model; a collapse (an anchor
 answered with the identity, repetition, NaN loss) discards the attempt — training never continues
 from a collapsed state — and the next attempt starts again from the initial weights with a safer
-policy (head LR halved, anchor share doubled, and the --retry-mix data if the recipe gives one),
-up to --max-retries times.
+policy (every LR times --retry-lr-scale, anchor share doubled, and the --retry-mix data if the
+recipe gives one), up to --max-retries times.
 """
 import hashlib
 import math
@@ -223,14 +223,17 @@ def train_attempt(model, tok, deltas, att: Attempt, cfg, replay, ps: ProbeSet, l
     if att.status != "collapse":
         att.rows, att.summary = run_probes(model, tok, ps)
         att.status, att.why = att.summary["verdict"], att.summary["why"]
+        for r in att.rows:   # what went wrong, visible in the log of every attempt
+            if r["verdict"] not in ("hit", "ok", "kept") or r["repetition"] > ps.thresholds.max_repetition:
+                log(f"[attempt {att.index}]   {r['kind']} {r['prompt']!r} -> {r['answer']!r} "
+                    f"({r['verdict']}, repetition {r['repetition']:.2f})")
     del opt
     return att
 
 
-def safer(att: Attempt, retry_sources: list | None) -> Attempt:
-    """Retry policy after a collapse: half the head LR, twice the anchor share, retry data."""
-    lrs = dict(att.lrs)
-    lrs["head"] = lrs["head"] / 2
+def safer(att: Attempt, retry_sources: list | None, lr_scale: float) -> Attempt:
+    """Retry policy after a collapse: every LR scaled down, twice the anchor share, retry data."""
+    lrs = {g: lr * lr_scale for g, lr in att.lrs.items()}
     return Attempt(index=att.index + 1, lrs=lrs, anchor_scale=att.anchor_scale * 2,
                    sources=retry_sources or att.sources)
 
@@ -250,7 +253,7 @@ def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay,
         log(f"[attempt {att.index}] collapse: weights restored to the initial ones")
         if len(attempts) > cfg.max_retries:
             return attempts
-        attempts.append(safer(att, retry_sources))
+        attempts.append(safer(att, retry_sources, cfg.retry_lr_scale))
 
 
 def check_sources(sources, probes) -> None:
