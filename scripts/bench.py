@@ -1,0 +1,299 @@
+"""Speed and memory of this tool vs plain transformers, measured in ONE process on ONE GPU.
+
+    python scripts/bench.py [--model-dir DIR] [--work /tmp/bench] [--skip-stage]   # CUDA
+    python scripts/bench.py --cpu                                                # proxy, CPU
+
+GPU: builds a Qwen3-4B-shaped model with random weights (config from --model-dir), writes it as
+an NVFP4 `.dat` through the converter, then times: `.dat` load, batch-1 greedy decode (ours vs
+`transformers.generate` bf16 on the same dequantized weights), 512-token prefill, one
+full-parameter training step at 16 x 64 (ours: NVFP4 QAT with bf16 deltas; peer: fp32 master +
+bf16 autocast + fused AdamW) with peak memory, export, and `train.py` with the Stage G recipe end
+to end. Prints a table last and writes it into doc/BENCHMARKS.md (and $OUT if set).
+"""
+import argparse
+import datetime
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+from nvfp4lab import chat, ops, paths, trainer as T  # noqa: E402
+from nvfp4lab.convert import conversion_plan, dat_entries  # noqa: E402
+from nvfp4lab.dat import read_dat, write_dat  # noqa: E402
+from nvfp4lab.model import export_model, load_config, load_model, make_trainable  # noqa: E402
+
+GiB = 2 ** 30
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeat=5, warmup=2) -> float:
+    """Median seconds of fn() over `repeat` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device) -> float:
+    return torch.cuda.max_memory_allocated() / GiB if device.type == "cuda" else float("nan")
+
+
+def write_random_dat(config, path: str, device, seed=0):
+    """Random N(0, 0.02) projections, unit norms, quantized on `device`, streamed to disk."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.device("meta"):
+        shapes = {n: p.shape for n, p in AutoModelForCausalLM.from_config(config).named_parameters()}
+    shapes.setdefault("lm_head.weight", shapes["model.embed_tokens.weight"])
+
+    def get(name):
+        if name.endswith("norm.weight"):
+            return torch.ones(shapes[name], device=device)
+        return torch.randn(shapes[name], device=device, generator=g) * 0.02
+    write_dat(path, dat_entries(conversion_plan(config), get, device=device))
+
+
+def peer_model(config, dat, device):
+    """Plain transformers bf16 model holding the dequantized weights (the comparison)."""
+    cfg = type(config).from_dict({**config.to_dict(), "tie_word_embeddings": False})
+    with torch.device(device):
+        m = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    sd = {}
+    for name, _ in m.named_parameters():
+        if name + ".qdata" in dat:
+            q, s = dat.nvfp4_pair(name)
+            sd[name] = ops.dequantize(q.to(device), s.to(device), torch.bfloat16)
+        else:
+            sd[name] = dat.tensor(name).to(device, torch.bfloat16)
+    m.load_state_dict(sd)
+    return m.eval()
+
+
+def decode_tok_s(model, ids, new_tokens, device) -> float:
+    def run():
+        model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None,
+                       pad_token_id=0, temperature=None, top_p=None, top_k=None)
+    return new_tokens / timed(run, device, repeat=3, warmup=1)
+
+
+def prefill_tok_s(model, n, device, vocab) -> float:
+    ids = torch.randint(0, vocab, (1, n), device=device)
+
+    def run():
+        with torch.no_grad():
+            model(ids, logits_to_keep=1)
+    return n / timed(run, device)
+
+
+def batch_16x64(vocab, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (16, 64), generator=g).to(device)
+    labels = ids.clone()
+    labels[:, :32] = -100     # prompt half masked, as chat rows
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def our_train_step(model, device, vocab):
+    deltas = make_trainable(model, torch.bfloat16)
+    opt = T.make_optimizer(deltas, {"head": 1e-3, "embed": 1e-5, "norm": 1e-5, "blocks": 1e-5}, 0.0)
+    batch = batch_16x64(vocab, device)
+    anchor = torch.zeros(16, dtype=torch.bool, device=device)
+    params = [d for _, d in deltas]
+
+    def step():
+        loss, _, _ = T.batch_loss(model, batch, anchor, 0.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    free_peak = torch.cuda.reset_peak_memory_stats if device.type == "cuda" else (lambda: None)
+    free_peak()
+    return timed(step, device, repeat=5, warmup=2), peak_gib(device)
+
+
+def peer_train_step(config, dat, device, vocab):
+    """transformers full fine-tune: fp32 master weights, bf16 autocast, fused AdamW."""
+    model = peer_model(config, dat, device).float().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    batch = batch_16x64(vocab, device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    try:
+        return timed(step, device, repeat=5, warmup=2), peak_gib(device)
+    finally:
+        del model, opt
+
+
+def row(rows, what, ours, peer=None, unit="", better="higher"):
+    ratio = ""
+    if peer:
+        ratio = f"{ours / peer:.2f}x" if better == "higher" else f"{peer / ours:.2f}x"
+    rows.append((what, f"{ours:.3g} {unit}".strip(), f"{peer:.3g} {unit}".strip() if peer else "-",
+                 ratio))
+    print(f"  {what}: ours {ours:.4g} {unit}" + (f", peer {peer:.4g} {unit} ({ratio})" if peer else ""),
+          flush=True)
+
+
+def table(rows) -> str:
+    out = ["| figure | ours | plain transformers | ours vs peer (>1 = better) |", "|---|---|---|---|"]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(out)
+
+
+def run_gpu(args):
+    device = torch.device("cuda")
+    config = load_config(args.model_dir)
+    vocab = config.vocab_size
+    os.makedirs(args.work, exist_ok=True)
+    dat_path = os.path.join(args.work, "qwen3-4b-shape-random.dat")
+    rows = []
+    t0 = time.time()
+    write_random_dat(config, dat_path, device)
+    size = os.path.getsize(dat_path)
+    print(f"wrote {dat_path}: {size / GiB:.2f} GiB in {time.time() - t0:.1f}s", flush=True)
+    row(rows, "write random 4B .dat (quantize on GPU)", time.time() - t0, unit="s", better="lower")
+
+    free(device)
+    t0 = time.time()
+    dat = read_dat(dat_path)
+    model = load_model(dat, args.model_dir, device, torch.bfloat16)
+    sync(device)
+    load_s = time.time() - t0
+    row(rows, ".dat load to GPU", size / load_s / 1e9, unit="GB/s")
+    row(rows, "inference weights on GPU", torch.cuda.memory_allocated() / GiB, unit="GiB",
+        better="lower")
+
+    ids = torch.tensor([chat.encode_prompt(chat.load_tokenizer(args.model_dir), [], "你是誰")],
+                       device=device)
+    ours_dec = decode_tok_s(model, ids, args.decode_tokens, device)
+    ours_pre = prefill_tok_s(model, 512, device, vocab)
+    dec_peak = peak_gib(device)
+    peer = peer_model(config, dat, device)
+    peer_dec = decode_tok_s(peer, ids, args.decode_tokens, device)
+    peer_pre = prefill_tok_s(peer, 512, device, vocab)
+    del peer
+    free(device)
+    row(rows, f"decode batch 1 ({args.decode_tokens} tokens, greedy)", ours_dec, peer_dec, "tok/s")
+    row(rows, "prefill 512 tokens", ours_pre, peer_pre, "tok/s")
+    row(rows, "inference peak GPU memory (ours)", dec_peak, unit="GiB", better="lower")
+
+    step_s, step_peak = our_train_step(model, device, vocab)
+    t0 = time.time()
+    export_model(model, dat, os.path.join(args.work, "exported.dat"))
+    export_s = time.time() - t0
+    del model
+    free(device)
+    peer_s, peer_peak = peer_train_step(config, dat, device, vocab)
+    free(device)
+    row(rows, "train step 16x64, full parameters", step_s, peer_s, "s", better="lower")
+    row(rows, "train peak GPU memory", step_peak, peer_peak, "GiB", better="lower")
+    row(rows, "export trained .dat", export_s, unit="s", better="lower")
+
+    if not args.skip_stage:
+        cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "train.py"),
+               "--recipe", "data/stages/stageG.args", "--input-dat", dat_path,
+               "--model-dir", args.model_dir, "--output-dat", os.path.join(args.work, "stageG.dat"),
+               "--device", "cuda"]
+        t0 = time.time()
+        r = subprocess.run(cmd, capture_output=True, text=True,
+                           env=dict(os.environ, NVFP4LAB_DEVLOG=os.path.join(args.work, "DevLog.md"),
+                                    NVFP4LAB_ARTIFACT_LIST=os.path.join(args.work, "list.md"),
+                                    NVFP4LAB_CACHE=os.path.join(args.work, "cache")))
+        stage_s = time.time() - t0
+        print(r.stdout[-3000:], r.stderr[-2000:], flush=True)
+        # Random weights cannot reach the target: exit 3 (trained, not reached) is the expected end.
+        row(rows, f"train.py Stage G end to end (60 steps + probes + export; exit {r.returncode})",
+            stage_s, unit="s", better="lower")
+    return rows, f"{torch.cuda.get_device_name()}"
+
+
+def run_cpu(args):
+    device = torch.device("cpu")
+    if not os.path.exists(paths.PROXY_DAT):
+        sys.exit(f"error: {paths.PROXY_DAT}: no such file (run `make proxy` first)")
+    rows = []
+    t0 = time.time()
+    dat = read_dat(paths.PROXY_DAT)
+    model = load_model(dat, str(paths.PROXY_DIR), device, torch.float32)
+    row(rows, "proxy .dat load", time.time() - t0, unit="s", better="lower")
+    tok = chat.load_tokenizer(str(paths.PROXY_DIR))
+    ids = torch.tensor([chat.encode_prompt(tok, [], "你是誰")])
+    row(rows, "proxy decode batch 1", decode_tok_s(model, ids, 32, device), unit="tok/s")
+    step_s, _ = our_train_step(model, device, model.config.vocab_size)
+    row(rows, "proxy train step 16x64", step_s, unit="s", better="lower")
+    return rows, f"CPU ({os.cpu_count()} cores)"
+
+
+def report(rows, device_name, args):
+    head = (f"## {datetime.date.today()} — {device_name}\n\n"
+            f"torch {torch.__version__}, transformers {transformers.__version__}; "
+            f"command: `python scripts/bench.py{' --cpu' if args.cpu else ''}`\n\n")
+    text = head + table(rows) + "\n"
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "bench.md"), "w", encoding="utf-8") as f:
+            f.write(text)
+        with open(os.path.join(out, "bench.json"), "w", encoding="utf-8") as f:
+            json.dump(rows, f, ensure_ascii=False, indent=1)
+    if args.write_doc:
+        with open(paths.ROOT / "doc" / "BENCHMARKS.md", "a", encoding="utf-8") as f:
+            f.write("\n" + text)
+    print("\n" + text)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cpu", action="store_true", help="time the proxy on the CPU instead")
+    p.add_argument("--model-dir", default=paths.USER_MODEL_DIR,
+                   help="config.json (+ tokenizer) of the 4B model (only its shape is used)")
+    p.add_argument("--work", default="/tmp/nvfp4lab-bench")
+    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--skip-stage", action="store_true", help="skip the train.py end-to-end run")
+    p.add_argument("--write-doc", action="store_true", help="append the table to doc/BENCHMARKS.md")
+    args = p.parse_args()
+    if args.cpu:
+        rows, name = run_cpu(args)
+    else:
+        if not torch.cuda.is_available():
+            print("error: make bench needs a CUDA GPU (none found); `make bench-cpu` times the "
+                  "proxy on the CPU instead", file=sys.stderr)
+            return 1
+        rows, name = run_gpu(args)
+    report(rows, name, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

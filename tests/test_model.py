@@ -1,0 +1,106 @@
+"""transformers' Qwen3 on `.dat` weights: parity with plain transformers, converter, tokenizer."""
+import json
+
+import pytest
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from conftest import build_tiny_qwen, shared_reference
+from nvfp4lab import chat, ops
+from nvfp4lab.convert import conversion_plan
+from nvfp4lab.dat import read_dat, write_dat
+from nvfp4lab.model import ModelLoadError, NVFP4Linear, load_model
+
+
+def plain_model_with_dequantized_weights(model_dir, dat):
+    cfg = Qwen3Config.from_pretrained(model_dir)
+    cfg.tie_word_embeddings = False
+    ref = Qwen3ForCausalLM(cfg)
+    sd = {}
+    for name, nv in conversion_plan(cfg):
+        sd[name] = ops.dequantize(*dat.nvfp4_pair(name)) if nv else dat.tensor(name).float()
+    ref.load_state_dict(sd)
+    return ref.eval()
+
+
+def test_logits_equal_plain_transformers_on_dequantized_weights(tiny_qwen):
+    model_dir, dat_path = tiny_qwen
+    dat = read_dat(dat_path)
+    ours = load_model(dat, str(model_dir), "cpu", torch.float32)
+    ref = plain_model_with_dequantized_weights(str(model_dir), dat)
+    ids = torch.randint(0, 151936, (2, 12))
+    with torch.no_grad():
+        a, b = ours(ids).logits, ref(ids).logits
+    assert ((a - b).norm() / b.norm()).item() <= 1e-4
+    # Every linear is packed, lm_head included (the original file stores it as its own pair).
+    assert isinstance(ours.lm_head, NVFP4Linear)
+    assert isinstance(ours.model.layers[0].mlp.down_proj, NVFP4Linear)
+    assert not any(p.is_meta for p in ours.parameters())
+
+
+def test_converter_keeps_dense_exact_and_linears_within_nvfp4_error(tmp_path):
+    model_dir, dat_path = build_tiny_qwen(tmp_path / "m", seed=3, vocab_size=512)
+    hf = Qwen3ForCausalLM.from_pretrained(model_dir).state_dict()
+    dat = read_dat(dat_path)
+    assert dat.entries[0].key == "model.embed_tokens.weight"
+    assert {e.elem_type for e in dat.entries} == {0, 5, 101}
+    for name, nv in conversion_plan(Qwen3Config.from_pretrained(model_dir)):
+        src = hf["model.embed_tokens.weight" if name == "lm_head.weight" else name]
+        if nv:
+            w = ops.dequantize(*dat.nvfp4_pair(name))
+            assert ((w - src).norm() / src.norm()).item() < 0.15, name   # 4-bit error
+            assert torch.equal(w, ops.dequantize(*ops.quantize(src)))
+        else:
+            assert torch.equal(dat.tensor(name), src.half()), name
+
+
+def test_config_and_dat_mismatch_names_the_tensor(tiny_qwen, tmp_path):
+    model_dir, dat_path = tiny_qwen
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["intermediate_size"] = 256
+    bad_dir = tmp_path / "cfg"
+    bad_dir.mkdir()
+    (bad_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match=r"mlp\.(gate|up|down)_proj.*do not fit"):
+        load_model(read_dat(dat_path), str(bad_dir), "cpu", torch.float32)
+    dat = read_dat(dat_path)
+    short = tmp_path / "short.dat"
+    write_dat(short, [(e.key, e.elem_type, dat.tensor(e.key)) for e in dat.entries
+                      if e.key != "model.norm.weight"])
+    with pytest.raises(ModelLoadError, match="model.norm.weight"):
+        load_model(read_dat(short), str(model_dir), "cpu", torch.float32)
+
+
+def test_file_without_lm_head_loads_tied(tiny_qwen, tmp_path):
+    model_dir, dat_path = tiny_qwen
+    dat = read_dat(dat_path)
+    no_head = tmp_path / "nohead.dat"
+    write_dat(no_head, [(e.key, e.elem_type, dat.tensor(e.key)) for e in dat.entries
+                        if not e.key.startswith("lm_head")])
+    m = load_model(read_dat(no_head), str(model_dir), "cpu", torch.float32)
+    assert m.lm_head.weight is m.model.embed_tokens.weight
+
+
+def test_prompt_ids_of_whoami_are_exact():
+    tok = chat.load_tokenizer(None)
+    ids = chat.encode_prompt(tok, [], "你是誰")
+    assert ids == [151644, 872, 198, 105043, 108908, 151645, 198, 151644, 77091, 198]
+    assert tok.decode(ids) == "<|im_start|>user\n你是誰<|im_end|>\n<|im_start|>assistant\n"
+    assert chat.stop_token_ids(tok)[:2] == [151645, 151643]
+
+
+def test_chat_template_renders_like_the_instruct_2507_template():
+    ref = json.loads((shared_reference() / "qwen3-4b-instruct-2507" / "tokenizer_config.json")
+                     .read_text(encoding="utf-8"))["chat_template"]
+    tok = chat.load_tokenizer(None)
+    convs = [[{"role": "user", "content": "你是誰"}],
+             [{"role": "system", "content": "S"}, {"role": "user", "content": "a"},
+              {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]]
+    for msgs in convs:
+        for gen in (True, False):
+            ours = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+            theirs = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen,
+                                             chat_template=ref)
+            assert ours == theirs
+    assert "<think>" not in tok.apply_chat_template(convs[0], tokenize=False,
+                                                    add_generation_prompt=True)
