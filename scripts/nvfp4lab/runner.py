@@ -279,11 +279,6 @@ def load_for_runner(weight: str | None, model_dir: str | None, device: str, dtyp
         die(f"{config}: cannot build the model: {e}")
     if training_path:
         make_trainable(model)
-    if str(device).startswith("cuda"):
-        # cuDNN attention builds an execution plan for every new sequence length, and every decode
-        # step is one: measured on H100 (torch 2.11) ~75 ms per step against ~4 ms with the
-        # flash / memory-efficient kernels, which need no plan.
-        torch.backends.cuda.enable_cudnn_sdp(False)
     print(f"weight: {path}  model-dir: {model_dir}  device: {device}  dtype: {dtype}  "
           f"path: {'training (fake-quant + STE, zero deltas)' if training_path else 'inference'}")
     return model, tok, time.perf_counter() - t0
