@@ -94,12 +94,24 @@ def peer_model(config, dat, device):
     return m.eval()
 
 
-def decode_tok_s(model, ids, new_tokens, device) -> float:
+def decode_tok_s(model, ids, new_tokens, device, static=False) -> float:
+    """Greedy batch-1 decode; static=True: transformers' static cache, which compiles the
+    forward (CUDA graphs) inside generate; the first (compiling) call is warm-up."""
+    extra = {"cache_implementation": "static"} if static else {}
+
     def run():
         model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                        max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None,
-                       pad_token_id=0, temperature=None, top_p=None, top_k=None)
-    return new_tokens / timed(run, device, repeat=3, warmup=1)
+                       pad_token_id=0, temperature=None, top_p=None, top_k=None, **extra)
+    return new_tokens / timed(run, device, repeat=3, warmup=2 if static else 1)
+
+
+def try_static_decode(model, ids, new_tokens, device) -> float:
+    try:
+        return decode_tok_s(model, ids, new_tokens, device, static=True)
+    except Exception as e:  # report, don't lose the other figures
+        print(f"  static-cache decode failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        return float("nan")
 
 
 def prefill_tok_s(model, n, device, vocab) -> float:
@@ -119,7 +131,7 @@ def batch_16x64(vocab, device, seed=0):
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-def our_train_step(model, device, vocab):
+def our_train_step(model, device, vocab, profile=False):
     deltas = make_trainable(model, torch.bfloat16)
     opt = T.make_optimizer(deltas, {"head": 1e-3, "embed": 1e-5, "norm": 1e-5, "blocks": 1e-5}, 0.0)
     batch = batch_16x64(vocab, device)
@@ -134,7 +146,14 @@ def our_train_step(model, device, vocab):
         opt.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    return timed(step, device, repeat=5, warmup=2), peak_gib(device)
+    result = timed(step, device, repeat=5, warmup=2), peak_gib(device)
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as prof
+        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            step()
+            sync(device)
+        print(p.key_averages().table(sort_by="cuda_time_total", row_limit=18), flush=True)
+    return result
 
 
 def peer_train_step(config, dat, device, vocab):
@@ -201,16 +220,25 @@ def run_gpu(args):
     ours_dec = decode_tok_s(model, ids, args.decode_tokens, device)
     ours_pre = prefill_tok_s(model, 512, device, vocab)
     dec_peak = peak_gib(device)
+    ours_static = try_static_decode(model, ids, args.decode_tokens, device) if args.static else None
     peer = peer_model(config, dat, device)
     peer_dec = decode_tok_s(peer, ids, args.decode_tokens, device)
     peer_pre = prefill_tok_s(peer, 512, device, vocab)
+    peer_static = try_static_decode(peer, ids, args.decode_tokens, device) if args.static else None
     del peer
     free(device)
-    row(rows, f"decode batch 1 ({args.decode_tokens} tokens, greedy)", ours_dec, peer_dec, "tok/s")
+    torch._dynamo.reset()
+    row(rows, f"decode batch 1 ({args.decode_tokens} tokens, greedy, eager)", ours_dec, peer_dec,
+        "tok/s")
+    if args.static:
+        row(rows, "decode batch 1, static cache + compile (vs peer eager)", ours_static, peer_dec,
+            "tok/s")
+        row(rows, "decode batch 1, static cache + compile (vs peer same)", ours_static,
+            peer_static, "tok/s")
     row(rows, "prefill 512 tokens", ours_pre, peer_pre, "tok/s")
     row(rows, "inference peak GPU memory (ours)", dec_peak, unit="GiB", better="lower")
 
-    step_s, step_peak = our_train_step(model, device, vocab)
+    step_s, step_peak = our_train_step(model, device, vocab, args.profile)
     t0 = time.time()
     export_model(model, dat, os.path.join(args.work, "exported.dat"))
     export_s = time.time() - t0
@@ -226,7 +254,10 @@ def run_gpu(args):
         cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "train.py"),
                "--recipe", "data/stages/stageG.args", "--input-dat", dat_path,
                "--model-dir", args.model_dir, "--output-dat", os.path.join(args.work, "stageG.dat"),
-               "--device", args.device]
+               "--device", args.device,
+               # Random weights cannot reach the target and their babble may read as repetition:
+               # one attempt, always exported, so the wall time is one pipeline pass.
+               "--max-retries", "0", "--max-repetition", "1.1"]
         t0 = time.time()
         r = subprocess.run(cmd, capture_output=True, text=True,
                            env=dict(os.environ, NVFP4LAB_DEVLOG=os.path.join(args.work, "DevLog.md"),
@@ -284,6 +315,9 @@ def main() -> int:
     p.add_argument("--skip-stage", action="store_true", help="skip the train.py end-to-end run")
     p.add_argument("--write-doc", action="store_true", help="append the table to doc/BENCHMARKS.md")
     p.add_argument("--device", default="cuda", help="cpu only for a smoke run on a tiny config")
+    p.add_argument("--static", action="store_true",
+                   help="also time decode with transformers' static cache (compiled forward)")
+    p.add_argument("--profile", action="store_true", help="print a kernel profile of our train step")
     args = p.parse_args()
     if args.cpu:
         rows, name = run_cpu(args)
