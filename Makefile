@@ -13,6 +13,7 @@ BASE ?= $(MODEL_DIR)/Qwen3-4B-Instruct-2507-nvfp4.dat
 PROXY_DIR := artifacts/proxy
 PROXY_DAT := $(PROXY_DIR)/proxy-base.dat
 WEIGHT ?= artifacts/stageG.dat
+STAGE_RECIPE ?= data/stages/stageG-v2.args
 DEVICE ?= $(shell $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 
 # Every stage runs under the GPU memory guard with the original's settings.
@@ -63,12 +64,12 @@ proxy: $(PROXY_DAT)
 # Stage G on the user's base weights (BASE, MODEL_DIR), then both validation runners.
 stageG: build
 	@test -f "$(BASE)" || { echo "error: $(BASE): no such file. Convert a checkpoint with 'make convert HF=<dir> OUT=<file.dat>' and pass BASE=<file.dat>, or run 'make demo' to see the whole job on the built-in proxy."; exit 1; }
-	$(GUARDED) scripts/train.py --recipe data/stages/stageG.args --input-dat $(BASE) --model-dir $(MODEL_DIR) --output-dat artifacts/stageG.dat --device $(DEVICE) $(TRAIN_FLAGS)
+	$(GUARDED) scripts/train.py --recipe $(STAGE_RECIPE) --input-dat $(BASE) --model-dir $(MODEL_DIR) --output-dat artifacts/stageG.dat --device $(DEVICE) $(TRAIN_FLAGS)
 	$(MAKE) validate WEIGHT=artifacts/stageG.dat MODEL_DIR=$(MODEL_DIR)
 
 # The whole job on the built-in proxy (the README's main command when the 4B weights are absent).
 demo: $(PROXY_DAT)
-	$(GUARDED) scripts/train.py --recipe data/stages/stageG.args --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-stageG.dat --stage demo-stageG --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
+	$(GUARDED) scripts/train.py --recipe $(STAGE_RECIPE) --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-stageG.dat --stage demo-stageG --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
 	$(MAKE) validate WEIGHT=artifacts/demo-stageG.dat MODEL_DIR=$(PROXY_DIR)
 
 # The original's collapse on purpose: must be caught, rolled back and retried safely.

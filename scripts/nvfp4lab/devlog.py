@@ -25,9 +25,10 @@ def now(fmt="%Y-%m-%d %H:%M") -> str:
 
 def command_line() -> str:
     """The command exactly as run (the guard passes its own prefix in NVFP4LAB_GUARD_PREFIX)."""
-    cmd = shlex.join(["python", *sys.argv])
     prefix = os.environ.get("NVFP4LAB_GUARD_PREFIX", "")
-    return f"{prefix} {cmd}".strip()
+    if prefix:   # `guard.py ... script` already names the interpreter
+        return f"{prefix} {shlex.join(sys.argv)}"
+    return shlex.join(["python", *sys.argv])
 
 
 def append_devlog(title: str, sections: list[tuple[str, str]], path=None) -> None:

@@ -1,0 +1,58 @@
+"""The user's records only grow, and `make reset` moves derived artifacts without deleting."""
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+from nvfp4lab import devlog
+
+
+def test_devlog_and_artifact_list_are_append_only(tmp_path):
+    log, lst = tmp_path / "DevLog.md", tmp_path / "list.md"
+    log.write_text("# DevLog\n\n## old entry\nkept as is\n", encoding="utf-8")
+    before = log.read_bytes()
+    devlog.append_devlog("stage X", [("目標/Goal", "g"), ("結論/Conclusion", "c")], path=log)
+    devlog.append_devlog("stage Y", [("結論/Conclusion", "d")], path=log)
+    after = log.read_bytes()
+    assert after.startswith(before)
+    text = after.decode("utf-8")
+    assert text.index("stage X") < text.index("stage Y") and "### 目標/Goal" in text
+    devlog.append_artifact("artifacts/a.dat", "first", "keep", path=lst)
+    first = lst.read_bytes()
+    devlog.append_artifact("artifacts/b.dat", "second", "try", path=lst)
+    text = lst.read_text(encoding="utf-8")
+    assert lst.read_bytes().startswith(first)
+    assert text.count("| 檔案 | 用途 | 建議 |") == 1 and "更新時間：" in text
+    assert "| artifacts/b.dat | second | try |" in text and "- b.dat: " in text
+
+
+def test_loss_svg_is_written_atomically(tmp_path):
+    out = tmp_path / "loss.svg"
+    devlog.loss_svg([3.0, 2.0, float("nan"), 1.0], str(out), "t")
+    svg = out.read_text(encoding="utf-8")
+    assert svg.startswith("<svg") and "polyline" in svg
+    assert os.listdir(tmp_path) == ["loss.svg"]
+
+
+def test_reset_moves_stage_outputs_and_keeps_base_and_proxy(tmp_path):
+    art = tmp_path / "artifacts"
+    (art / "proxy").mkdir(parents=True)
+    (art / "proxy" / "proxy-base.dat").write_bytes(b"proxy")
+    (art / "stageG.dat").write_bytes(b"g")
+    (art / "stageG-loss.svg").write_text("<svg/>")
+    (art / "檔案說明清單.md").write_text("list")
+    base = art / "base.dat"
+    base.write_bytes(b"base")
+    env = dict(os.environ, NVFP4LAB_DEVLOG=str(tmp_path / "DevLog.md"))
+    cmd = [sys.executable, str(ROOT / "scripts" / "reset.py"), "--artifacts", str(art),
+           "--base", str(base)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "moved 2 file(s)" in r.stdout
+    assert base.read_bytes() == b"base" and (art / "proxy" / "proxy-base.dat").exists()
+    assert (art / "檔案說明清單.md").exists() and not (art / "stageG.dat").exists()
+    trashed = sorted(p.name for p in (art / "_trash").rglob("*") if p.is_file())
+    assert trashed == ["stageG-loss.svg", "stageG.dat"]
+    assert "reset to the initial weights" in (tmp_path / "DevLog.md").read_text(encoding="utf-8")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and "no derived artifacts" in r.stdout
