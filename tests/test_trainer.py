@@ -88,7 +88,7 @@ def test_small_lr_lowers_loss_and_export_equals_trained_model(tiny_qwen, tmp_pat
     losses = []
     for _ in range(20):
         loss, _, _ = T.batch_loss(model, batch, anchor, 0.0)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -209,7 +209,7 @@ def train_attempt(model, tok, deltas, att: Attempt, cfg, replay, ps: ProbeSet, l
         opt.zero_grad(set_to_none=True)
         if step % cfg.log_every == 0 or step == cfg.steps:
             log(f"[attempt {att.index}] step {step}/{cfg.steps} loss {value:.4f} "
-                f"(ce {float(ce):.4f} kl {float(kl):.4f}) {time.time() - t0:.1f}s")
+                f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f}) {time.time() - t0:.1f}s")
         if cfg.probe_every and step % cfg.probe_every == 0 and step < cfg.steps:
             model.eval()
             _, s = run_probes(model, tok, ps)
