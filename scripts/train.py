@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from nvfp4lab import chat, devlog, mix, paths, probes as P, trainer as T  # noqa: E402
 from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
-from nvfp4lab.generate import answer, greedy_answers  # noqa: E402
+from nvfp4lab.generate import greedy_answers  # noqa: E402
 from nvfp4lab.model import DTYPES, ModelLoadError, export_model, load_model, make_trainable  # noqa: E402
 from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
 from nvfp4lab.tsv import DataError, read_probes  # noqa: E402
@@ -155,7 +155,7 @@ def run(args) -> int:
     if exported:
         keys = export_model(model, dat, args.output_dat)
         log(f"exported {args.output_dat} ({len(keys)} tensors changed)")
-        selftest = answer(model, tok, "你是誰", max_new_tokens=args.test_max_tokens)
+        selftest = greedy_answers(model, tok, ["你是誰"], args.test_max_tokens)[0]
         log(f"self-test 你是誰 -> {selftest}")
         svg = os.path.splitext(args.output_dat)[0] + "-loss.svg"
         devlog.loss_svg(final.losses, svg, f"{args.stage} loss (attempt {final.index})")

@@ -1,13 +1,11 @@
 """Data files: the strict TSV reader/writer, and the invariants the Stage G recipe depends on."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, shared_reference
-from nvfp4lab.tsv import (DataError, normalize_prompt, read_probes, read_tsv, render_tsv,
-                          write_new_tsv)
+from nvfp4lab.tsv import DataError, normalize_prompt, read_probes, read_tsv, write_new_tsv
 
 MAKE_DATA = ROOT / "scripts" / "make_data.py"
 DATA = ROOT / "data"

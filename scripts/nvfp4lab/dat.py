@@ -280,7 +280,6 @@ def write_dat(dst, entries: Iterable[tuple[str, int, torch.Tensor]]) -> None:
     `entries` may be a generator: tensors are written one at a time (streaming converters).
     """
     entries = list(entries) if not isinstance(entries, Iterator) else entries
-    items = []
     seen = set()
 
     def check(key, elem_type, t):

@@ -1,36 +1,8 @@
-"""Generation through transformers' own `generate` (greedy by default), plus answer scoring."""
+"""Batched greedy answers through transformers' own `generate`, and answer scoring (probes,
+replay, self-test). The runners' turn-by-turn generation with timing lives in runner.py."""
 import torch
 
-from .chat import encode_prompt, stop_token_ids
-
-
-def generate_ids(model, tok, prompt_ids: list[int], max_new_tokens: int, use_cache=True,
-                 temp=0.0, top_p=1.0, seed=123, output_logits=False):
-    """One prompt -> (new token ids, per-step logits or None). Stops on the model's stop tokens."""
-    dev = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids], device=dev)
-    kw = dict(max_new_tokens=max_new_tokens, use_cache=use_cache,
-              eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id or stop_token_ids(tok)[0],
-              return_dict_in_generate=True, output_logits=output_logits)
-    if temp > 0:
-        torch.manual_seed(seed)
-        kw.update(do_sample=True, temperature=temp, top_p=top_p, top_k=0)
-    else:
-        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
-    new = out.sequences[0, ids.shape[1]:].tolist()
-    stops = set(stop_token_ids(tok))
-    for i, t in enumerate(new):
-        if t in stops:
-            new = new[:i]
-            break
-    return new, (out.logits if output_logits else None)
-
-
-def answer(model, tok, message: str, history=(), max_new_tokens=24, **kw) -> str:
-    ids, _ = generate_ids(model, tok, encode_prompt(tok, list(history), message), max_new_tokens, **kw)
-    return tok.decode(ids, skip_special_tokens=True)
+from .chat import encode_prompt, encode_row, stop_token_ids
 
 
 def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int, batch_size=16) -> list[str]:
@@ -59,7 +31,6 @@ def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int, batch_si
 
 def answer_nll(model, tok, prompts: list[str], answers: list[str]) -> list[float]:
     """Mean per-token NLL of each given answer (+ its end token) after its prompt."""
-    from .chat import encode_row
     dev = next(model.parameters()).device
     out = []
     with torch.no_grad():
