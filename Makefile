@@ -22,7 +22,7 @@ GUARD := $(PY) scripts/guard.py $(GUARD_FLAGS) script
 # The guard prefix is passed on so doc/DevLog.md records each command exactly as run.
 GUARDED = NVFP4LAB_GUARD_PREFIX="$(GUARD)" $(GUARD)
 
-.PHONY: setup build test test-fast test-demo data inspect convert proxy demo demo-collapse \
+.PHONY: setup build test test-fast test-demo data inspect convert convert-gguf proxy demo demo-collapse \
         stageG validate chat reset bench bench-cpu gpu-check
 
 setup:
@@ -55,6 +55,11 @@ inspect: build
 convert: build
 	@test -n "$(HF)" -a -n "$(OUT)" || { echo "usage: make convert HF=<dir with config.json + *.safetensors> OUT=<file.dat>"; exit 2; }
 	$(GUARDED) scripts/convert.py --hf $(HF) --out $(OUT)
+
+# GGUF -> .dat + model dir. Needs the optional packages gguf + accelerate (README: Packages).
+convert-gguf: build
+	@test -n "$(GGUF)" -a -n "$(OUT)" || { echo "usage: make convert-gguf GGUF=<file.gguf> OUT=<file.dat> [MODEL_DIR_OUT=<dir>]"; exit 2; }
+	$(PY) scripts/convert.py --gguf $(GGUF) --out $(OUT) --model-dir-out $(or $(MODEL_DIR_OUT),$(dir $(OUT)))
 
 $(PROXY_DAT): data/proxy-knowledge-v1.tsv data/probes-v1.tsv | build
 	$(PY) scripts/make_proxy.py

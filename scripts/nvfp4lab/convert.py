@@ -77,3 +77,25 @@ def convert_hf(hf_dir: str, out: str, qdata_elem_type=ELEM_QDATA, device="cpu") 
     get = safetensors_getter(hf_dir, bool(getattr(config, "tie_word_embeddings", False)))
     write_dat(out, dat_entries(plan, get, qdata_elem_type, device))
     return plan
+
+
+def convert_gguf(gguf_path: str, out: str, model_dir_out: str, qdata_elem_type=ELEM_QDATA) -> list:
+    """GGUF (e.g. SmolLM2-135M-Instruct.Q4_1.gguf) -> `.dat` + a model dir (config, tokenizer).
+
+    transformers de-quantizes the GGUF tensors to float (needs the optional packages `gguf` and
+    `accelerate`); from there the same rules as for safetensors apply.
+    """
+    from transformers import AutoTokenizer
+    if not os.path.isfile(gguf_path):
+        raise FileNotFoundError(f"{gguf_path}: no such file")
+    folder, name = os.path.split(os.path.abspath(gguf_path))
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    state = dict(model.state_dict())
+    state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+    os.makedirs(model_dir_out, exist_ok=True)
+    model.config.save_pretrained(model_dir_out)
+    tok.save_pretrained(model_dir_out)
+    plan = conversion_plan(model.config)
+    write_dat(out, dat_entries(plan, lambda n: state[n].detach(), qdata_elem_type))
+    return plan
