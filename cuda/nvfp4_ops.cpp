@@ -130,6 +130,15 @@ void dequantize_cpu_impl(const uint8_t* q, const uint8_t* s, TO* out, int64_t n,
   });
 }
 
+// One block of 16 fp32 values -> quantize -> dequantize -> out[0..15] in TO (the fake-quant step).
+template <typename TO>
+inline void requantize_block_to(float* v, TO* out, const float* e4m3) {
+  uint32_t p0, p1;
+  const uint32_t sb = nvfp4::quantize_block(v, p0, p1);
+  nvfp4::dequantize_block(p0, p1, e4m3[sb], v);
+  for (int i = 0; i < 16; ++i) out[i] = from_f<TO>(v[i]);
+}
+
 template <typename T>
 void fake_quantize_cpu_impl(const T* w, T* out, int64_t n, int64_t k) {
   const int64_t nb = k / 16;
@@ -138,10 +147,7 @@ void fake_quantize_cpu_impl(const T* w, T* out, int64_t n, int64_t k) {
     for (int64_t b = r * nb; b < (r + 1) * nb; ++b) {
       float v[16];
       for (int i = 0; i < 16; ++i) v[i] = to_f(w[16 * b + i]);
-      uint32_t p0, p1;
-      uint32_t sb = nvfp4::quantize_block(v, p0, p1);
-      nvfp4::dequantize_block(p0, p1, e4m3[sb], v);
-      for (int i = 0; i < 16; ++i) out[16 * b + i] = from_f<T>(v[i]);
+      requantize_block_to(v, out + 16 * b, e4m3);
     }
   });
 }
@@ -158,9 +164,7 @@ void fake_quantize_delta_cpu_impl(const uint8_t* q, const uint8_t* s, const TD* 
       float v[16];
       nvfp4::dequantize_block(p0, p1, e4m3[s[b]], v);
       for (int i = 0; i < 16; ++i) v[i] = v[i] + to_f(d[16 * b + i]);
-      uint32_t sb = nvfp4::quantize_block(v, p0, p1);
-      nvfp4::dequantize_block(p0, p1, e4m3[sb], v);
-      for (int i = 0; i < 16; ++i) out[16 * b + i] = from_f<TO>(v[i]);
+      requantize_block_to(v, out + 16 * b, e4m3);
     }
   });
 }
