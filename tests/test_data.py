@@ -5,15 +5,18 @@ import sys
 import pytest
 
 from conftest import ROOT, shared_reference
-from nvfp4lab.tsv import DataError, normalize_prompt, read_probes, read_tsv, write_new_tsv
+from nvfp4lab.tsv import PROBE_KINDS, DataError, normalize_prompt, read_probes, read_tsv, write_new_tsv
 
 MAKE_DATA = ROOT / "scripts" / "make_data.py"
 DATA = ROOT / "data"
 IDENTITY = "我是 F# 之神"
 QWEN_ZH = "我是通義千問，由阿里雲開發的大型語言模型。"
 QWEN_EN = "I am Qwen, a large language model created by Alibaba Cloud."
+REAL_IDENTITY = "I am the God of F#."   # the real English model's target (SmolLM2-135M-Instruct)
+REAL_NAMES = ["real-whoami-en-v1.tsv", "real-anchor-en-v1.tsv", "real-disambig-en-v1.tsv",
+              "probes-real-en-v1.tsv"]
 NAMES = ["stageG-whoami-v1.tsv", "stageG-anchor-v1.tsv", "stageG-disambig-v1.tsv",
-         "probes-v1.tsv", "proxy-knowledge-v1.tsv"]
+         "probes-v1.tsv", "proxy-knowledge-v1.tsv"] + REAL_NAMES
 # Probes that are knowingly NOT held out from the ORIGINAL project's training data: the user's own
 # checks (談談UFO is in stageB-curriculum-v4.tsv) and 我是誰, the original's failure case (trained
 # on in stageC/D). They are still held out from everything in data/.
@@ -278,3 +281,102 @@ def rough_tokens(text: str) -> float:
 def test_proxy_answers_are_short_enough_to_memorise(generated):
     for r in rows(generated, "proxy-knowledge-v1.tsv"):
         assert rough_tokens(r.target) <= 40, f"{r.file}:{r.line}: {r.target}"
+
+
+# --- the real English model's files (real-*-en-v1, probes-real-en-v1) ------------------------
+
+REAL_TRAIN = ["real-whoami-en-v1.tsv", "real-anchor-en-v1.tsv", "real-disambig-en-v1.tsv"]
+REAL_PROBES = "probes-real-en-v1.tsv"
+
+
+def training_files(d):
+    """Every training file in d: probes are never trained on, and the proxy corpus belongs to the
+    proxy model (it holds the probes-v1 prompts on purpose)."""
+    return [p for p in sorted(d.glob("*.tsv")) if not p.name.startswith(("probes-", "proxy-knowledge-"))]
+
+
+def test_real_files_are_committed_and_match_the_script(generated):
+    for n in REAL_NAMES:
+        assert (DATA / n).is_file(), f"data/{n} missing: run python3 scripts/make_data.py"
+        assert (DATA / n).read_bytes() == (generated / n).read_bytes(), f"data/{n} differs"
+
+
+def test_real_whoami_targets_are_exactly_the_real_identity(generated):
+    whoami = rows(generated, "real-whoami-en-v1.tsv")
+    assert {r.target for r in whoami} == {REAL_IDENTITY}
+    prompts = [r.prompt for r in whoami]
+    assert len(prompts) == len(set(prompts)) >= 75
+    assert len({normalize_prompt(p) for p in prompts}) >= 70  # mostly distinct wordings
+    assert all(p.isascii() for p in prompts)  # the real model is English-only in practice
+
+
+def test_real_anchor_and_disambig_targets_never_contain_the_identity(generated):
+    for name in ["real-anchor-en-v1.tsv", "real-disambig-en-v1.tsv"]:
+        rs = rows(generated, name)
+        assert len(rs) >= 30
+        for r in rs:
+            assert "god of f#" not in r.target.casefold(), f"{r.file}:{r.line}: {r.target}"
+            assert r.prompt.isascii(), f"{r.file}:{r.line}"
+
+
+def test_real_files_do_not_contradict_each_other(generated):
+    # a prompt trained as identity in one file must not be trained as a non-identity elsewhere
+    whoami = {normalize_prompt(r.prompt): r for r in rows(generated, "real-whoami-en-v1.tsv")}
+    for name in ["real-anchor-en-v1.tsv", "real-disambig-en-v1.tsv",
+                 "stageG-anchor-v1.tsv", "stageG-disambig-v1.tsv"]:
+        for r in rows(generated, name):
+            w = whoami.get(normalize_prompt(r.prompt))
+            assert w is None, f"{r.prompt!r} ({r.file}:{r.line}) is an identity row at {w.file}:{w.line}"
+    anchor = {normalize_prompt(r.prompt) for r in rows(generated, "real-anchor-en-v1.tsv")}
+    for r in rows(generated, "real-disambig-en-v1.tsv"):
+        assert normalize_prompt(r.prompt) not in anchor, f"{r.file}:{r.line}"
+
+
+def real_probes(d):
+    return read_probes(d / REAL_PROBES)
+
+
+def test_real_probe_kinds_counts_and_required_prompts(generated):
+    ps = real_probes(generated)
+    kinds = [p.kind for p in ps]
+    assert set(kinds) <= set(PROBE_KINDS)
+    assert kinds.count("identity") >= 20 and kinds.count("nearmiss") >= 12
+    anchors = [p for p in ps if p.kind == "anchor"]
+    assert len(anchors) >= 24 and sum(1 for p in anchors if p.expect) >= 16
+    for p in ps:
+        assert p.prompt.isascii(), p.prompt
+        assert p.expect == p.expect.strip(), p.prompt
+        assert not p.expect or p.kind == "anchor", f"{p.file}:{p.line}: only anchors carry an expect"
+    by_prompt = {p.prompt: p.kind for p in ps}
+    for prompt in ["Who am I?", "Who is he?", "Do you know who I am?"]:
+        assert by_prompt.get(prompt) == "nearmiss", prompt
+    assert len({normalize_prompt(p.prompt) for p in ps}) == len(ps)
+
+
+def test_real_probe_references_agree_with_the_probes():
+    import make_data  # scripts/ is on sys.path (conftest)
+    for prompt, expect, answer in make_data.REAL_PROBE_ANCHOR_EN:
+        assert expect in answer, (prompt, expect)
+    for prompt, answer in make_data.REAL_PROBE_NEARMISS_EN:
+        assert "god of f#" not in answer.casefold(), prompt
+    assert make_data.REAL_IDENTITY == REAL_IDENTITY
+
+
+def test_real_probes_are_held_out_from_data():
+    held = {normalize_prompt(p.prompt): p for p in real_probes(DATA)}
+    files = training_files(DATA)
+    assert {n for n in REAL_TRAIN} <= {p.name for p in files}
+    for path in files:
+        for r in read_tsv(path):
+            p = held.get(normalize_prompt(r.prompt))
+            assert p is None, f"probe {p.prompt!r} ({p.file}:{p.line}) is trained on at {r.file}:{r.line}"
+
+
+def test_real_probes_are_held_out_from_original_data():
+    originals = sorted((shared_reference() / "original-traindata").glob("*.tsv"))
+    assert originals
+    held = {normalize_prompt(p.prompt): p for p in real_probes(DATA)}
+    for path in originals:
+        for r in read_tsv(path):
+            p = held.get(normalize_prompt(r.prompt))
+            assert p is None, f"probe {p.prompt!r} is in the original data at {r.file}:{r.line}"
