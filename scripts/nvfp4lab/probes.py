@@ -4,7 +4,7 @@ Kinds (data/probes-*.tsv, held out from all training files):
   identity  - the greedy answer must contain the target ("我是 F# 之神")
   anchor    - must NOT contain the target; should keep the base model's answer (exact match,
               the expected keyword if the probe has one, and a small rise of the NLL of the
-              base's own answer)
+              base's own answer); losing most of them is a collapse
   nearmiss  - questions that look like identity ones (我是誰, who is he): must NOT contain it
 """
 import math
@@ -21,6 +21,11 @@ class Thresholds:
     min_anchor_exact: float = 0.0    # anchors with the base's exact greedy answer (0 = not judged)
     max_nll_drift: float = math.inf  # mean NLL rise of the base's own anchor answers
     max_repetition: float = 0.5      # repeated-n-gram share of an answer counted as collapse
+    # "Forgot everything else" is a collapse too (the original's Stage H answered "之" to
+    # everything: fragments, not the whole target): most known facts lost, or the base's own
+    # answers became far less likely.
+    collapse_facts: float = 0.5      # facts kept below this (with >= 4 fact probes)
+    collapse_nll_drift: float = 2.0  # mean NLL rise (nats/token) of the base's anchor answers
 
 
 def repetition(text: str, n: int = 3) -> float:
@@ -64,7 +69,7 @@ def judge(probes, answers, base_answers, target: str, th: Thresholds,
     s = {
         "identity_hit": share("identity", lambda r: r["verdict"] == "hit"),
         "nearmiss_leak": share("nearmiss", lambda r: r["verdict"] == "LEAK"),
-        "anchor_identity": sum(r["verdict"] == "IDENTITY" for _, r in anchors),
+        "anchor_identity": sum(r["verdict"].startswith("IDENTITY") for _, r in anchors),
         "anchor_exact": share("anchor", lambda r: r["verdict"].startswith("kept")),
         "facts_kept": (sum(p.expect in r["answer"] for p, r in fact_rows) / len(fact_rows)
                        if fact_rows else float("nan")),
@@ -76,6 +81,12 @@ def judge(probes, answers, base_answers, target: str, th: Thresholds,
         s["verdict"], s["why"] = "collapse", f"{s['anchor_identity']} anchor(s) answered with the identity"
     elif s["repetition_max"] > th.max_repetition:
         s["verdict"], s["why"] = "collapse", f"repetition {s['repetition_max']:.2f} > {th.max_repetition}"
+    elif len(fact_rows) >= 4 and s["facts_kept"] < th.collapse_facts:
+        s["verdict"], s["why"] = "collapse", (f"forgot what it knew: facts kept "
+                                              f"{s['facts_kept']:.2f} < {th.collapse_facts}")
+    elif s["nll_drift"] > th.collapse_nll_drift:
+        s["verdict"], s["why"] = "collapse", (f"forgot what it knew: NLL drift "
+                                              f"{s['nll_drift']:.2f} > {th.collapse_nll_drift}")
     else:
         misses = []
         if not s["identity_hit"] >= th.min_identity:

@@ -1,0 +1,37 @@
+"""The collapse rule: what counts as success, not reached, and collapse."""
+from nvfp4lab.probes import Thresholds, judge, repetition
+from nvfp4lab.tsv import Probe
+
+T = "我是 F# 之神"
+
+
+def probes():
+    ps = [Probe("identity", f"who{i}", "", "p", i) for i in range(2)]
+    ps += [Probe("anchor", f"fact{i}", "42", "p", 10 + i) for i in range(4)]
+    ps += [Probe("nearmiss", "我是誰", "", "p", 20)]
+    return ps
+
+
+BASE = ["我是通義千問"] * 2 + ["答案是 42。"] * 4 + ["你是提問者。"]
+
+
+def verdict(answers, nll=None):
+    return judge(probes(), answers, BASE, T, Thresholds(), nll, [0.5] * 4 if nll else None)[1]
+
+
+def test_success_and_not_reached():
+    s = verdict([T, T] + BASE[2:])
+    assert s["verdict"] == "success" and s["identity_hit"] == 1.0 and s["facts_kept"] == 1.0
+    s = verdict(BASE)
+    assert s["verdict"] == "not-reached" and "identity" in s["why"]
+
+
+def test_collapse_rules():
+    assert verdict([T, T, T] + BASE[3:])["verdict"] == "collapse"              # anchor = identity
+    s = verdict([T, T, "之神", "", "之神", "答案是 42。", "你是提問者。"])      # Stage H: fragments
+    assert s["verdict"] == "collapse" and "forgot" in s["why"] and s["anchor_identity"] == 0
+    s = verdict([T, T] + BASE[2:], nll=[3.0] * 4)                              # NLL drift 2.5
+    assert s["verdict"] == "collapse" and "NLL" in s["why"]
+    assert repetition("神" * 20) > 0.5 and repetition("我是 F# 之神") == 0.0
+    s = verdict([T, T] + BASE[2:6] + [T])                                      # near-miss leak
+    assert s["verdict"] == "not-reached" and "near-miss" in s["why"]
