@@ -27,7 +27,7 @@ import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from nvfp4lab import chat, ops, paths, trainer as T  # noqa: E402
-from nvfp4lab.convert import conversion_plan, dat_entries  # noqa: E402
+from nvfp4lab.convert import conversion_plan, dat_entries, entry_count  # noqa: E402
 from nvfp4lab.dat import read_dat, write_dat  # noqa: E402
 from nvfp4lab.model import export_model, load_config, load_model, make_trainable  # noqa: E402
 
@@ -75,7 +75,8 @@ def write_random_dat(config, path: str, device, seed=0):
         if name.endswith("norm.weight"):
             return torch.ones(shapes[name], device=device)
         return torch.randn(shapes[name], device=device, generator=g) * 0.02
-    write_dat(path, dat_entries(conversion_plan(config), get, device=device))
+    plan = conversion_plan(config)
+    write_dat(path, dat_entries(plan, get, device=device), entry_count(plan))
 
 
 def peer_model(config, dat, device):

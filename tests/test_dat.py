@@ -98,7 +98,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
         yield "a", 6, torch.zeros(2)
         raise RuntimeError("disk full, say")
     with pytest.raises(RuntimeError):
-        write_dat(tmp_path / "out.dat", entries())
+        write_dat(tmp_path / "out.dat", entries(), count=2)
     assert os.listdir(tmp_path) == []
 
 
@@ -106,7 +106,7 @@ def test_streaming_writer_equals_list_writer(tmp_path):
     q, s = quantize_ref(torch.randn(4, 32))
     items = [("w.weight.qdata", 0, q), ("w.weight.scale", 101, s), ("n", 5, torch.ones(3).half())]
     write_dat(tmp_path / "a.dat", items)
-    write_dat(tmp_path / "b.dat", iter(items))
+    write_dat(tmp_path / "b.dat", iter(items), count=len(items))
     assert (tmp_path / "a.dat").read_bytes() == (tmp_path / "b.dat").read_bytes()
 
 

@@ -34,6 +34,11 @@ def conversion_plan(config) -> list[tuple[str, bool]]:
     return [(n, n in linear) for n in names]
 
 
+def entry_count(plan) -> int:
+    """How many `.dat` entries a plan writes (an NVFP4 weight is two: qdata and scale)."""
+    return sum(2 if nvfp4 else 1 for _, nvfp4 in plan)
+
+
 def dat_entries(plan, get_tensor: Callable[[str], torch.Tensor], qdata_elem_type=ELEM_QDATA,
                 device="cpu") -> Iterator[tuple[str, int, torch.Tensor]]:
     """Yield (key, elemType, tensor) one weight at a time: peak memory ~ one tensor, twice."""
@@ -75,7 +80,7 @@ def convert_hf(hf_dir: str, out: str, qdata_elem_type=ELEM_QDATA, device="cpu") 
     config = load_config(hf_dir)
     plan = conversion_plan(config)
     get = safetensors_getter(hf_dir, bool(getattr(config, "tie_word_embeddings", False)))
-    write_dat(out, dat_entries(plan, get, qdata_elem_type, device))
+    write_dat(out, dat_entries(plan, get, qdata_elem_type, device), entry_count(plan))
     return plan
 
 
@@ -97,5 +102,6 @@ def convert_gguf(gguf_path: str, out: str, model_dir_out: str, qdata_elem_type=E
     model.config.save_pretrained(model_dir_out)
     tok.save_pretrained(model_dir_out)
     plan = conversion_plan(model.config)
-    write_dat(out, dat_entries(plan, lambda n: state[n].detach(), qdata_elem_type))
+    write_dat(out, dat_entries(plan, lambda n: state[n].detach(), qdata_elem_type),
+              entry_count(plan))
     return plan

@@ -274,48 +274,33 @@ class AtomicFile:
         return False
 
 
-def write_dat(dst, entries: Iterable[tuple[str, int, torch.Tensor]]) -> None:
+def write_dat(dst, entries: Iterable[tuple[str, int, torch.Tensor]], count: int | None = None) -> None:
     """Write a new `.dat` from (key, elem_type, tensor) triples, atomically.
 
-    `entries` may be a generator: tensors are written one at a time (streaming converters).
+    `entries` may be a generator (converters stream one tensor at a time); the file starts with
+    the entry count, so a generator needs `count`. Writing a different number is an error.
     """
-    entries = list(entries) if not isinstance(entries, Iterator) else entries
+    if count is None:
+        if isinstance(entries, Iterator):
+            raise ValueError(f"{dst}: write_dat needs count= for a generator of entries")
+        entries = list(entries)
+        count = len(entries)
     seen = set()
-
-    def check(key, elem_type, t):
-        if key in seen:
-            raise ValueError(f"{dst}: duplicate key {key!r}")
-        seen.add(key)
-        if elem_type not in ELEM_TYPES:
-            raise ValueError(f"{dst}: key {key!r}: unknown elemType {elem_type}")
-        if t.dtype != ELEM_TYPES[elem_type][1]:
-            raise ValueError(f"{dst}: key {key!r}: tensor dtype {t.dtype} does not match "
-                             f"elemType {elem_type} ({ELEM_TYPES[elem_type][0]})")
-
-    if isinstance(entries, list):
-        with AtomicFile(dst) as f:
-            f.write(encode_uleb128(len(entries)))
-            for key, elem_type, t in entries:
-                check(key, elem_type, t)
-                f.write(entry_header(key, elem_type, t.shape))
-                f.write(tensor_bytes(t))
-        return
-    # Generator: the count comes first in the file, so collect headers lazily via a second file.
-    body = AtomicFile(os.fspath(dst) + ".body")
-    n = 0
-    with body as fb:
+    with AtomicFile(dst) as f:
+        f.write(encode_uleb128(count))
         for key, elem_type, t in entries:
-            check(key, elem_type, t)
-            fb.write(entry_header(key, elem_type, t.shape))
-            fb.write(tensor_bytes(t))
-            n += 1
-    try:
-        with AtomicFile(dst) as f, open(body.dst, "rb") as fb:
-            f.write(encode_uleb128(n))
-            while chunk := fb.read(COPY_CHUNK):
-                f.write(chunk)
-    finally:
-        os.remove(body.dst)
+            if key in seen:
+                raise ValueError(f"{dst}: duplicate key {key!r}")
+            seen.add(key)
+            if elem_type not in ELEM_TYPES:
+                raise ValueError(f"{dst}: key {key!r}: unknown elemType {elem_type}")
+            if t.dtype != ELEM_TYPES[elem_type][1]:
+                raise ValueError(f"{dst}: key {key!r}: tensor dtype {t.dtype} does not match "
+                                 f"elemType {elem_type} ({ELEM_TYPES[elem_type][0]})")
+            f.write(entry_header(key, elem_type, t.shape))
+            f.write(tensor_bytes(t))
+        if len(seen) != count:
+            raise ValueError(f"{dst}: {len(seen)} entries written, {count} announced")
 
 
 def same_file(a, b) -> bool:

@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from . import chat, ops
-from .convert import conversion_plan, dat_entries
+from .convert import conversion_plan, dat_entries, entry_count
 from .dat import write_dat
 from .tsv import read_tsv
 
@@ -110,4 +110,4 @@ def export_proxy(model, out_dat: str) -> None:
     state = dict(model.state_dict())
     state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
     plan = conversion_plan(model.config)
-    write_dat(out_dat, dat_entries(plan, lambda name: state[name].detach()))
+    write_dat(out_dat, dat_entries(plan, lambda name: state[name].detach()), entry_count(plan))
