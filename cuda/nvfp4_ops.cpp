@@ -114,17 +114,22 @@ void quantize_cpu_impl(const T* w, uint8_t* q, uint8_t* s, int64_t n, int64_t k)
   });
 }
 
+// Packed block b (8 bytes of codes + 1 scale byte) -> v[16] fp32.
+inline void load_block(const uint8_t* q, const uint8_t* s, int64_t b, const float* e4m3, float* v) {
+  uint32_t p0, p1;
+  memcpy(&p0, q + 8 * b, 4);      // little-endian: element 2j is the low nibble of byte j
+  memcpy(&p1, q + 8 * b + 4, 4);
+  nvfp4::dequantize_block(p0, p1, e4m3[s[b]], v);
+}
+
 template <typename TO>
 void dequantize_cpu_impl(const uint8_t* q, const uint8_t* s, TO* out, int64_t n, int64_t k) {
   const int64_t nb = k / 16;
   const float* e4m3 = e4m3_table();
   for_rows(n, nb, [&](int64_t r) {
     for (int64_t b = r * nb; b < (r + 1) * nb; ++b) {
-      uint32_t p0, p1;
-      memcpy(&p0, q + 8 * b, 4);
-      memcpy(&p1, q + 8 * b + 4, 4);
       float v[16];
-      nvfp4::dequantize_block(p0, p1, e4m3[s[b]], v);
+      load_block(q, s, b, e4m3, v);
       for (int i = 0; i < 16; ++i) out[16 * b + i] = from_f<TO>(v[i]);
     }
   });
@@ -158,11 +163,8 @@ void fake_quantize_delta_cpu_impl(const uint8_t* q, const uint8_t* s, const TD* 
   const float* e4m3 = e4m3_table();
   for_rows(n, nb, [&](int64_t r) {
     for (int64_t b = r * nb; b < (r + 1) * nb; ++b) {
-      uint32_t p0, p1;
-      memcpy(&p0, q + 8 * b, 4);
-      memcpy(&p1, q + 8 * b + 4, 4);
       float v[16];
-      nvfp4::dequantize_block(p0, p1, e4m3[s[b]], v);
+      load_block(q, s, b, e4m3, v);
       for (int i = 0; i < 16; ++i) v[i] = v[i] + to_f(d[16 * b + i]);
       requantize_block_to(v, out + 16 * b, e4m3);
     }
