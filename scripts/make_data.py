@@ -763,10 +763,15 @@ def stage_g_disambig():
     return list(DISAMBIG), header
 
 
+def probe_rows(identity, anchors) -> list:
+    """identity prompts and (prompt, expect, answer) anchors -> probe rows (expect only if set)."""
+    rows = [("identity", p) for p in identity]
+    rows += [("anchor", p, e) if e else ("anchor", p) for p, e, _ in anchors]
+    return rows
+
+
 def probes():
-    rows = [("identity", p) for p in PROBE_IDENTITY]
-    for prompt, expect, _ in PROBE_ANCHOR:
-        rows.append(("anchor", prompt, expect) if expect else ("anchor", prompt))
+    rows = probe_rows(PROBE_IDENTITY, PROBE_ANCHOR)
     rows.append("the user's own checks; 談談UFO is also in the original data (allow-listed in tests)")
     rows += [("anchor", p) for p, _, _ in USER_CHECKS]
     rows += [("nearmiss", p) for p, _ in PROBE_NEARMISS]
@@ -808,9 +813,7 @@ def real_disambig_en():
 
 
 def probes_real_en():
-    rows = [("identity", p) for p in REAL_PROBE_IDENTITY_EN]
-    for prompt, expect, _ in REAL_PROBE_ANCHOR_EN:
-        rows.append(("anchor", prompt, expect) if expect else ("anchor", prompt))
+    rows = probe_rows(REAL_PROBE_IDENTITY_EN, REAL_PROBE_ANCHOR_EN)
     rows += [("nearmiss", p) for p, _ in REAL_PROBE_NEARMISS_EN]
     header = ("HELD-OUT probes for the real English model: kind<TAB>prompt[<TAB>expect]; expect = keyword a\n"
               "correct anchor answer contains (case-sensitive). No prompt here is in any training file in data/.\n"
