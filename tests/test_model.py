@@ -104,3 +104,53 @@ def test_chat_template_renders_like_the_instruct_2507_template():
             assert ours == theirs
     assert "<think>" not in tok.apply_chat_template(convs[0], tokenize=False,
                                                     add_generation_prompt=True)
+
+
+def trained_tiny(tiny_qwen):
+    """The tiny model made trainable, every delta set to small random values."""
+    from nvfp4lab.model import make_trainable
+    model_dir, dat_path = tiny_qwen
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    deltas = make_trainable(model, torch.bfloat16)
+    with torch.no_grad():
+        for _, d in deltas:
+            d.copy_(torch.randn_like(d, dtype=torch.float32) * 1e-2)
+    return model.eval(), deltas
+
+
+def test_cached_weights_are_bit_identical_and_follow_delta_changes(tiny_qwen):
+    from nvfp4lab.model import cached_weights, set_use_delta
+    model, deltas = trained_tiny(tiny_qwen)
+    ids = torch.randint(0, 151936, (2, 9))
+    with torch.no_grad():
+        plain = model(ids).logits
+        set_use_delta(model, False)
+        plain_base = model(ids).logits
+        set_use_delta(model, True)
+        with cached_weights(model):
+            assert torch.equal(model(ids).logits, plain)
+            assert model.lm_head._cache is not None            # the weight was kept
+            assert torch.equal(model(ids).logits, plain)       # and reused
+            set_use_delta(model, False)                         # base and trained keyed apart
+            assert torch.equal(model(ids).logits, plain_base)
+            set_use_delta(model, True)
+            for _, d in deltas:                                 # an in-place step: rebuilt
+                d.mul_(2)
+            stepped = model(ids).logits
+        assert model.lm_head._cache is None                     # dropped on exit
+        assert torch.equal(stepped, model(ids).logits)
+
+
+def test_cpu_kept_weight_gives_the_same_gradients_as_rebuilding_it(tiny_qwen):
+    from nvfp4lab.model import QATLinearFn
+    model, _ = trained_tiny(tiny_qwen)
+    lin = model.model.layers[0].mlp.down_proj
+    x = torch.randn(3, 5, lin.in_features, requires_grad=True)
+    QATLinearFn.apply(x, lin.qdata, lin.scale, lin.delta).square().sum().backward()
+    gx, gd = x.grad.clone(), lin.delta.grad.clone()
+    # Reference: the straight-through gradients written out with the rebuilt weight.
+    w = ops.fake_quantize_delta(lin.qdata, lin.scale, lin.delta, torch.float32)
+    gy = 2 * (x.detach() @ w.t())
+    assert torch.equal(gx, gy @ w)
+    assert torch.equal(gd, (gy.reshape(-1, gy.shape[-1]).t() @ x.detach().reshape(-1, x.shape[-1]))
+                       .to(lin.delta.dtype))

@@ -3,6 +3,7 @@ replay, self-test). The runners' turn-by-turn generation with timing lives in ru
 import torch
 
 from .chat import encode_prompt, encode_row, stop_token_ids
+from .model import cached_weights
 
 
 def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int, batch_size=16) -> list[str]:
@@ -19,7 +20,8 @@ def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int, batch_si
         for j, e in enumerate(enc):
             ids[j, t - len(e):] = torch.tensor(e)
             mask[j, t - len(e):] = 1
-        with torch.no_grad():
+        # One forward per new token: on the CPU reuse the unpacked weights across them.
+        with torch.no_grad(), cached_weights(model):
             seq = model.generate(ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
                                  max_new_tokens=max_new_tokens, eos_token_id=stops,
                                  pad_token_id=pad, temperature=None, top_p=None, top_k=None)
@@ -33,7 +35,7 @@ def answer_nll(model, tok, prompts: list[str], answers: list[str]) -> list[float
     """Mean per-token NLL of each given answer (+ its end token) after its prompt."""
     dev = next(model.parameters()).device
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), cached_weights(model):
         for p, a in zip(prompts, answers):
             ids, labels, _ = encode_row(tok, p, a, 10 ** 9)
             ids = torch.tensor([ids], device=dev)

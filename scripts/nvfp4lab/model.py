@@ -12,6 +12,7 @@ rounds back to w); a zero-based delta keeps them, costs 2 bytes/weight like a bf
 """
 import json
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -40,13 +41,19 @@ class QATLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, qdata, scale, delta):
         w = ops.fake_quantize_delta(qdata, scale, delta, x.dtype)   # [N, K]
+        # On the CPU memory is not the limit but time is: rebuilding the weight costs ~10% of a
+        # SmolLM2 step on 2 cores, so there the weight is kept. On CUDA it is rebuilt (above).
+        ctx.cpu_weight = None if x.is_cuda else w
         ctx.save_for_backward(x, qdata, scale, delta)
         return x @ w.t()
 
     @staticmethod
     def backward(ctx, gy):
         x, qdata, scale, delta = ctx.saved_tensors
-        w = ops.fake_quantize_delta(qdata, scale, delta, gy.dtype)
+        w = ctx.cpu_weight
+        if w is None or w.dtype != gy.dtype:
+            w = ops.fake_quantize_delta(qdata, scale, delta, gy.dtype)
+        ctx.cpu_weight = None
         gx = gy @ w if ctx.needs_input_grad[0] else None
         # Straight-through: d fake_quantize(u) / du = 1, so the delta gets the weight gradient.
         gd = (gy.reshape(-1, gy.shape[-1]).t() @ x.reshape(-1, x.shape[-1])).to(delta.dtype)
@@ -63,12 +70,35 @@ class NVFP4Linear(nn.Module):
                                                   dtype=torch.uint8, device=device))
         self.delta = None        # nn.Parameter [out, in] once made trainable
         self.use_delta = True    # False: compute with the frozen base (the model before training)
+        self.cache_weight = False  # set by cached_weights(): reuse the unpacked weight (CPU only)
+        self._cache = None         # (key, weight [out, in]) while cache_weight is on
 
     def make_trainable(self, dtype=torch.bfloat16):
         self.delta = nn.Parameter(torch.zeros(self.out_features, self.in_features, dtype=dtype,
                                               device=self.qdata.device))
 
+    def cached(self, dtype) -> torch.Tensor:
+        """The weight forward would compute, built once per (base/trained, dtype, delta version).
+
+        Why: generation runs one forward per new token, and unpacking every weight each time
+        (SmolLM2 on 2 CPU cores: ~1.4 s per token for the trained form) costs more than the
+        matmuls. The key holds the delta's version counter, so an optimizer step or zero_() in
+        between (both in-place) makes the next call rebuild it.
+        """
+        trained = self.delta is not None and self.use_delta
+        key = (trained, dtype) + ((id(self.delta), self.delta._version) if trained else ())
+        if self._cache is None or self._cache[0] != key:
+            self._cache = None   # free the old weight before building the new one
+            w = (ops.fake_quantize_delta(self.qdata, self.scale, self.delta, dtype) if trained
+                 else ops.dequantize(self.qdata, self.scale, dtype))
+            self._cache = (key, w)
+        return self._cache[1]
+
     def forward(self, x):
+        if self.cache_weight and not torch.is_grad_enabled() and not x.is_cuda:
+            # Same expressions as the uncached branches below, so the results are bit-identical.
+            w = self.cached(x.dtype)
+            return x @ w.t() if self.delta is not None and self.use_delta else F.linear(x, w)
         if self.delta is not None and self.use_delta:
             return QATLinearFn.apply(x, self.qdata, self.scale, self.delta)
         rows = x.numel() // x.shape[-1]
@@ -87,9 +117,19 @@ class AddDelta(nn.Module):
         super().__init__()
         self.register_buffer("base", base, persistent=False)
         self.use_delta = True
+        self.cache_weight = False  # set by cached_weights(), as NVFP4Linear's
+        self._cache = None
 
     def forward(self, delta):
-        return self.base + delta.to(self.base.dtype) if self.use_delta else self.base
+        if not self.use_delta:
+            return self.base
+        if not (self.cache_weight and not torch.is_grad_enabled()):
+            return self.base + delta.to(self.base.dtype)
+        # The embedding (SmolLM2: 28 M values) is otherwise re-added on every generated token.
+        key = (id(delta), delta._version)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.base + delta.to(self.base.dtype))
+        return self._cache[1]
 
     def right_inverse(self, value):
         # Called once by register_parametrization with the current weight: start at delta = 0.
@@ -182,6 +222,28 @@ def load_model(dat: DatFile, model_dir: str, device="cpu", dtype=torch.bfloat16)
         raise ModelLoadError(f"{dat.path}: not filled from the file: {leftover[:5]}")
     model.eval()
     return model
+
+
+@contextmanager
+def cached_weights(model: nn.Module):
+    """Inside: gradient-free forwards on the CPU reuse each unpacked weight (and each base+delta
+    of the dense tensors) instead of rebuilding it per forward; for generation and scoring.
+
+    CPU only, on purpose: on CUDA decode reads the packed weight through the W4A16 kernel, and
+    holding every unpacked weight would raise the GPU peak (4B: ~8 GB in bf16). The caches are
+    dropped on exit, so nothing stays resident between probe rounds.
+    """
+    if next(model.parameters()).is_cuda:
+        yield
+        return
+    mods = [m for m in model.modules() if isinstance(m, (NVFP4Linear, AddDelta))]
+    for m in mods:
+        m.cache_weight = True
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.cache_weight, m._cache = False, None
 
 
 def make_trainable(model: nn.Module, delta_dtype=torch.bfloat16) -> list[tuple[str, nn.Parameter]]:
