@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
     def turn(tag, message):
         check_output(chat.turn(tag, message, a.timeout_ms), f"turn {tag or 1}")
         if a.use_kvc:
-            print(f"[kvc] turn-cache seqLen={chat.cache.get_seq_length()} "
+            print(f"[kvc] turn-cache seqLen={chat.cached_length()} "
                   f"contextTokens={len(chat.context)}")
 
     for t in range(1, a.turns + 1):

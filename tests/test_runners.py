@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RT2 = str(ROOT / "scripts" / "run_training2.py")
 FP2 = str(ROOT / "scripts" / "run_training_fp2.py")
 CHAT = str(ROOT / "scripts" / "chat.py")
+VALIDATE = str(ROOT / "scripts" / "validate.py")
 TIMEOUT = 240
 
 # The user's commands, word for word (the weight is overridden by a later --weight: last wins).
@@ -127,6 +129,9 @@ def started(tiny_qwen, tmp_path_factory):
         "unknown_flag": (RT2, ["--no-such-flag", "1"]),
         "missing_weight": (RT2, ["--model-dir", vdir, "--weight", "nope/missing.dat"]),
         "truncated": (FP2, ["--model-dir", vdir, "--weight", truncated, "--device", "cpu"]),
+        # make validate without the guard: both seed commands at once, then one DevLog entry
+        "validate": (VALIDATE, ["--weight", vdir / "varied.dat", "--model-dir", vdir,
+                                "--device", "cpu", "--guard", ""]),
     }
     started = {name: Run(tmp, name, *s) for name, s in spec.items()}
     yield started, vdir
@@ -192,6 +197,18 @@ def test_unknown_flag_exits_2_with_one_usage_line(runs):
     assert len(lines) == 1 and lines[0].startswith("usage:") and "--no-such-flag" in lines[0]
 
 
+def test_validate_runs_both_seed_commands_and_logs_them(runs):
+    out = ok(runs["validate"])
+    shown = [line for line in out.splitlines() if line.startswith("$ ")]
+    assert len(shown) == 2
+    assert "scripts/run_training2.py" in shown[0] and shlex.join(USER_RT2[2:]) in shown[0]
+    assert "scripts/run_training_fp2.py" in shown[1] and shlex.join(USER_FP2) in shown[1]
+    assert out.count("[exit 0,") == 2
+    log = Path(os.environ["NVFP4LAB_DEVLOG"]).read_text(encoding="utf-8")
+    entry = log[log.rindex("validate varied.dat"):]
+    assert shown[0][2:] in entry and shown[1][2:] in entry and "both runners ran" in entry
+
+
 def test_missing_weight_exits_1_naming_the_file(runs):
     rc, out, err = runs["missing_weight"].result()
     assert rc == 1
@@ -226,7 +243,7 @@ def test_token_by_token_prefill_and_kept_cache(started):
     second = kept.ask("continue.")[1]
     # The kept cache is a prefix of the context: turn 2 ran only the new tokens, and matches a
     # no-cache run over the same tokens.
-    assert 0 < kept.cache.get_seq_length() < len(kept.context)
+    assert 0 < kept.cached_length() < len(kept.context)
     replay = runner.generate(model, tok, kept.context[:-len(second.ids) - len(kept.close_ids)],
                              5, use_cache=False)
     assert replay.ids == second.ids

@@ -19,6 +19,7 @@ from transformers import DynamicCache
 
 from .chat import encode_prompt, load_tokenizer, stop_token_ids
 from .dat import DatFormatError, read_dat
+from .decode import StaticDecoder
 from .paths import default_model_dir, default_weight, resolve_weight
 
 # Same names as model.DTYPES; spelled out so flags parse without importing the model stack.
@@ -327,17 +328,31 @@ def prefill_token_by_token(model, ids: list[int], cache):
 
 def generate(model, tok, context_ids: list[int], max_new_tokens: int, *, use_cache=True,
              cache=None, token_by_token=False, temp=0.0, top_p=1.0, seed=123, ignore_eos=False,
-             output_logits=False) -> Generation:
-    """One answer with transformers' `generate`, timed per step.
+             output_logits=False, decoder: StaticDecoder | None = None,
+             reuse_prefix=False) -> Generation:
+    """One answer, timed per step.
 
+    Greedy with a KV cache and a `decoder` given: the static-cache decoder (decode.py; a CUDA
+    graph per step on the GPU); reuse_prefix keeps the part of its cache that `context_ids`
+    starts with. Everything else (sampling, logits output, token-by-token prefill, no cache)
+    goes through transformers' `generate`:
     cache: a transformers Cache holding a prefix of context_ids (kept across turns by the
     caller); generate then only runs the uncached tail. use_cache=False: no cache at all, every
     step re-runs the whole sequence (the original's full replay).
     """
     dev = next(model.parameters()).device
     stops = stop_token_ids(tok)
-    clock = _StepClock()
     t0 = time.perf_counter()
+    if decoder is not None and use_cache and not token_by_token and temp <= 0 and not output_logits:
+        new, stamps = decoder.greedy(context_ids, max_new_tokens, [] if ignore_eos else stops,
+                                     reuse_prefix)
+        end = time.perf_counter()
+        if not ignore_eos:
+            new = next((new[:i] for i, t in enumerate(new) if t in stops), new)
+        stamps = stamps or [end]
+        return Generation(new, None, end - t0, stamps[0] - t0,
+                          [b - a for a, b in zip(stamps, stamps[1:])])
+    clock = _StepClock()
     if use_cache and token_by_token and len(context_ids) > 1:
         cache = prefill_token_by_token(model, context_ids[:-1], cache)
     ids = torch.tensor([context_ids], device=dev)
@@ -402,12 +417,23 @@ class Conversation:
         self.log = ChatLog(getattr(args, "chat_session_out", None),
                            getattr(args, "chat_session_jsonl", None))
         self.close_ids = tok("<|im_end|>\n", add_special_tokens=False)["input_ids"]
+        # Greedy turns with a cache: the static-cache decoder (a CUDA graph per step on the GPU).
+        greedy = use_cache and not token_by_token and args.temp <= 0
+        self.decoder = StaticDecoder(model) if greedy else None
         self.reset()
 
     def reset(self) -> None:
         self.history = []   # (role, text)
         self.context = []   # persistent_kv: every token so far
         self.cache = DynamicCache(config=self.model.config) if self.persistent_kv else None
+        if self.decoder is not None:
+            self.decoder.tokens = []   # a new conversation: nothing in the cache to reuse
+
+    def cached_length(self) -> int:
+        """Tokens held in the conversation's KV cache (persistent_kv)."""
+        if self.decoder is not None:
+            return self.decoder.cached_length()
+        return self.cache.get_seq_length() if self.cache is not None else 0
 
     def ask(self, message: str, timeout_ms: int = 0, what: str = "turn"):
         """One answer -> (text, Generation, number of prompt tokens fed this turn)."""
@@ -420,7 +446,8 @@ class Conversation:
         with watchdog(timeout_ms, what):
             gen = generate(self.model, self.tok, ids, a.max_tokens, use_cache=self.use_cache,
                            cache=self.cache, token_by_token=self.token_by_token, temp=a.temp,
-                           top_p=a.top_p, seed=a.seed, ignore_eos=a.ignore_eos)
+                           top_p=a.top_p, seed=a.seed, ignore_eos=a.ignore_eos,
+                           decoder=self.decoder, reuse_prefix=self.persistent_kv)
         text = self.tok.decode(gen.ids, skip_special_tokens=True)
         if self.persistent_kv:
             # The cache now holds a prefix of this; the next turn runs only the rest.

@@ -1,0 +1,173 @@
+"""Batch-1 greedy decoding on a static KV cache; on CUDA each decode step is one CUDA graph replay.
+
+Why not `transformers.generate` for the runners: eager decode of the 4B shape is launch-bound
+(36 layers x ~20 kernels: ~45 ms per token, ~21 tok/s on an H100 for us and for plain
+transformers alike), and generate's own static-cache mode compiles the forward with
+torch.compile, which costs tens of seconds in every new process. Here the forward is still the
+model's own (transformers' Qwen3 / Llama with the NVFP4 linears) fed through transformers'
+`StaticCache` with an explicit 4D mask, so every tensor of a decode step has a fixed address and
+the step can be captured once (~1 s) and replayed per token. On the CPU the same step runs
+eagerly; tests compare its tokens with `transformers.generate`.
+"""
+import inspect
+import time
+
+import torch
+from transformers import StaticCache
+
+
+def round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class StaticDecoder:
+    """Greedy decoder holding one static KV cache for one model (batch 1).
+
+    `tokens` are the ids whose keys/values sit in the cache at positions 0..len-1. With
+    reuse_prefix=True a new context that starts with them only prefills its new tail (the fp2
+    runner's persistent cache across turns); otherwise every call starts from an empty cache.
+    """
+
+    def __init__(self, model, capacity: int = 256, use_graph: bool = True):
+        self.model = model
+        self.device = model.get_input_embeddings().weight.device
+        self.use_graph = self.device.type == "cuda" and use_graph
+        # Older transformers pass the write position as `cache_position`; newer ones keep a
+        # counter inside each static layer. Feed both so either works.
+        self.pass_cache_position = "cache_position" in inspect.signature(
+            model.get_decoder().forward).parameters
+        self.graph_note = None   # why decoding is eager although CUDA graphs were asked for
+        self._allocate(capacity)
+
+    # ------------------------------------------------------------------ state
+
+    def _allocate(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.cache = StaticCache(config=self.model.config, max_cache_len=capacity)
+        # Additive mask in the compute dtype (0 = attend, -inf = not yet written): SDPA takes it
+        # as is, where a boolean one is converted again in every layer of every step.
+        dtype = self.model.get_input_embeddings().weight.dtype
+        self.mask = torch.full((1, 1, 1, capacity), -torch.inf, dtype=dtype, device=self.device)
+        self.tok = torch.zeros(1, 1, dtype=torch.long, device=self.device)   # input, then output
+        self.pos = torch.zeros(1, dtype=torch.long, device=self.device)      # position of `tok`
+        self.tokens: list[int] = []
+        self.graph = None
+
+    def _set_length(self, n: int) -> None:
+        """Point the cache's write position (and ours) at n."""
+        self.pos.fill_(n)
+        for layer in self.cache.layers:
+            if getattr(layer, "is_initialized", False) and hasattr(layer, "cumulative_length"):
+                layer.cumulative_length.fill_(n)
+
+    def _forward(self, input_ids, positions, mask, **kw):
+        kw.update(input_ids=input_ids, position_ids=positions.view(1, -1), attention_mask=mask,
+                  past_key_values=self.cache, use_cache=True)
+        if self.pass_cache_position:
+            kw["cache_position"] = positions
+        return self.model(**kw).logits[:, -1]          # [1, vocab]
+
+    # ------------------------------------------------------------------ prefill / step
+
+    def _prefill(self, ids: list[int], start: int) -> int:
+        """Run ids[start:] (positions start..n-1) into the cache; returns the next greedy token."""
+        n = len(ids)
+        self._set_length(start)
+        positions = torch.arange(start, n, device=self.device)
+        keys = torch.arange(self.capacity, device=self.device)
+        blocked = (keys[None, :] > positions[:, None])[None, None]      # [1, 1, q, capacity]
+        mask = torch.zeros(blocked.shape, dtype=self.mask.dtype, device=self.device)
+        mask.masked_fill_(blocked, -torch.inf)
+        logits = self._forward(torch.tensor([ids[start:]], device=self.device), positions, mask,
+                               logits_to_keep=1)
+        self.mask.fill_(-torch.inf)
+        self.mask[..., :n] = 0
+        self.pos.fill_(n)
+        return int(logits.argmax(-1))
+
+    def _step(self) -> None:
+        """Feed `tok` at position `pos`; leaves the greedy next token in `tok`, pos + 1."""
+        self.mask.index_fill_(3, self.pos, 0.0)
+        logits = self._forward(self.tok, self.pos, self.mask)
+        self.tok.copy_(logits.argmax(-1).view(1, 1))
+        self.pos.add_(1)
+
+    def _capture(self) -> None:
+        if any(getattr(layer, "is_sliding", False) for layer in self.cache.layers):
+            self.use_graph, self.graph_note = False, "sliding-window cache layers"
+            return
+        saved = (self.tok.clone(), int(self.pos))
+        # Warm-up on a side stream (cuBLAS handles, allocator) as torch.cuda.graph requires; it
+        # writes this position's keys, which the first replay writes again.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.tok.copy_(saved[0])
+        self._set_length(saved[1])
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step()
+        except RuntimeError as e:   # say so and decode eagerly: slower, same tokens
+            self.use_graph, self.graph_note = False, f"CUDA graph capture failed: {e}"
+            torch.cuda.synchronize()
+            self.tok.copy_(saved[0])
+            self._set_length(saved[1])
+            return
+        self.graph = graph
+
+    def _run_step(self) -> None:
+        if self.use_graph and self.graph is None:
+            self._capture()
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._step()
+
+    # ------------------------------------------------------------------ public
+
+    @torch.no_grad()
+    def greedy(self, ids: list[int], max_new_tokens: int, stops: list[int],
+               reuse_prefix: bool = False) -> tuple[list[int], list[float]]:
+        """Greedy continuation of `ids` (stops at the first stop token, which is included).
+
+        Returns (new token ids, perf_counter stamp after each token).
+        """
+        if not ids or max_new_tokens <= 0:
+            return [], []
+        need = len(ids) + max_new_tokens
+        if need > self.capacity:
+            # Attention reads the whole static cache every step (36 layers x capacity), so it
+            # grows in small steps; a new size costs one new capture (~0.1 s).
+            self._allocate(round_up(need, 256))
+        start = common_prefix(self.tokens, ids) if reuse_prefix else 0
+        start = min(start, len(ids) - 1)       # the last prompt token must run: its logits
+        out = [self._prefill(ids, start)]
+        stamps = [_stamp(self.device)]
+        while len(out) < max_new_tokens and out[-1] not in stops:
+            self.tok.fill_(out[-1])
+            self._run_step()
+            out.append(int(self.tok))          # the sync that makes the stamp honest
+            stamps.append(time.perf_counter())
+        self.tokens = list(ids) + out[:-1]     # the last token was never fed
+        return out, stamps
+
+    def cached_length(self) -> int:
+        return len(self.tokens)
+
+
+def _stamp(device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()

@@ -1,0 +1,46 @@
+"""The runners' static-cache greedy decoder gives transformers.generate's tokens (CPU, eager step;
+the CUDA-graph replay of the same step is checked on the GPU by scripts/gpu_check.py)."""
+import torch
+
+from nvfp4lab import chat
+from nvfp4lab.dat import read_dat
+from nvfp4lab.decode import StaticDecoder
+from nvfp4lab.model import load_model
+
+
+def reference_greedy(model, ids, n):
+    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=None,
+                         pad_token_id=0, temperature=None, top_p=None, top_k=None)
+    return out[0, len(ids):].tolist()
+
+
+def test_static_decoder_matches_generate_across_growth_and_prefix_reuse(tiny_qwen):
+    model_dir, dat_path = tiny_qwen
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    tok = chat.load_tokenizer(str(model_dir))
+    # capacity 8 is smaller than any prompt: every call below has to grow the cache first
+    dec = StaticDecoder(model, capacity=8)
+    first = chat.encode_prompt(tok, [], "你是誰")
+    new, stamps = dec.greedy(first, 10, stops=[])
+    assert new == reference_greedy(model, first, 10)
+    assert len(stamps) == 10 and dec.capacity >= len(first) + 10
+    assert dec.cached_length() == len(first) + 9          # the last token was never fed
+
+    # A second turn that extends the first: with reuse only the tail is prefilled, and the
+    # tokens equal both a fresh decoder and generate over the whole context.
+    second = first + new + chat.encode_prompt(tok, [], "continue.")
+    reused, _ = dec.greedy(second, 8, stops=[], reuse_prefix=True)
+    fresh, _ = StaticDecoder(model).greedy(second, 8, stops=[])
+    assert reused == fresh == reference_greedy(model, second, 8)
+
+
+def test_static_decoder_stops_at_a_stop_token(tiny_qwen):
+    model_dir, dat_path = tiny_qwen
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    tok = chat.load_tokenizer(str(model_dir))
+    ids = chat.encode_prompt(tok, [], "1+1等於多少？")
+    free_run, _ = StaticDecoder(model).greedy(ids, 6, stops=[])
+    stop = free_run[2]                                     # pretend the third token is a stop
+    new, _ = StaticDecoder(model).greedy(ids, 6, stops=[stop])
+    assert new == free_run[:free_run.index(stop) + 1]
