@@ -29,7 +29,9 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from nvfp4lab import chat, ops, paths, trainer as T  # noqa: E402
 from nvfp4lab.convert import conversion_plan, dat_entries, entry_count  # noqa: E402
 from nvfp4lab.dat import read_dat, write_dat  # noqa: E402
-from nvfp4lab.model import export_model, load_config, load_model, make_trainable  # noqa: E402
+from nvfp4lab.decode import StaticDecoder  # noqa: E402
+from nvfp4lab.model import (export_model, load_config, load_model, make_trainable,  # noqa: E402
+                            reset_deltas)
 
 GiB = 2 ** 30
 
@@ -107,6 +109,41 @@ def decode_tok_s(model, ids, new_tokens, device, static=False) -> float:
     return new_tokens / timed(run, device, repeat=3, warmup=2 if static else 1)
 
 
+def print_profile(fn, device, what: str, row_limit=18) -> None:
+    from torch.profiler import ProfilerActivity, profile as prof
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        fn()
+        sync(device)
+    events = [e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in events) / 1e3
+    print(f"  profile of {what}: {len(events)} GPU kernels/copies, {busy:.2f} ms of GPU time",
+          flush=True)
+    print(p.key_averages().table(sort_by="cuda_time_total", row_limit=row_limit), flush=True)
+
+
+def graph_decode(model, ids, new_tokens, device, use_graph=True, profile=False):
+    """The runners' decoder (decode.StaticDecoder: static cache, one CUDA graph replay per token):
+    (tok/s including prefill, the tokens, why it fell back to eager if it did)."""
+    dec = StaticDecoder(model, use_graph=use_graph)
+    ctx = ids[0].tolist()
+
+    def run():
+        dec.greedy(ctx, new_tokens, stops=[])
+    tok_s = new_tokens / timed(run, device, repeat=3, warmup=1)
+    mode = "CUDA graph" if dec.graph is not None else f"eager ({dec.graph_note or 'no CUDA'})"
+    if profile:   # what one decode step is made of (eager, so the kernels show one by one)
+        with torch.no_grad():
+            print_profile(dec._step, device, "one decode step (eager)", row_limit=25)
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(20):
+                dec.graph.replay() if dec.graph is not None else dec._step()
+            sync(device)
+        print(f"  one decode step replayed: {(time.perf_counter() - t0) / 20 * 1e3:.2f} ms",
+              flush=True)
+    return tok_s, dec.greedy(ctx, new_tokens, stops=[])[0], mode
+
+
 def try_static_decode(model, ids, new_tokens, device) -> float:
     try:
         return decode_tok_s(model, ids, new_tokens, device, static=True)
@@ -132,29 +169,59 @@ def batch_16x64(vocab, device, seed=0):
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-def our_train_step(model, device, vocab, profile=False):
+def our_train_step(model, device, vocab, profile=False) -> dict:
+    """train.py's step, timed with layer checkpointing (train.py's default on CUDA) and without:
+    {recompute: (seconds, peak GiB)}."""
     deltas = make_trainable(model, torch.bfloat16)
-    opt = T.make_optimizer(deltas, {"head": 1e-3, "embed": 1e-5, "norm": 1e-5, "blocks": 1e-5}, 0.0)
+    model.train()
+    # What train.py does: AdamW stepped layer by layer inside backward, clip 1.0 per layer.
+    stepper = T.StepInBackward(deltas, {"head": 1e-3, "embed": 1e-5, "norm": 1e-5, "blocks": 1e-5},
+                               0.0, 1.0)
     batch = batch_16x64(vocab, device)
     anchor = torch.zeros(16, dtype=torch.bool, device=device)
-    params = [d for _, d in deltas]
 
     def step():
         loss, _, _ = T.batch_loss(model, batch, anchor, 0.0)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    result = timed(step, device, repeat=5, warmup=2), peak_gib(device)
+        stepper.flush()
+    out = {}
+    for recompute in (True, False):
+        if recompute:
+            T.checkpoint_layers(model)
+        else:
+            getattr(model, "activation_checkpointing_disable",
+                    getattr(model, "gradient_checkpointing_disable", None))()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        out[recompute] = timed(step, device, repeat=5, warmup=2), peak_gib(device)
+        if profile and device.type == "cuda":
+            memory_trace(model, deltas, stepper, batch, anchor)
     if profile:
-        from torch.profiler import ProfilerActivity, profile as prof
-        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-            step()
-            sync(device)
-        print(p.key_averages().table(sort_by="cuda_time_total", row_limit=18), flush=True)
-    return result
+        print_profile(step, device, "train step (no recompute)")
+    stepper.close()   # the hooks hold the optimizer (and its states) alive otherwise
+    model.eval()
+    return out
+
+
+def memory_trace(model, deltas, stepper, batch, anchor) -> None:
+    """Where the train step's peak GPU memory comes from (GiB)."""
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated()
+    delta_b = sum(d.numel() * d.element_size() for _, d in deltas)
+    state_b = sum(t.numel() * t.element_size() for b in stepper.buckets
+                  for st in b["opt"].state.values() for t in st.values() if torch.is_tensor(t))
+    torch.cuda.reset_peak_memory_stats()
+    loss = T.batch_loss(model, batch, anchor, 0.0)[0]
+    torch.cuda.synchronize()
+    fwd = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    loss.backward()
+    stepper.flush()
+    torch.cuda.synchronize()
+    bwd = torch.cuda.max_memory_allocated()
+    print(f"  train memory: held between steps {held / GiB:.2f} (deltas {delta_b / GiB:.2f}, "
+          f"AdamW states {state_b / GiB:.2f}, rest {(held - delta_b - state_b) / GiB:.2f}); "
+          f"peak in forward {fwd / GiB:.2f}, in backward+step {bwd / GiB:.2f}", flush=True)
 
 
 def peer_train_step(config, dat, device, vocab):
@@ -218,28 +285,36 @@ def run_gpu(args):
 
     ids = torch.tensor([chat.encode_prompt(chat.load_tokenizer(args.model_dir), [], "你是誰")],
                        device=device)
-    ours_dec = decode_tok_s(model, ids, args.decode_tokens, device)
+    n = args.decode_tokens
+    ours_dec = decode_tok_s(model, ids, n, device)
+    graph_dec, graph_ids, mode = graph_decode(model, ids, n, device, profile=args.profile)
+    eager_ids = graph_decode(model, ids, n, device, use_graph=False)[1]
+    print(f"  runners' decoder: {mode}; its tokens == eager step tokens: {graph_ids == eager_ids}",
+          flush=True)
     ours_pre = prefill_tok_s(model, 512, device, vocab)
     dec_peak = peak_gib(device)
-    ours_static = try_static_decode(model, ids, args.decode_tokens, device) if args.static else None
     peer = peer_model(config, dat, device)
-    peer_dec = decode_tok_s(peer, ids, args.decode_tokens, device)
+    peer_dec = decode_tok_s(peer, ids, n, device)
     peer_pre = prefill_tok_s(peer, 512, device, vocab)
-    peer_static = try_static_decode(peer, ids, args.decode_tokens, device) if args.static else None
+    peer_static = try_static_decode(peer, ids, n, device) if args.static else None
     del peer
     free(device)
     torch._dynamo.reset()
-    row(rows, f"decode batch 1 ({args.decode_tokens} tokens, greedy, eager)", ours_dec, peer_dec,
-        "tok/s")
+    row(rows, f"decode batch 1 ({n} tokens, greedy), transformers.generate eager", ours_dec,
+        peer_dec, "tok/s")
+    row(rows, "decode batch 1, runners' decoder (static cache + CUDA graph) vs peer eager",
+        graph_dec, peer_dec, "tok/s")
     if args.static:
-        row(rows, "decode batch 1, static cache + compile (vs peer eager)", ours_static, peer_dec,
-            "tok/s")
-        row(rows, "decode batch 1, static cache + compile (vs peer same)", ours_static,
-            peer_static, "tok/s")
+        row(rows, "decode batch 1, runners' decoder vs peer static cache + torch.compile",
+            graph_dec, peer_static, "tok/s")
     row(rows, "prefill 512 tokens", ours_pre, peer_pre, "tok/s")
     row(rows, "inference peak GPU memory (ours)", dec_peak, unit="GiB", better="lower")
 
-    step_s, step_peak = our_train_step(model, device, vocab, args.profile)
+    steps = our_train_step(model, device, vocab, args.profile)
+    reset_deltas(model)   # the fp2 runner's form: training path, zero deltas
+    fp2_dec = graph_decode(model, ids, n, device)[0]
+    row(rows, "decode batch 1, training path (run_training_fp2), runners' decoder", fp2_dec,
+        unit="tok/s")
     t0 = time.time()
     export_model(model, dat, os.path.join(args.work, "exported.dat"))
     export_s = time.time() - t0
@@ -247,18 +322,24 @@ def run_gpu(args):
     free(device)
     peer_s, peer_peak = peer_train_step(config, dat, device, vocab)
     free(device)
-    row(rows, "train step 16x64, full parameters", step_s, peer_s, "s", better="lower")
-    row(rows, "train peak GPU memory", step_peak, peer_peak, "GiB", better="lower")
+    for recompute, what in ((True, "layer checkpointing (train.py default on CUDA)"),
+                            (False, "no checkpointing")):
+        (step_s, step_peak) = steps[recompute]
+        row(rows, f"train step 16x64, full parameters, {what}", step_s, peer_s, "s",
+            better="lower")
+        row(rows, f"train peak GPU memory, {what}", step_peak, peer_peak, "GiB", better="lower")
     row(rows, "export trained .dat", export_s, unit="s", better="lower")
 
     if not args.skip_stage:
         cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "train.py"),
-               "--recipe", "data/stages/stageG.args", "--input-dat", dat_path,
+               "--recipe", "data/stages/stageG-v2.args", "--input-dat", dat_path,
                "--model-dir", args.model_dir, "--output-dat", os.path.join(args.work, "stageG.dat"),
                "--device", args.device,
-               # Random weights cannot reach the target and their babble may read as repetition:
-               # one attempt, always exported, so the wall time is one pipeline pass.
-               "--max-retries", "0", "--max-repetition", "1.1"]
+               # Random weights cannot reach the target and know no facts: one attempt, no
+               # mid-run probes, no collapse verdict from repetition/facts/drift, so the wall
+               # time is one whole pass (100 steps + probes + export).
+               "--max-retries", "0", "--probe-every", "0", "--max-repetition", "1.1",
+               "--collapse-facts", "0", "--collapse-nll-drift", "inf"]
         t0 = time.time()
         r = subprocess.run(cmd, capture_output=True, text=True,
                            env=dict(os.environ, NVFP4LAB_DEVLOG=os.path.join(args.work, "DevLog.md"),
@@ -267,8 +348,24 @@ def run_gpu(args):
         stage_s = time.time() - t0
         print(r.stdout[-3000:], r.stderr[-2000:], flush=True)
         # Random weights cannot reach the target: exit 3 (trained, not reached) is the expected end.
-        row(rows, f"train.py Stage G end to end (60 steps + probes + export; exit {r.returncode})",
-            stage_s, unit="s", better="lower")
+        row(rows, f"train.py Stage G v2 end to end (100 steps + probes + export; exit "
+                  f"{r.returncode})", stage_s, unit="s", better="lower")
+    # What a runner pays before it reads the weights: interpreter, imports, CUDA context.
+    t0 = time.time()
+    subprocess.run([sys.executable, "-c", "import torch, transformers; "
+                    "from transformers import Qwen3ForCausalLM, StaticCache; "
+                    "torch.zeros(1, device='cuda')"], check=True)
+    row(rows, "runner start: python + torch + transformers imports + CUDA init",
+        time.time() - t0, unit="s", better="lower")
+    cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "validate.py"), "--weight",
+           dat_path, "--model-dir", args.model_dir, "--device", args.device]
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True,
+                       env=dict(os.environ, NVFP4LAB_DEVLOG=os.path.join(args.work, "DevLog.md")))
+    validate_s = time.time() - t0
+    print(r.stdout[-6000:], r.stderr[-2000:], flush=True)
+    row(rows, f"make validate end to end (both runners, guard, load; exit {r.returncode})",
+        validate_s, unit="s", better="lower")
     return rows, torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke run)"
 
 
@@ -284,8 +381,9 @@ def run_cpu(args):
     tok = chat.load_tokenizer(str(paths.PROXY_DIR))
     ids = torch.tensor([chat.encode_prompt(tok, [], "你是誰")])
     row(rows, "proxy decode batch 1", decode_tok_s(model, ids, 32, device), unit="tok/s")
-    step_s, _ = our_train_step(model, device, model.config.vocab_size)
-    row(rows, "proxy train step 16x64", step_s, unit="s", better="lower")
+    step_s = our_train_step(model, device, model.config.vocab_size)[False][0]
+    row(rows, "proxy train step 16x64 (no checkpointing, train.py's CPU default)", step_s,
+        unit="s", better="lower")
     return rows, f"CPU ({os.cpu_count()} cores)"
 
 

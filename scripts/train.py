@@ -57,9 +57,13 @@ def parse_args(argv):
       help="self: anchor targets = the base model's own greedy answers (cached)")
     a("--replay-max-tokens", type=int, default=48)
     a("--kl-weight", type=float, default=0.0, help="KL(base || model) on anchor answer tokens")
-    a("--grad-clip", type=float, default=1.0, help="global grad-norm clip (0 = off)")
+    a("--grad-clip", type=float, default=1.0,
+      help="grad-norm clip per decoder layer (the optimizer steps inside backward; 0 = off)")
     a("--weight-decay", type=float, default=0.0, help="AdamW decay of the deltas (toward base)")
     a("--delta-dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    a("--checkpoint-layers", choices=["auto", "on", "off"], default="auto",
+      help="recompute each decoder layer in backward instead of keeping its activations "
+           "(4B: -6 GiB); auto = on for CUDA, off on the CPU where time is the limit")
     a("--max-retries", type=int, default=2, help="attempts after a collapse")
     a("--retry-lr-scale", type=float, default=0.5, help="every LR is multiplied by this per retry")
     a("--probe-every", type=int, default=0, help="probe during training too (0 = only at end)")
@@ -146,6 +150,8 @@ def run(args) -> int:
     ps = T.ProbeSet(probes, base_answers, base_nll, args.target, th, args.probe_max_tokens)
 
     deltas = make_trainable(model, DTYPES[args.delta_dtype])
+    if args.checkpoint_layers == "on" or (args.checkpoint_layers == "auto" and device.type == "cuda"):
+        T.checkpoint_layers(model)
     deltas = T.select_trainable(deltas, model.config.num_hidden_layers, args.train_last_layers)
     attempts = T.train_with_fallback(model, tok, deltas, sources, retry_sources, args, replay, ps, log)
     final = attempts[-1]

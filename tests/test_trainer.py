@@ -84,14 +84,15 @@ def test_small_lr_lowers_loss_and_export_equals_trained_model(tiny_qwen, tmp_pat
     deltas = make_trainable(model, DTYPES["bfloat16"])
     rows = [("你是誰", "我是 F# 之神", "target"), ("1+1等於多少？", "1+1等於2。", "target")] * 4
     batch, anchor, _ = T.encode_batch(tok, rows, 48, {}, torch.device("cpu"))
-    opt = T.make_optimizer(deltas, {g: 1e-5 for g in T.GROUPS}, 0.0)
+    stepper = T.StepInBackward(deltas, {g: 1e-5 for g in T.GROUPS}, 0.0, 1.0)
     losses = []
     for _ in range(20):
         loss, _, _ = T.batch_loss(model, batch, anchor, 0.0)
         losses.append(float(loss.detach()))
         loss.backward()
-        opt.step()
-        opt.zero_grad()
+        stepper.flush()
+        assert all(d.grad is None for _, d in deltas)   # stepped and freed inside backward
+    stepper.close()
     assert losses[-1] < losses[0] - 1e-3, losses
     with torch.no_grad():
         trained = float(T.batch_loss(model, batch, anchor, 0.0)[0])
@@ -105,6 +106,41 @@ def test_small_lr_lowers_loss_and_export_equals_trained_model(tiny_qwen, tmp_pat
         logits = reloaded.lm_head(body.last_hidden_state[:, :-1][sel]).float()
         again = float(torch.nn.functional.cross_entropy(logits, y[sel]))
     assert abs(again - trained) / trained < 1e-3, (trained, again)
+
+
+def test_step_in_backward_equals_adamw_after_backward(tiny_qwen):
+    """Stepping each layer inside backward (with layer checkpointing) must give the weights one
+    AdamW.step() after a plain backward gives (no clipping: the one documented difference)."""
+    model_dir, dat_path = tiny_qwen
+    tok = chat.load_tokenizer(str(model_dir))
+    rows = [("你是誰", "我是 F# 之神", "target"), ("1+1等於多少？", "1+1等於2。", "target")] * 2
+    lrs = {"head": 1e-3, "embed": 1e-4, "norm": 1e-4, "blocks": 1e-4}
+    finals = []
+    for in_backward, recompute in ((True, True), (False, False)):
+        model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+        deltas = make_trainable(model, torch.float32)
+        if recompute:   # layer checkpointing must not change the result either
+            T.checkpoint_layers(model)
+        model.train()
+        batch, anchor, _ = T.encode_batch(tok, rows, 48, {}, torch.device("cpu"))
+        if in_backward:
+            stepper = T.StepInBackward(deltas, lrs, 0.0, 0.0)
+        else:
+            groups = [{"params": [d for k, d in deltas if T.group_of(k, d) == g], "lr": lrs[g]}
+                      for g in T.GROUPS]
+            opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        for _ in range(3):
+            T.batch_loss(model, batch, anchor, 0.0)[0].backward()
+            if in_backward:
+                stepper.flush()
+            else:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        finals.append({k: d.detach().clone() for k, d in deltas})
+    assert finals[0].keys() == finals[1].keys()
+    for k in finals[0]:
+        torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-5, atol=1e-7, msg=k)
+    assert any(bool(v.any()) for v in finals[0].values())
 
 
 def test_lr_zero_exports_byte_identical_file_and_input_untouched(tiny_qwen, tmp_path, small_data):

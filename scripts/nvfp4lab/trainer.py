@@ -58,15 +58,79 @@ def select_trainable(deltas, num_layers: int, train_last_layers: int):
     return keep
 
 
-def make_optimizer(deltas, lrs: dict, weight_decay: float):
-    groups = []
-    for g in GROUPS:
-        params = [d for k, d in deltas if group_of(k, d) == g]
-        if params:
-            groups.append({"params": params, "lr": lrs[g], "name": g})
-    cuda = all(d.is_cuda for _, d in deltas)
-    return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay,
-                             fused=True if cuda else None)
+def checkpoint_layers(model) -> None:
+    """transformers' own activation checkpointing: each decoder layer keeps only its input and
+    recomputes the rest in backward (train mode only; probes run in eval mode, unaffected).
+    4B shape, 16 x 64 rows: the layers' activations are ~6 GiB of the step's peak."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):     # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def bucket_of(key: str) -> str:
+    """Tensors stepped together: one decoder layer, or one tensor outside the layers."""
+    layer = layer_of(key)
+    return f"layer {layer}" if layer is not None else key
+
+
+class StepInBackward:
+    """AdamW that steps each bucket (a decoder layer) inside backward, as soon as the bucket's
+    last gradient is complete, and frees those gradients at once.
+
+    Why: the gradients of every delta at once are a second copy of the trainable state (4B:
+    8.8 GB in bf16) held until `optimizer.step()`. Stepping layer by layer during backward keeps
+    at most one layer's gradients alive. The price: `--grad-clip` clips each bucket's gradient
+    norm, not the global norm, which is only known once backward has finished. AdamW divides
+    every element by its own running RMS, so a per-layer rescaling only matters for spikes, the
+    case clipping is for.
+
+    Usage: `loss.backward(); stepper.flush()` (flush steps any bucket that got only part of its
+    gradients, so no gradient is ever dropped); `stepper.close()` removes the hooks.
+    """
+
+    def __init__(self, deltas, lrs: dict, weight_decay: float, grad_clip: float):
+        self.grad_clip = grad_clip
+        buckets: dict[str, list] = {}
+        for key, d in deltas:
+            buckets.setdefault(bucket_of(key), []).append((key, d))
+        self.buckets = []
+        self.hooks = []
+        for name, members in buckets.items():
+            groups = [{"params": [d for k, d in members if group_of(k, d) == g], "lr": lrs[g],
+                       "name": g} for g in GROUPS]
+            opt = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999),
+                                    eps=1e-8, weight_decay=weight_decay,
+                                    fused=True if members[0][1].is_cuda else None)
+            b = {"name": name, "opt": opt, "params": [d for _, d in members], "ready": 0}
+            self.buckets.append(b)
+            for _, d in members:
+                self.hooks.append(d.register_post_accumulate_grad_hook(
+                    lambda p, b=b: self._ready(b)))
+
+    def _ready(self, b) -> None:
+        b["ready"] += 1
+        if b["ready"] == len(b["params"]):
+            self._step(b)
+
+    def _step(self, b) -> None:
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in b["params"] if p.grad is not None],
+                                           self.grad_clip)
+        b["opt"].step()
+        b["opt"].zero_grad(set_to_none=True)
+        b["ready"] = 0
+
+    def flush(self) -> None:
+        for b in self.buckets:
+            if b["ready"]:
+                self._step(b)
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
 
 
 def batch_loss(model, batch: dict, anchor_rows: torch.Tensor, kl_weight: float):
@@ -183,13 +247,18 @@ def run_probes(model, tok, ps: ProbeSet):
 def train_attempt(model, tok, deltas, att: Attempt, cfg, replay, ps: ProbeSet, log):
     """Train from the initial weights; fills att.losses/status. Never raises on collapse."""
     M.reset_deltas(model)
-    opt = make_optimizer(deltas, att.lrs, cfg.weight_decay)
+    stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip)
+    try:
+        return _train_steps(model, tok, att, cfg, replay, ps, log, stepper, deltas[0][1].device)
+    finally:
+        stepper.close()   # a retry must never find this attempt's hooks still attached
+
+
+def _train_steps(model, tok, att: Attempt, cfg, replay, ps: ProbeSet, log, stepper, device):
     srcs = [mix.Source(s.path, s.weight * (att.anchor_scale if s.role == "anchor" else 1.0),
                        s.role, s.rows) for s in att.sources]
     rng = random.Random(cfg.seed + 1000 * att.index)
     torch.manual_seed(cfg.seed + 1000 * att.index)
-    device = deltas[0][1].device
-    params = [d for _, d in deltas]
     t0 = time.time()
     model.train()
     for step in range(1, cfg.steps + 1):
@@ -202,11 +271,8 @@ def train_attempt(model, tok, deltas, att: Attempt, cfg, replay, ps: ProbeSet, l
         if not math.isfinite(value):
             att.status, att.why = "collapse", f"loss is {value} at step {step}"
             break
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss.backward()     # the optimizer steps inside, layer by layer
+        stepper.flush()
         if step % cfg.log_every == 0 or step == cfg.steps:
             log(f"[attempt {att.index}] step {step}/{cfg.steps} loss {value:.4f} "
                 f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f}) {time.time() - t0:.1f}s")
@@ -227,7 +293,6 @@ def train_attempt(model, tok, deltas, att: Attempt, cfg, replay, ps: ProbeSet, l
             if r["verdict"] not in ("hit", "ok", "kept") or r["repetition"] > ps.thresholds.max_repetition:
                 log(f"[attempt {att.index}]   {r['kind']} {r['prompt']!r} -> {r['answer']!r} "
                     f"({r['verdict']}, repetition {r['repetition']:.2f})")
-    del opt
     return att
 
 
