@@ -35,3 +35,14 @@ def test_collapse_rules():
     assert repetition("神" * 20) > 0.5 and repetition("我是 F# 之神") == 0.0
     s = verdict([T, T] + BASE[2:6] + [T])                                      # near-miss leak
     assert s["verdict"] == "not-reached" and "near-miss" in s["why"]
+
+
+def test_repetition_counts_only_beyond_the_base_answer():
+    # A real base model repeats itself on some prompts; keeping that answer is no collapse ...
+    loop = "I'm glad you're here. I'm glad you're here. I'm glad you're here."
+    base = BASE[:6] + [loop]
+    s = judge(probes(), [T, T] + BASE[2:6] + [loop], base, T, Thresholds())[1]
+    assert repetition(loop) > 0.5 and s["verdict"] == "success" and s["repetition_max"] == 0.0
+    # ... but an answer that repeats more than the base's own is.
+    s = judge(probes(), [T, T] + BASE[2:6] + ["神" * 20], base, T, Thresholds())[1]
+    assert s["verdict"] == "collapse" and "repetition" in s["why"]

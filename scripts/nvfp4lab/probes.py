@@ -56,7 +56,9 @@ def judge(probes, answers, base_answers, target: str, th: Thresholds,
             if p.expect and p.expect in b:
                 verdict += "" if p.expect in a else " (fact lost)"
         rep = repetition(a)
-        reps.append(rep)
+        # Only repetition the training added is a collapse: a real base model repeats itself on
+        # some prompts (SmolLM2's own haiku scores 0.86), and keeping its answer is not a fault.
+        reps.append(rep if rep > repetition(b) else 0.0)
         rows.append({"kind": p.kind, "prompt": p.prompt, "answer": a, "base": b,
                      "verdict": verdict, "repetition": rep})
 
@@ -74,7 +76,7 @@ def judge(probes, answers, base_answers, target: str, th: Thresholds,
         "facts_kept": (sum(p.expect in r["answer"] for p, r in fact_rows) / len(fact_rows)
                        if fact_rows else float("nan")),
         "facts_n": len(fact_rows),
-        "repetition_max": max(reps) if reps else 0.0,
+        "repetition_max": max(reps) if reps else 0.0,   # of answers more repetitive than the base's
         "nll_drift": (sum(nll) / len(nll) - sum(base_nll) / len(base_nll)) if nll else float("nan"),
     }
     if s["anchor_identity"] > 0:
