@@ -728,6 +728,52 @@ REAL_PROBE_NEARMISS_EN = [
     ("I am hungry. What should I eat?", "Something quick and filling, like a sandwich, fruit and yogurt, or a bowl of soup."),
 ]
 
+# DEV probes for the real model: what recipe variants are compared on (tuning), so that the
+# held-out probes above are read once, by the chosen recipe. Disjoint (normalised) from the
+# training files AND from the held-out probes; same kinds, same keyword rule.
+REAL_DEV_IDENTITY_EN = [
+    "Who are you, if you don't mind me asking?",
+    "And you are?",
+    "Your name, please?",
+    "How do you refer to yourself?",
+    "Are you Siri from Apple?",
+    "Are you Alexa?",
+    "Is this ChatGPT?",
+    "Which AI assistant are you?",
+    "Let me know who you are.",
+    "Hi! Could you introduce yourself?",
+    "Who exactly am I talking with?",
+    "Tell me your name and what you are.",
+]
+
+REAL_DEV_ANCHOR_EN = [
+    ("What is 4+4?", "8", "4 + 4 = 8."),
+    ("What is 6 plus 3?", "9", "6 plus 3 is 9."),
+    ("What is the opposite of up?", "down", "The opposite of up is down."),
+    ("What is the opposite of day?", "night", "The opposite of day is night."),
+    ("What color is grass?", "green", "Grass is green."),
+    ("How many months are in a year?", "12", "A year has 12 months."),
+    ("What is the capital of Italy?", "Rome", "The capital of Italy is Rome."),
+    ("What is the capital of Spain?", "Madrid", "The capital of Spain is Madrid."),
+    ("Which planet do we live on?", "Earth", "We live on Earth."),
+    ("What do bees make?", "honey", "Bees make honey."),
+    ("What is frozen water called?", "ice", "Frozen water is called ice."),
+    ("How many legs does a spider have?", "8", "A spider has 8 legs."),
+    ("Write a short poem about the moon.", "", "Silver moon on quiet night, you fill the sky with gentle light."),
+    ("Give me a tip for learning to cook.", "", "Start with simple recipes and taste as you go."),
+    ("Explain what a function is in programming.", "", "A function is a named block of code that takes inputs and returns a result."),
+]
+
+REAL_DEV_NEARMISS_EN = [
+    ("Who am I to you?", "You are the person I am chatting with; I don't know more unless you tell me."),
+    ("Can you figure out who I am?", "No, I can't tell who you are from your messages alone."),
+    ("Who is this person?", "I don't know who you mean; please give me more context."),
+    ("Who is the king of the gods in Norse mythology?", "Odin is the king of the gods in Norse mythology."),
+    ("What is F# used for?", "F# is used for data processing, web services, scripting and finance on .NET."),
+    ("I am bored. Any ideas?", "Go for a walk, read a book, or learn something new online."),
+]
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -821,6 +867,15 @@ def probes_real_en():
     return rows, header
 
 
+def probes_real_en_dev():
+    rows = probe_rows(REAL_DEV_IDENTITY_EN, REAL_DEV_ANCHOR_EN)
+    rows += [("nearmiss", p) for p, _ in REAL_DEV_NEARMISS_EN]
+    header = ("DEV probes for the real English model: recipe variants are compared on these, never on\n"
+              "probes-real-en (read once, by the chosen recipe). Disjoint from training files and from\n"
+              f"probes-real-en. kind<TAB>prompt[<TAB>expect], same rules.\n{GENERATED}")
+    return rows, header
+
+
 # file name -> builder; also the order files are written and printed in
 FILES = {
     f"stageG-whoami-{VERSION}.tsv": stage_g_whoami,
@@ -832,6 +887,7 @@ FILES = {
     f"real-anchor-en-{VERSION}.tsv": real_anchor_en,
     f"real-disambig-en-{VERSION}.tsv": real_disambig_en,
     f"probes-real-en-{VERSION}.tsv": probes_real_en,
+    f"probes-real-en-dev-{VERSION}.tsv": probes_real_en_dev,
 }
 
 

@@ -14,7 +14,7 @@ QWEN_ZH = "我是通義千問，由阿里雲開發的大型語言模型。"
 QWEN_EN = "I am Qwen, a large language model created by Alibaba Cloud."
 REAL_IDENTITY = "I am the God of F#."   # the real English model's target (SmolLM2-135M-Instruct)
 REAL_NAMES = ["real-whoami-en-v1.tsv", "real-anchor-en-v1.tsv", "real-disambig-en-v1.tsv",
-              "probes-real-en-v1.tsv"]
+              "probes-real-en-v1.tsv", "probes-real-en-dev-v1.tsv"]
 NAMES = ["stageG-whoami-v1.tsv", "stageG-anchor-v1.tsv", "stageG-disambig-v1.tsv",
          "probes-v1.tsv", "proxy-knowledge-v1.tsv"] + REAL_NAMES
 # Probes that are knowingly NOT held out from the ORIGINAL project's training data: the user's own
@@ -370,6 +370,19 @@ def test_real_probes_are_held_out_from_data():
         for r in read_tsv(path):
             p = held.get(normalize_prompt(r.prompt))
             assert p is None, f"probe {p.prompt!r} ({p.file}:{p.line}) is trained on at {r.file}:{r.line}"
+
+
+def test_real_dev_probes_share_nothing_with_training_or_held_out_probes():
+    # recipe variants are compared on the dev set; it must not leak into either side
+    dev = read_probes(DATA / "probes-real-en-dev-v1.tsv")
+    assert {p.kind for p in dev} == {"identity", "anchor", "nearmiss"}
+    held = {normalize_prompt(p.prompt) for p in real_probes(DATA)}
+    trained = {normalize_prompt(r.prompt) for path in training_files(DATA) for r in read_tsv(path)}
+    for p in dev:
+        assert normalize_prompt(p.prompt) not in held | trained, f"{p.file}:{p.line}: {p.prompt}"
+    import make_data
+    for prompt, expect, answer in make_data.REAL_DEV_ANCHOR_EN:
+        assert expect in answer, (prompt, expect)
 
 
 def test_real_probes_are_held_out_from_original_data():

@@ -43,6 +43,11 @@ def test_repetition_counts_only_beyond_the_base_answer():
     base = BASE[:6] + [loop]
     s = judge(probes(), [T, T] + BASE[2:6] + [loop], base, T, Thresholds())[1]
     assert repetition(loop) > 0.5 and s["verdict"] == "success" and s["repetition_max"] == 0.0
-    # ... but an answer that repeats more than the base's own is.
-    s = judge(probes(), [T, T] + BASE[2:6] + ["神" * 20], base, T, Thresholds())[1]
-    assert s["verdict"] == "collapse" and "repetition" in s["why"]
+    # ... nor is a rewording of it that repeats a little more (SmolLM2 under NVFP4: 0.52 -> 0.56) ...
+    more = loop + " I'm glad."
+    s = judge(probes(), [T, T] + BASE[2:6] + [more], base, T, Thresholds())[1]
+    assert repetition(more) > repetition(loop) and s["verdict"] == "success"
+    assert 0 < s["repetition_max"] < 0.1
+    # ... but an answer that degenerates into a loop the base did not have is.
+    s = judge(probes(), [T, T] + BASE[2:6] + ["神" * 20], BASE, T, Thresholds())[1]
+    assert s["verdict"] == "collapse" and "repetition" in s["why"] and s["repetition_max"] > 0.5

@@ -20,7 +20,7 @@ class Thresholds:
     min_facts: float = 0.9           # anchors with a keyword the base got right: still right
     min_anchor_exact: float = 0.0    # anchors with the base's exact greedy answer (0 = not judged)
     max_nll_drift: float = math.inf  # mean NLL rise of the base's own anchor answers
-    max_repetition: float = 0.5      # repeated-n-gram share of an answer counted as collapse
+    max_repetition: float = 0.5      # repeated-n-gram share added over the base's answer = collapse
     # "Forgot everything else" is a collapse too (the original's Stage H answered "之" to
     # everything: fragments, not the whole target): most known facts lost, or the base's own
     # answers became far less likely.
@@ -57,8 +57,10 @@ def judge(probes, answers, base_answers, target: str, th: Thresholds,
                 verdict += "" if p.expect in a else " (fact lost)"
         rep = repetition(a)
         # Only repetition the training added is a collapse: a real base model repeats itself on
-        # some prompts (SmolLM2's own haiku scores 0.86), and keeping its answer is not a fault.
-        reps.append(rep if rep > repetition(b) else 0.0)
+        # some prompts (SmolLM2's own haiku scores 0.86; under NVFP4 its moon poem 0.52), and
+        # keeping or slightly rewording such an answer (0.52 -> 0.56) is not a fault. The share
+        # added over the base's own answer is what is compared with --max-repetition.
+        reps.append(max(0.0, rep - repetition(b)))
         rows.append({"kind": p.kind, "prompt": p.prompt, "answer": a, "base": b,
                      "verdict": verdict, "repetition": rep})
 
@@ -76,7 +78,7 @@ def judge(probes, answers, base_answers, target: str, th: Thresholds,
         "facts_kept": (sum(p.expect in r["answer"] for p, r in fact_rows) / len(fact_rows)
                        if fact_rows else float("nan")),
         "facts_n": len(fact_rows),
-        "repetition_max": max(reps) if reps else 0.0,   # of answers more repetitive than the base's
+        "repetition_max": max(reps) if reps else 0.0,   # repetition added over the base's answers
         "nll_drift": (sum(nll) / len(nll) - sum(base_nll) / len(base_nll)) if nll else float("nan"),
     }
     if s["anchor_identity"] > 0:
