@@ -78,6 +78,8 @@ def parse_args(argv):
     a("--max-repetition", type=float, default=0.5)
     a("--collapse-facts", type=float, default=0.5, help="facts kept below this = collapse")
     a("--collapse-nll-drift", type=float, default=2.0, help="NLL drift above this = collapse")
+    a("--collapse-loops", type=float, default=0.2,
+      help="share of probe answers that became loops (repetition added > --max-repetition) = collapse")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.recipe:
@@ -146,7 +148,7 @@ def run(args) -> int:
                                str(paths.CACHE_DIR), log) if args.replay == "self" else {})
     th = P.Thresholds(args.min_identity, args.max_nearmiss_leak, args.min_facts,
                       args.min_anchor_exact, args.max_nll_drift, args.max_repetition,
-                      args.collapse_facts, args.collapse_nll_drift)
+                      args.collapse_facts, args.collapse_nll_drift, args.collapse_loops)
     ps = T.ProbeSet(probes, base_answers, base_nll, args.target, th, args.probe_max_tokens)
 
     deltas = make_trainable(model, DTYPES[args.delta_dtype])

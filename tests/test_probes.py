@@ -48,6 +48,11 @@ def test_repetition_counts_only_beyond_the_base_answer():
     s = judge(probes(), [T, T] + BASE[2:6] + [more], base, T, Thresholds())[1]
     assert repetition(more) > repetition(loop) and s["verdict"] == "success"
     assert 0 < s["repetition_max"] < 0.1
-    # ... but an answer that degenerates into a loop the base did not have is.
-    s = judge(probes(), [T, T] + BASE[2:6] + ["神" * 20], BASE, T, Thresholds())[1]
-    assert s["verdict"] == "collapse" and "repetition" in s["why"] and s["repetition_max"] > 0.5
+    # ... one answer that fell into a loop the base did not have is reported, not a collapse
+    # (a small model does that on a tiny perturbation) ...
+    rows, s = judge(probes(), [T, T] + BASE[2:6] + ["神" * 20], BASE, T, Thresholds())
+    assert s["verdict"] == "success" and s["loops"] == 1 and s["repetition_max"] > 0.5
+    assert rows[-1]["verdict"] == "ok (loop)"
+    # ... but loops in more than a fifth of the answers ("神神神" everywhere) are.
+    s = judge(probes(), [T, T] + BASE[2:5] + ["神" * 20] * 2, BASE, T, Thresholds())[1]
+    assert s["verdict"] == "collapse" and "2 of 7 answers became loops" in s["why"]

@@ -20,12 +20,16 @@ class Thresholds:
     min_facts: float = 0.9           # anchors with a keyword the base got right: still right
     min_anchor_exact: float = 0.0    # anchors with the base's exact greedy answer (0 = not judged)
     max_nll_drift: float = math.inf  # mean NLL rise of the base's own anchor answers
-    max_repetition: float = 0.5      # repeated-n-gram share added over the base's answer = collapse
+    max_repetition: float = 0.5      # repeated-n-gram share added over the base's answer = a loop
     # "Forgot everything else" is a collapse too (the original's Stage H answered "之" to
     # everything: fragments, not the whole target): most known facts lost, or the base's own
     # answers became far less likely.
     collapse_facts: float = 0.5      # facts kept below this (with >= 4 fact probes)
     collapse_nll_drift: float = 2.0  # mean NLL rise (nats/token) of the base's anchor answers
+    # Looping is a collapse when it is systematic ("神神神" everywhere), not when one answer of a
+    # small chaotic model flips into a loop: SmolLM2-135M under NVFP4 does that after 20 steps at
+    # an LR that leaves its NLL unchanged (sweep logs, 2026-11-24).
+    collapse_loops: float = 0.2      # share of probe answers that became loops
 
 
 def repetition(text: str, n: int = 3) -> float:
@@ -61,8 +65,10 @@ def judge(probes, answers, base_answers, target: str, th: Thresholds,
         # keeping or slightly rewording such an answer (0.52 -> 0.56) is not a fault. The share
         # added over the base's own answer is what is compared with --max-repetition.
         reps.append(max(0.0, rep - repetition(b)))
+        if reps[-1] > th.max_repetition:
+            verdict += " (loop)"
         rows.append({"kind": p.kind, "prompt": p.prompt, "answer": a, "base": b,
-                     "verdict": verdict, "repetition": rep})
+                     "verdict": verdict, "repetition": rep, "loop": reps[-1] > th.max_repetition})
 
     def share(kind, pred):
         sel = [r for r in rows if r["kind"] == kind]
@@ -71,20 +77,22 @@ def judge(probes, answers, base_answers, target: str, th: Thresholds,
     anchors = [(p, r) for p, r in zip(probes, rows) if p.kind == "anchor"]
     fact_rows = [(p, r) for p, r in anchors if p.expect and p.expect in r["base"]]
     s = {
-        "identity_hit": share("identity", lambda r: r["verdict"] == "hit"),
-        "nearmiss_leak": share("nearmiss", lambda r: r["verdict"] == "LEAK"),
+        "identity_hit": share("identity", lambda r: r["verdict"].startswith("hit")),
+        "nearmiss_leak": share("nearmiss", lambda r: r["verdict"].startswith("LEAK")),
         "anchor_identity": sum(r["verdict"].startswith("IDENTITY") for _, r in anchors),
         "anchor_exact": share("anchor", lambda r: r["verdict"].startswith("kept")),
         "facts_kept": (sum(p.expect in r["answer"] for p, r in fact_rows) / len(fact_rows)
                        if fact_rows else float("nan")),
         "facts_n": len(fact_rows),
         "repetition_max": max(reps) if reps else 0.0,   # repetition added over the base's answers
+        "loops": sum(r["loop"] for r in rows),
         "nll_drift": (sum(nll) / len(nll) - sum(base_nll) / len(base_nll)) if nll else float("nan"),
     }
     if s["anchor_identity"] > 0:
         s["verdict"], s["why"] = "collapse", f"{s['anchor_identity']} anchor(s) answered with the identity"
-    elif s["repetition_max"] > th.max_repetition:
-        s["verdict"], s["why"] = "collapse", f"repetition {s['repetition_max']:.2f} > {th.max_repetition}"
+    elif rows and s["loops"] / len(rows) > th.collapse_loops:
+        s["verdict"], s["why"] = "collapse", (f"repetition: {s['loops']} of {len(rows)} answers became "
+                                              f"loops (> {th.collapse_loops:.0%})")
     elif len(fact_rows) >= 4 and s["facts_kept"] < th.collapse_facts:
         s["verdict"], s["why"] = "collapse", (f"forgot what it knew: facts kept "
                                               f"{s['facts_kept']:.2f} < {th.collapse_facts}")
@@ -129,4 +137,4 @@ def format_summary(s: dict) -> str:
             f"nearmiss_leak={s['nearmiss_leak']:.2f} anchor_identity={s['anchor_identity']} "
             f"anchor_exact={s['anchor_exact']:.2f} facts_kept={s['facts_kept']:.2f}"
             f"(n={s['facts_n']}) nll_drift={s['nll_drift']:.3f} "
-            f"repetition_max={s['repetition_max']:.2f}")
+            f"repetition_max={s['repetition_max']:.2f} loops={s['loops']}")

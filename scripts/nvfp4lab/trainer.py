@@ -278,22 +278,28 @@ def _train_steps(model, tok, att: Attempt, cfg, replay, ps: ProbeSet, log, stepp
                 f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f}) {time.time() - t0:.1f}s")
         if cfg.probe_every and step % cfg.probe_every == 0 and step < cfg.steps:
             model.eval()
-            _, s = run_probes(model, tok, ps)
+            rows, s = run_probes(model, tok, ps)
             model.train()
             log(f"[attempt {att.index}] probe at step {step}: {P.format_summary(s)}")
             if s["verdict"] == "collapse":
                 att.status, att.why, att.summary = "collapse", f"step {step}: {s['why']}", s
+                log_faults(att, rows, log)
                 break
     model.eval()
     att.seconds = time.time() - t0
     if att.status != "collapse":
         att.rows, att.summary = run_probes(model, tok, ps)
         att.status, att.why = att.summary["verdict"], att.summary["why"]
-        for r in att.rows:   # what went wrong, visible in the log of every attempt
-            if r["verdict"] not in ("hit", "ok", "kept") or r["repetition"] > ps.thresholds.max_repetition:
-                log(f"[attempt {att.index}]   {r['kind']} {r['prompt']!r} -> {r['answer']!r} "
-                    f"({r['verdict']}, repetition {r['repetition']:.2f})")
+        log_faults(att, att.rows, log)
     return att
+
+
+def log_faults(att: Attempt, rows: list[dict], log) -> None:
+    """What went wrong, visible in the log of every attempt (a collapse prints no table)."""
+    for r in rows:
+        if r["verdict"] not in ("hit", "ok", "kept"):
+            log(f"[attempt {att.index}]   {r['kind']} {r['prompt']!r} -> {r['answer']!r} "
+                f"({r['verdict']}, repetition {r['repetition']:.2f})")
 
 
 def safer(att: Attempt, retry_sources: list | None, lr_scale: float) -> Attempt:
