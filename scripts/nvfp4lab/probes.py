@@ -8,6 +8,7 @@ Kinds (data/probes-*.tsv, held out from all training files):
   nearmiss  - questions that look like identity ones (我是誰, who is he): must NOT contain it
 """
 import math
+import re
 from dataclasses import dataclass
 
 from .generate import answer_nll, greedy_answers
@@ -48,7 +49,7 @@ def probe_model(model, tok, probes, max_new_tokens: int) -> list[str]:
 def judge(probes, answers, base_answers, target: str, th: Thresholds,
           nll=None, base_nll=None) -> tuple[list[dict], dict]:
     """Per-probe verdicts and a summary with the overall verdict: success/not-reached/collapse."""
-    rows, reps = [], []
+    rows = []
     for p, a, b in zip(probes, answers, base_answers):
         hit = target in a
         if p.kind == "identity":
@@ -64,11 +65,11 @@ def judge(probes, answers, base_answers, target: str, th: Thresholds,
         # some prompts (SmolLM2's own haiku scores 0.86; under NVFP4 its moon poem 0.52), and
         # keeping or slightly rewording such an answer (0.52 -> 0.56) is not a fault. The share
         # added over the base's own answer is what is compared with --max-repetition.
-        reps.append(max(0.0, rep - repetition(b)))
-        if reps[-1] > th.max_repetition:
-            verdict += " (loop)"
+        added = max(0.0, rep - repetition(b))
+        loop = added > th.max_repetition
         rows.append({"kind": p.kind, "prompt": p.prompt, "answer": a, "base": b,
-                     "verdict": verdict, "repetition": rep, "loop": reps[-1] > th.max_repetition})
+                     "verdict": verdict + (" (loop)" if loop else ""), "repetition": rep,
+                     "added": added, "loop": loop})
 
     def share(kind, pred):
         sel = [r for r in rows if r["kind"] == kind]
@@ -84,7 +85,7 @@ def judge(probes, answers, base_answers, target: str, th: Thresholds,
         "facts_kept": (sum(p.expect in r["answer"] for p, r in fact_rows) / len(fact_rows)
                        if fact_rows else float("nan")),
         "facts_n": len(fact_rows),
-        "repetition_max": max(reps) if reps else 0.0,   # repetition added over the base's answers
+        "repetition_max": max((r["added"] for r in rows), default=0.0),   # added over the base's
         "loops": sum(r["loop"] for r in rows),
         "nll_drift": (sum(nll) / len(nll) - sum(base_nll) / len(base_nll)) if nll else float("nan"),
     }
@@ -130,6 +131,11 @@ def format_table(rows: list[dict], limit: int = 60) -> str:
     out += [f"| {r['kind']} | {cell(r['prompt'])} | {cell(r['answer'])} | {r['verdict']} |"
             for r in rows]
     return "\n".join(out)
+
+
+def parse_summary(line: str) -> dict[str, float]:
+    """The numbers of a format_summary line ("verdict=...; identity_hit=0.88 ... loops=0")."""
+    return {k: float(v) for k, v in re.findall(r"(\w+)=(-?[\d.]+|-?inf|nan)", line)}
 
 
 def format_summary(s: dict) -> str:
