@@ -1,10 +1,11 @@
 // NVFP4 numerics shared by the CPU (g++) and CUDA (nvcc) kernels: one copy of the bit-exact rules of
 // scripts/nvfp4lab/nvfp4_ref.py, so that both devices run literally the same code.
 //   block of 16 along K -> 8 packed bytes (element 2j in the low nibble of byte j) + 1 e4m3 scale byte
-//   scale = e4m3(clamp(amax / 6, 2^-16, 448)), round to nearest even (torch's .to(float8_e4m3fn))
-//   x     = w / (scale + 1e-12f) (true IEEE division), clamped to [-6, 6]
-//   code  = #{thresholds <= |x|} | (x < 0 ? 8 : 0)
+//   scale = e4m3(clamp(amax / 6, 2^-6, 448)), round to nearest even (torchao's to_nvfp4)
+//   x     = w / scale (true IEEE division)
+//   code  = |x| rounded half to even onto the codebook (saturating) | sign bit of x
 //   value = codebook[code] * scale, in fp32 (always exact: <= 6 significant bits)
+//   training: requantize_delta_block keeps a block's stored scale while the update fits it
 // No torch and no CUDA runtime headers here: plain `nvcc -c` and plain g++ both compile it.
 #pragma once
 #include <stdint.h>
@@ -118,52 +119,75 @@ NV_HD float fp4_to_float(uint32_t code) {
   return (code & 8u) ? -v : v;
 }
 
-// |x| (already clamped to [0, 6], or NaN) -> magnitude index 0..7 = how many of the thresholds
-// .25 .75 1.25 1.75 2.5 3.5 5 it reaches; a 3-compare binary search (NaN reaches none -> 0).
-NV_HD uint32_t fp4_magnitude(float a) {
-  const bool hi = a >= 1.75f;                                    // index >= 4
-  const bool b1 = a >= (hi ? 3.5f : 0.75f);                      // + 2
-  const bool b0 = a >= (hi ? (b1 ? 5.0f : 2.5f) : (b1 ? 1.25f : 0.25f));  // + 1
-  return 4u * hi + 2u * b1 + b0;
+// Block scale byte for a block max, torchao's rule: e4m3(clamp(amax / 6, 2^-6, 448)), round to
+// nearest even. NaN stays NaN (both compares are false) and gives byte 0x7F.
+NV_HD uint32_t scale_byte_for(float amax) {
+  float s = div_rn(amax, 6.0f);
+  s = s < 0.015625f ? 0.015625f : (s > 448.0f ? 448.0f : s);
+  return e4m3_from_float(s);
 }
 
-// Quantize one block: v[16] fp32 -> packed codes (p0 holds elements 0..7, p1 elements 8..15, element i
-// in bits 4i..4i+3 of its word, i.e. little-endian bytes = the packed layout) and the scale byte.
-NV_HD uint32_t quantize_block(const float* v, uint32_t& p0, uint32_t& p1) {
-  float amax = 0.0f;
-  for (int i = 0; i < BLOCK; ++i) amax = max_nan(amax, fabsf(v[i]));  // NaN propagates, like torch.amax
-  float s = div_rn(amax, 6.0f);
-  s = s < 1.52587890625e-05f ? 1.52587890625e-05f : (s > 448.0f ? 448.0f : s);  // clamp(2^-16, 448); NaN stays
-  uint32_t sb = e4m3_from_float(s);
-  float den = add_rn(e4m3_to_float(sb), 1e-12f);
+// x (= w / scale) -> 4-bit code: magnitude rounded half to even onto {0,.5,1,1.5,2,3,4,6} (a tie
+// goes to the even code: up at .75, 1.75, 3.5, down at .25, 1.25, 2.5, 5; beyond 6 saturates),
+// sign bit copied from the float, so -0.0 and small negatives give code 8 (torchao's rule).
+NV_HD uint32_t fp4_code(float x) {
+  const float a = fabsf(x);
+  const uint32_t mag = (uint32_t)(a > 0.25f) + (uint32_t)(a >= 0.75f) + (uint32_t)(a > 1.25f) +
+                       (uint32_t)(a >= 1.75f) + (uint32_t)(a > 2.5f) + (uint32_t)(a >= 3.5f) +
+                       (uint32_t)(a > 5.0f);
+  return mag | ((f2u(x) >> 28) & 8u);
+}
+
+// Codes of v[16] at scale value s (true IEEE division, no epsilon), packed: p0 holds elements 0..7,
+// p1 elements 8..15, element i in bits 4i..4i+3 of its word (little-endian bytes = packed layout).
+NV_HD void encode_block(const float* v, float s, uint32_t& p0, uint32_t& p1) {
+  uint32_t code[BLOCK];
+  for (int i = 0; i < BLOCK; ++i) code[i] = fp4_code(div_rn(v[i], s));
   p0 = 0;
   p1 = 0;
-#if defined(__CUDA_ARCH__)
-  for (int i = 0; i < BLOCK; ++i) {
-    // true division, as the reference. Its clamp to [-6, 6] changes no code (|x| >= 5 is index 7
-    // either way, the sign stays), so it is left out.
-    float x = div_rn(v[i], den);
-    uint32_t code = fp4_magnitude(fabsf(x)) | (x < 0.0f ? 8u : 0u);
-    if (i < 8) p0 |= code << (4 * i);
-    else p1 |= code << (4 * (i - 8));
-  }
-#else
-  // CPU: codes first, packing after, so the compiler can vectorize the division and compares
-  // (divps is as correctly rounded as divss: same bits).
-  uint32_t code[BLOCK];
-  for (int i = 0; i < BLOCK; ++i) {
-    float x = v[i] / den;
-    float a = fabsf(x);
-    code[i] = (uint32_t)(a >= 0.25f) + (uint32_t)(a >= 0.75f) + (uint32_t)(a >= 1.25f) +
-              (uint32_t)(a >= 1.75f) + (uint32_t)(a >= 2.5f) + (uint32_t)(a >= 3.5f) +
-              (uint32_t)(a >= 5.0f) + (x < 0.0f ? 8u : 0u);
-  }
   for (int i = 0; i < 8; ++i) {
     p0 |= code[i] << (4 * i);
     p1 |= code[8 + i] << (4 * i);
   }
-#endif
+}
+
+// Quantize one block with torchao's rule: returns the scale byte, fills the packed codes.
+NV_HD uint32_t quantize_block(const float* v, uint32_t& p0, uint32_t& p1) {
+  float amax = 0.0f;
+  for (int i = 0; i < BLOCK; ++i) amax = max_nan(amax, fabsf(v[i]));  // NaN propagates, like torch.amax
+  const uint32_t sb = scale_byte_for(amax);
+  encode_block(v, e4m3_to_float(sb), p0, p1);
   return sb;
+}
+
+// A stored block plus a training delta, as NVFP4 again, with the stored scale frozen:
+//   u[i] = base[i] + d[i]; the stored scale byte stays while the block fits it (max|u| <= 6 * scale),
+//   and then an element whose delta is 0 keeps its stored code (so zero delta -> the stored bytes,
+//   -0 codes and zero scales included, whichever quantizer wrote them); a block that outgrew its
+//   scale takes scale_byte_for(max|u|), never smaller than the stored one, and every code of it is
+//   rounded again. `base` holds the dequantized block (overwritten with u); (q0, q1) are its stored
+//   packed codes. Returns the new scale byte; (p0, p1) get the new packed codes.
+NV_HD uint32_t requantize_delta_block(float* base, const float* d, uint32_t sb, uint32_t q0, uint32_t q1,
+                                      uint32_t& p0, uint32_t& p1) {
+  const float s = e4m3_to_float(sb);
+  float amax = 0.0f;
+  for (int i = 0; i < BLOCK; ++i) {
+    base[i] = add_rn(base[i], d[i]);
+    amax = max_nan(amax, fabsf(base[i]));
+  }
+  const bool fits = amax <= mul_rn(6.0f, s);   // exact product; false for NaN
+  const uint32_t nb = fits ? sb : scale_byte_for(amax);
+  encode_block(base, e4m3_to_float(nb), p0, p1);
+  if (nb == sb) {                              // same scale: untouched elements keep their code
+    uint32_t keep0 = 0, keep1 = 0;
+    for (int i = 0; i < 8; ++i) {
+      keep0 |= (d[i] == 0.0f ? 15u : 0u) << (4 * i);
+      keep1 |= (d[8 + i] == 0.0f ? 15u : 0u) << (4 * i);
+    }
+    p0 = (p0 & ~keep0) | (q0 & keep0);
+    p1 = (p1 & ~keep1) | (q1 & keep1);
+  }
+  return nb;
 }
 
 // Dequantize one block: out[i] = codebook[code_i] * scale (exact in fp32).

@@ -149,7 +149,7 @@ __global__ void fake_quantize_kernel(const T* __restrict__ w, T* __restrict__ ou
   store16(out + 16 * b, v);
 }
 
-// The trainer's forward weight: fake_quantize(dequantize(q, s) + delta), all in fp32 registers.
+// The trainer's forward weight: dequantize(requantize_delta(q, s, delta)), all in fp32 registers.
 template <typename TD, typename TO>
 __global__ void fake_quantize_delta_kernel(const uint2* __restrict__ q, const uint8_t* __restrict__ s,
                                            const TD* __restrict__ delta, TO* __restrict__ out, int64_t nb) {
@@ -159,12 +159,26 @@ __global__ void fake_quantize_delta_kernel(const uint2* __restrict__ q, const ui
   float v[16], d[16];
   dequant16(p.x, p.y, e4m3_x2p14(s[b]), v);
   load16(delta + 16 * b, d);
-#pragma unroll
-  for (int i = 0; i < 16; ++i) v[i] = add_rn(v[i], d[i]);
   uint32_t p0, p1;
-  uint32_t sb = quantize_block(v, p0, p1);
+  uint32_t sb = requantize_delta_block(v, d, s[b], p.x, p.y, p0, p1);
   dequant16(p0, p1, e4m3_x2p14(sb), v);
   store16(out + 16 * b, v);
+}
+
+// What export writes: the codes and scales the forward above dequantizes.
+template <typename TD>
+__global__ void requantize_delta_kernel(const uint2* __restrict__ q, const uint8_t* __restrict__ s,
+                                        const TD* __restrict__ delta, uint2* __restrict__ q2,
+                                        uint8_t* __restrict__ s2, int64_t nb) {
+  int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= nb) return;
+  uint2 p = q[b];
+  float v[16], d[16];
+  dequant16(p.x, p.y, e4m3_x2p14(s[b]), v);
+  load16(delta + 16 * b, d);
+  uint32_t p0, p1;
+  s2[b] = (uint8_t)requantize_delta_block(v, d, s[b], p.x, p.y, p0, p1);
+  q2[b] = make_uint2(p0, p1);
 }
 
 // ---- W4A16 GEMV / small batch: y[m, n] = sum_k x[m, k] * W[n, k], W never materialised ----
@@ -430,6 +444,19 @@ int launch_fake_quantize_delta(const uint8_t* q, const uint8_t* s, const void* d
   const uint2* q2 = reinterpret_cast<const uint2*>(q);
   if (delta_dtype == 0) launch_fqd_d(q2, s, static_cast<const float*>(delta), out, out_dtype, nb, st);
   else launch_fqd_d(q2, s, static_cast<const __nv_bfloat16*>(delta), out, out_dtype, nb, st);
+  return (int)cudaGetLastError();
+}
+
+int launch_requantize_delta(const uint8_t* q, const uint8_t* s, const void* delta, int delta_dtype, uint8_t* q2,
+                            uint8_t* s2, int64_t nb, void* stream) {
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  const uint2* qi = reinterpret_cast<const uint2*>(q);
+  uint2* qo = reinterpret_cast<uint2*>(q2);
+  if (delta_dtype == 0)
+    requantize_delta_kernel<<<grid_for(nb), EW_THREADS, 0, st>>>(qi, s, static_cast<const float*>(delta), qo, s2, nb);
+  else
+    requantize_delta_kernel<<<grid_for(nb), EW_THREADS, 0, st>>>(qi, s, static_cast<const __nv_bfloat16*>(delta), qo,
+                                                                 s2, nb);
   return (int)cudaGetLastError();
 }
 

@@ -14,9 +14,12 @@ int launch_quantize(const void* w, int w_dtype, uint8_t* q, uint8_t* s, int64_t 
 int launch_dequantize(const uint8_t* q, const uint8_t* s, void* out, int out_dtype, int64_t nb, void* stream);
 // w -> dequantize(quantize(w)) in w's dtype
 int launch_fake_quantize(const void* w, void* out, int dtype, int64_t nb, void* stream);
-// fake_quantize(dequantize(q, s) + delta) in out_dtype; delta is float32 or bfloat16
+// dequantize(requantize_delta(q, s, delta)) in out_dtype; delta is float32 or bfloat16
 int launch_fake_quantize_delta(const uint8_t* q, const uint8_t* s, const void* delta, int delta_dtype,
                                void* out, int out_dtype, int64_t nb, void* stream);
+// (q, s) + delta -> (q2 [nb*8], s2 [nb]): the frozen-scale requantization the forward above uses
+int launch_requantize_delta(const uint8_t* q, const uint8_t* s, const void* delta, int delta_dtype, uint8_t* q2,
+                            uint8_t* s2, int64_t nb, void* stream);
 // y [M, N] = x [M, K] @ W^T with W = (q [N, K/2], s [N, K/16]); needs 1 <= M <= 8, K % 32 == 0.
 // rows (1, 2 or 4; 0 = 2) = weight rows per group; threads = 16: 16 lanes of a half-warp split K for
 // their group (warp shuffles only); 32..256: the CTA kernel, whose threads split K and reduce through

@@ -135,15 +135,6 @@ void dequantize_cpu_impl(const uint8_t* q, const uint8_t* s, TO* out, int64_t n,
   });
 }
 
-// One block of 16 fp32 values -> quantize -> dequantize -> out[0..15] in TO (the fake-quant step).
-template <typename TO>
-inline void requantize_block_to(float* v, TO* out, const float* e4m3) {
-  uint32_t p0, p1;
-  const uint32_t sb = nvfp4::quantize_block(v, p0, p1);
-  nvfp4::dequantize_block(p0, p1, e4m3[sb], v);
-  for (int i = 0; i < 16; ++i) out[i] = from_f<TO>(v[i]);
-}
-
 template <typename T>
 void fake_quantize_cpu_impl(const T* w, T* out, int64_t n, int64_t k) {
   const int64_t nb = k / 16;
@@ -152,11 +143,28 @@ void fake_quantize_cpu_impl(const T* w, T* out, int64_t n, int64_t k) {
     for (int64_t b = r * nb; b < (r + 1) * nb; ++b) {
       float v[16];
       for (int i = 0; i < 16; ++i) v[i] = to_f(w[16 * b + i]);
-      requantize_block_to(v, out + 16 * b, e4m3);
+      uint32_t p0, p1;
+      const uint32_t sb = nvfp4::quantize_block(v, p0, p1);
+      nvfp4::dequantize_block(p0, p1, e4m3[sb], v);
+      for (int i = 0; i < 16; ++i) out[16 * b + i] = from_f<T>(v[i]);
     }
   });
 }
 
+// Stored block b + delta -> new packed codes and scale byte (frozen-scale rule of nvfp4_common.h).
+template <typename TD>
+inline uint32_t requantize_delta_at(const uint8_t* q, const uint8_t* s, const TD* d, int64_t b,
+                                    const float* e4m3, uint32_t& p0, uint32_t& p1, float* v) {
+  float dv[16];
+  uint32_t q0, q1;
+  memcpy(&q0, q + 8 * b, 4);
+  memcpy(&q1, q + 8 * b + 4, 4);
+  nvfp4::dequantize_block(q0, q1, e4m3[s[b]], v);
+  for (int i = 0; i < 16; ++i) dv[i] = to_f(d[16 * b + i]);
+  return nvfp4::requantize_delta_block(v, dv, s[b], q0, q1, p0, p1);
+}
+
+// The trainer's forward weight: dequantize(requantize_delta(q, s, d)).
 template <typename TD, typename TO>
 void fake_quantize_delta_cpu_impl(const uint8_t* q, const uint8_t* s, const TD* d, TO* out, int64_t n, int64_t k) {
   const int64_t nb = k / 16;
@@ -164,9 +172,27 @@ void fake_quantize_delta_cpu_impl(const uint8_t* q, const uint8_t* s, const TD* 
   for_rows(n, nb, [&](int64_t r) {
     for (int64_t b = r * nb; b < (r + 1) * nb; ++b) {
       float v[16];
-      load_block(q, s, b, e4m3, v);
-      for (int i = 0; i < 16; ++i) v[i] = v[i] + to_f(d[16 * b + i]);
-      requantize_block_to(v, out + 16 * b, e4m3);
+      uint32_t p0, p1;
+      const uint32_t sb = requantize_delta_at(q, s, d, b, e4m3, p0, p1, v);
+      nvfp4::dequantize_block(p0, p1, e4m3[sb], v);
+      for (int i = 0; i < 16; ++i) out[16 * b + i] = from_f<TO>(v[i]);
+    }
+  });
+}
+
+// What export writes: the packed codes and scales the forward above dequantizes.
+template <typename TD>
+void requantize_delta_cpu_impl(const uint8_t* q, const uint8_t* s, const TD* d, uint8_t* q2, uint8_t* s2,
+                               int64_t n, int64_t k) {
+  const int64_t nb = k / 16;
+  const float* e4m3 = e4m3_table();
+  for_rows(n, nb, [&](int64_t r) {
+    for (int64_t b = r * nb; b < (r + 1) * nb; ++b) {
+      float v[16];
+      uint32_t p0, p1;
+      s2[b] = (uint8_t)requantize_delta_at(q, s, d, b, e4m3, p0, p1, v);
+      memcpy(q2 + 8 * b, &p0, 4);
+      memcpy(q2 + 8 * b + 4, &p1, 4);
     }
   });
 }
@@ -233,6 +259,22 @@ Tensor fake_quantize_delta_cpu(const Tensor& q_, const Tensor& s_, const Tensor&
                                                       d.data_ptr<c10::BFloat16>(), out.data_ptr<TO>(), n, k);
   });
   return out;
+}
+
+std::tuple<Tensor, Tensor> requantize_delta_cpu(const Tensor& q_, const Tensor& s_, const Tensor& d_) {
+  check_packed_meta(q_, s_);
+  check_delta_meta(q_, d_);
+  Tensor q = q_.contiguous(), s = s_.contiguous(), d = d_.contiguous();
+  const int64_t n = q.size(0), k = q.size(1) * 2;
+  Tensor q2 = at::empty_like(q), s2 = at::empty_like(s);
+  if (d.scalar_type() == at::kFloat)
+    requantize_delta_cpu_impl<float>(q.data_ptr<uint8_t>(), s.data_ptr<uint8_t>(), d.data_ptr<float>(),
+                                     q2.data_ptr<uint8_t>(), s2.data_ptr<uint8_t>(), n, k);
+  else
+    requantize_delta_cpu_impl<c10::BFloat16>(q.data_ptr<uint8_t>(), s.data_ptr<uint8_t>(),
+                                             d.data_ptr<c10::BFloat16>(), q2.data_ptr<uint8_t>(),
+                                             s2.data_ptr<uint8_t>(), n, k);
+  return {q2, s2};
 }
 
 // CPU linear: the correctness path. fp32 weight and fp32 accumulation, result cast to x's dtype.
@@ -318,6 +360,20 @@ Tensor fake_quantize_delta_cuda(const Tensor& q_, const Tensor& s_, const Tensor
   return out;
 }
 
+std::tuple<Tensor, Tensor> requantize_delta_cuda(const Tensor& q_, const Tensor& s_, const Tensor& d_) {
+  check_packed_meta(q_, s_);
+  check_delta_meta(q_, d_);
+  c10::cuda::CUDAGuard guard(q_.device());
+  Tensor q = aligned(q_), s = s_.contiguous(), d = aligned(d_);
+  const int64_t nb = q.numel() / 8;
+  Tensor q2 = at::empty_like(q), s2 = at::empty_like(s);
+  if (nb > 0)
+    check_launch(nvfp4::launch_requantize_delta(q.data_ptr<uint8_t>(), s.data_ptr<uint8_t>(), d.data_ptr(),
+                                                dtype_code(d.scalar_type()), q2.data_ptr<uint8_t>(),
+                                                s2.data_ptr<uint8_t>(), nb, stream()));
+  return {q2, s2};
+}
+
 // M <= 8 and K % 32 == 0: the GEMV kernel (packed weight read once, dequantised in registers).
 // Otherwise: dequantise to x's dtype and let cuBLAS do it (fp32 accumulation).
 Tensor linear_cfg_cuda(const Tensor& x_, const Tensor& q_, const Tensor& s_, int64_t rows, int64_t threads) {
@@ -349,6 +405,7 @@ TORCH_LIBRARY(nvfp4, m) {
   m.def("dequantize(Tensor qdata, Tensor scale, ScalarType dtype) -> Tensor");
   m.def("fake_quantize(Tensor w) -> Tensor");
   m.def("fake_quantize_delta(Tensor qdata, Tensor scale, Tensor delta, ScalarType dtype) -> Tensor");
+  m.def("requantize_delta(Tensor qdata, Tensor scale, Tensor delta) -> (Tensor, Tensor)");
   m.def("linear(Tensor x, Tensor qdata, Tensor scale) -> Tensor");
   // linear with the GEMV launch shape forced (see launch_gemv in nvfp4_kernels.h; 0, 0 = default): benchmarks
   m.def("_linear_cfg(Tensor x, Tensor qdata, Tensor scale, int rows, int threads) -> Tensor");
@@ -359,6 +416,7 @@ TORCH_LIBRARY_IMPL(nvfp4, CPU, m) {
   m.impl("dequantize", &dequantize_cpu);
   m.impl("fake_quantize", &fake_quantize_cpu);
   m.impl("fake_quantize_delta", &fake_quantize_delta_cpu);
+  m.impl("requantize_delta", &requantize_delta_cpu);
   m.impl("linear", &linear_cpu);
   m.impl("_linear_cfg", &linear_cfg_cpu);
 }
@@ -369,6 +427,7 @@ TORCH_LIBRARY_IMPL(nvfp4, CUDA, m) {
   m.impl("dequantize", &dequantize_cuda);
   m.impl("fake_quantize", &fake_quantize_cuda);
   m.impl("fake_quantize_delta", &fake_quantize_delta_cuda);
+  m.impl("requantize_delta", &requantize_delta_cuda);
   m.impl("linear", &linear_cuda);
   m.impl("_linear_cfg", &linear_cfg_cuda);
 }

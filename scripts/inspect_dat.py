@@ -28,6 +28,10 @@ def main() -> int:
     nv = s["nvfp4"]
     print(f"  NVFP4 qdata/scale pairs: {len(nv)}" + (f" (e.g. {nv[0]}, ..., {nv[-1]})" if nv else ""))
     print("  dims: " + ", ".join(f"{k}={v}" for k, v in s["dims"].items()))
+    sc = s["scales"]
+    if sc["blocks"]:
+        print(f"  block scales: {sc['blocks']:,}; at the 2^-6 floor {sc['at_floor'] / sc['blocks']:.1%}, "
+              f"below it {sc['below_floor'] / sc['blocks']:.1%}; likely producer: {sc['producer']}")
     if args.entries:
         for e in dat.entries:
             print(f"  [{e.index}] {e.key} elemType={e.elem_type} shape={list(e.shape)} "

@@ -135,8 +135,13 @@ def test_fake_quantize_delta(ddtype, odtype):
     q, s = ops.quantize(w)
     for dscale in (1e-4, 1e-2, 1.0):
         delta = (torch.randn(96, 512) * dscale).to(ddtype)
-        ref = R.fake_quantize_ref(R.dequantize_ref(q, s, torch.float32) + delta.float()).to(odtype)
+        ref = R.fake_quantize_delta_ref(q, s, delta, odtype)
         assert_bits(ops.fake_quantize_delta(q, s, delta, odtype), ref)
+        q2, s2 = ops.requantize_delta(q, s, delta)
+        qr, sr = R.requantize_delta_ref(q, s, delta)
+        assert_bits(q2, qr)
+        assert_bits(s2, sr)
+        assert_bits(ops.dequantize(q2, s2, odtype), ref)   # export writes what training computed
 
 
 def test_fake_quantize_delta_edges():
@@ -146,29 +151,109 @@ def test_fake_quantize_delta_edges():
     delta[::3] = 0.0
     for ddtype in (torch.float32, torch.bfloat16):
         d = delta.to(ddtype)
-        ref = R.fake_quantize_ref(R.dequantize_ref(q, s) + d.float())
+        ref = R.fake_quantize_delta_ref(q, s, d)
         assert_bits(ops.fake_quantize_delta(q, s, d, torch.float32), ref)
         assert_bits(ops.fake_quantize_delta(q, s, d, torch.bfloat16), ref.to(torch.bfloat16))
+        q2, s2 = ops.requantize_delta(q, s, d)
+        qr, sr = R.requantize_delta_ref(q, s, d)
+        assert_bits(q2, qr)
+        assert_bits(s2, sr)
 
 
 def test_idempotence():
-    """Quantizing a dequantized weight gives it back. Bytes may differ only for code 8 (-0 becomes +0)
-    and for zero-scale blocks (their codes decode to 0 whatever they are). Random data here keeps
-    scales normal: with subnormal e4m3 scales (bytes 1 and 2) the RNE'd scale can leave the block's
-    largest code below 6, and requantizing then picks a smaller scale."""
-    w = torch.randn(64, 512) * torch.logspace(-1, 1, 64).unsqueeze(1)
+    """torchao's rule is idempotent on its own output: quantizing a dequantized weight gives the same
+    bytes back, -0.0 (code 8) and floor-scale blocks included."""
+    w = torch.randn(64, 512) * torch.logspace(-3, 1, 64).unsqueeze(1)
     w[0, :16] = 0.0
     w[1, :16] = 1e-9
+    w[2, :16] = -0.0
     q, s = ops.quantize(w)
-    d = ops.dequantize(q, s)
-    q2, s2 = ops.quantize(d)
-    assert torch.equal(ops.dequantize(q2, s2), d)
-    codes, codes2 = R.unpack_codes(q), R.unpack_codes(q2)
-    zero_scale = (s == 0).repeat_interleave(16, dim=1)
-    keep = (codes != 8) & ~zero_scale
-    assert keep.float().mean() > 0.8
-    assert torch.equal(codes[keep], codes2[keep])
-    assert torch.equal(s, s2)
+    q2, s2 = ops.quantize(ops.dequantize(q, s))
+    assert_bits(q2, q)
+    assert_bits(s2, s)
+
+
+def codes_of(w: torch.Tensor) -> list[int]:
+    q, _ = ops.quantize(w)
+    return R.unpack_codes(q)[0].tolist()
+
+
+def test_quantizer_hand_table():
+    """torchao's to_nvfp4 computed by hand: half-to-even ties, the 2^-6 scale floor, the 448 clamp,
+    saturation at 6 and the sign of -0. (The old rule, ties up and floor 2^-16, fails every line.)"""
+    # amax 6 -> scale exactly 1.0 (byte 0x38): x = w
+    w = torch.tensor([[6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0,
+                       -0.0, 0.0, -0.1, 0.2, 0.3, 5.5, -6.0, 0.5]])
+    q, s = ops.quantize(w)
+    assert s.tolist() == [[0x38]]
+    assert codes_of(w) == [7, 0, 2, 2, 4, 4, 6, 6,
+                           8, 0, 8, 0, 1, 7, 15, 1]
+    # tiny block: amax / 6 < 2^-6 -> the floor byte 0x08, x = w * 64
+    w = torch.tensor([[0.05, 0.01, -0.003, 0.002] + [0.0] * 12])
+    q, s = ops.quantize(w)
+    assert s.tolist() == [[0x08]]
+    assert codes_of(w) == [5, 1, 8, 0] + [0] * 12        # 3.2 -> 3, .64 -> .5, -.192 -> -0, .128 -> 0
+    # huge block: scale clamps at 448 (byte 0x7E), x = 1e4 / 448 = 22.3 saturates at 6
+    _, s = ops.quantize(torch.full((1, 16), 1e4))
+    assert s.tolist() == [[0x7E]]
+    assert codes_of(torch.full((1, 16), 1e4)) == [7] * 16
+    # amax / 6 = 1.0625, the tie between e4m3 1.0 and 1.125 -> even mantissa: 1.0; x = 6.375 -> 6
+    w = torch.tensor([[6.375] + [0.0] * 15])
+    q, s = ops.quantize(w)
+    assert s.tolist() == [[0x38]] and codes_of(w)[0] == 7
+    for fn in (R.quantize_ref, ops.quantize):           # the reference agrees on the whole table
+        assert fn(torch.tensor([[6.0, 0.25, 0.75, 1.25] + [0.0] * 12]))[1].tolist() == [[0x38]]
+
+
+def old_rule_blocks() -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed blocks another quantizer could have written: subnormal and zero scales (floor 2^-16),
+    codes whose block max is below 6 at a scale above the floor, -0 codes, random codes."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (40, 64), generator=g, dtype=torch.uint8)
+    codes[:, 0] = 3                                                      # max code below 6 somewhere
+    scale = torch.randint(0, 0x7E, (40, 4), generator=g, dtype=torch.uint8)
+    scale[0] = torch.tensor([0, 1, 2, 7], dtype=torch.uint8)              # zero and subnormal scales
+    codes[1] = 8                                                          # a row of -0
+    return R.pack_codes(codes), scale
+
+
+def test_zero_delta_gives_the_stored_bytes():
+    """Whatever quantizer wrote a file, delta = 0 is the stored weight bit for bit (issue 12)."""
+    w = torch.randn(64, 256) * 0.02                                      # Qwen3-sized: at the 2^-6 floor
+    for q, s in (ops.quantize(w), old_rule_blocks()):
+        for dd in (torch.float32, torch.bfloat16):
+            zero = torch.zeros(q.shape[0], q.shape[1] * 2, dtype=dd)
+            for d in (zero, -zero):
+                q2, s2 = ops.requantize_delta(q, s, d)
+                assert_bits(q2, q)
+                assert_bits(s2, s)
+                assert_bits(ops.fake_quantize_delta(q, s, d, torch.float32), ops.dequantize(q, s))
+                qr, sr = R.requantize_delta_ref(q, s, d)
+                assert_bits(qr, q)
+                assert_bits(sr, s)
+
+
+def test_delta_keeps_the_scale_until_the_block_outgrows_it():
+    q, s = ops.quantize(torch.randn(32, 128) * 0.02)
+    base = ops.dequantize(q, s)
+    small = torch.randn(32, 128) * 1e-3
+    q2, s2 = ops.requantize_delta(q, s, small)
+    amax = (base + small).reshape(32, 8, 16).abs().amax(-1)
+    fits = amax <= 6 * R.e4m3_to_float(s)
+    assert fits.float().mean() > 0.5
+    assert torch.equal(s2[fits], s[fits])                                # frozen while it fits
+    grown = ~fits       # torchao's scale of the new max, which is never below the stored one
+    assert grown.any()
+    assert torch.equal(s2[grown], R.scale_from_amax(amax[grown]))
+    assert bool((R.e4m3_to_float(s2) >= R.e4m3_to_float(s)).all())
+    # only elements that moved (or share a block whose scale changed) may change their code
+    moved = (small != 0) | (s2 != s).repeat_interleave(16, dim=1)
+    assert torch.equal(R.unpack_codes(q2)[~moved], R.unpack_codes(q)[~moved])
+    big = torch.zeros(32, 128)
+    big[:, 0] = -1.0                                                     # one element per row outgrows
+    q3, s3 = ops.requantize_delta(q, s, big)
+    assert bool((s3[:, 0] > s[:, 0]).all()) and torch.equal(s3[:, 1:], s[:, 1:])
+    assert torch.equal(q3[:, 8:], q[:, 8:])                              # other blocks: same bytes
 
 
 # ---------------------------------------------------------------- linear
@@ -232,7 +317,9 @@ def test_torch_ops_surface():
     assert_bits(torch.ops.nvfp4.dequantize(q, s, torch.bfloat16), R.dequantize_ref(q, s, torch.bfloat16))
     assert_bits(torch.ops.nvfp4.fake_quantize(w), R.fake_quantize_ref(w))
     d = torch.randn(32, 64) * 0.01
-    assert_bits(torch.ops.nvfp4.fake_quantize_delta(q, s, d, torch.float32), R.fake_quantize_ref(R.dequantize_ref(q, s) + d))
+    assert_bits(torch.ops.nvfp4.fake_quantize_delta(q, s, d, torch.float32), R.fake_quantize_delta_ref(q, s, d))
+    q2, s2 = torch.ops.nvfp4.requantize_delta(q, s, d)
+    assert_bits(q2, R.requantize_delta_ref(q, s, d)[0])
     x = torch.randn(2, 64)
     assert torch.allclose(torch.ops.nvfp4.linear(x, q, s), x @ R.dequantize_ref(q, s).T, rtol=1e-5, atol=1e-5)
     empty_q, empty_s = ops.quantize(torch.randn(0, 32))
@@ -248,6 +335,7 @@ def test_fake_kernels_opcheck():
     torch.library.opcheck(torch.ops.nvfp4.dequantize.default, (q, s, torch.bfloat16), test_utils=tests)
     torch.library.opcheck(torch.ops.nvfp4.fake_quantize.default, (w,), test_utils=tests)
     torch.library.opcheck(torch.ops.nvfp4.fake_quantize_delta.default, (q, s, w, torch.float16), test_utils=tests)
+    torch.library.opcheck(torch.ops.nvfp4.requantize_delta.default, (q, s, w), test_utils=tests)
     torch.library.opcheck(torch.ops.nvfp4.linear.default, (torch.randn(3, 64), q, s), test_utils=tests)
 
 

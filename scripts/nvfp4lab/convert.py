@@ -2,7 +2,9 @@
 
 Rules (as the user's Qwen3 file): every bias-free nn.Linear weight whose in_features % 16 == 0 is an
 NVFP4 pair (`<name>.qdata` uint8 elemType 0 by default, `<name>.scale` E4M3 elemType 101);
-everything else (embeddings, norms) is float16 (elemType 5). lm_head is always its own NVFP4 pair,
+everything else (embeddings, norms) is float16 (elemType 5). The NVFP4 rule is torchao's
+`NVFP4Tensor.to_nvfp4` (scale floor 2^-6, codes rounded half to even; nvfp4_ref.py), the one the
+user's file was made with, so a converted model has the same kind of blocks as theirs. lm_head is always its own NVFP4 pair,
 also when config.json ties it to the embeddings (taken from embed_tokens then). Entry order is
 the model's parameter order (embed, layers 0..L-1 in module order, final norm, lm_head).
 """

@@ -110,6 +110,15 @@ class DatFile:
     def nvfp4_pair(self, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tensor(prefix + ".qdata"), self.tensor(prefix + ".scale")
 
+    def stored_prefix(self, weight_key: str) -> str | None:
+        """Where a weight (`a.b.weight`) is stored as an NVFP4 pair: `a.b.weight.qdata/.scale`, or
+        `a.b.qdata/.scale` as the original's loader also accepts; None if it is not NVFP4 here."""
+        if weight_key + ".qdata" in self.by_key:
+            return weight_key
+        if weight_key.endswith(".weight") and weight_key[: -len(".weight")] + ".qdata" in self.by_key:
+            return weight_key[: -len(".weight")]
+        return None
+
     def raw_bytes(self, entry: DatEntry) -> memoryview:
         """The whole entry (header + payload) exactly as stored."""
         end = entry.data_offset + entry.nbytes
@@ -224,6 +233,12 @@ def check_nvfp4_pairs(entries: list[DatEntry], path: str) -> None:
             raise DatFormatError(path, f"has no matching {other!r}", e.index, e.key, e.header_offset)
         if e.key.endswith(".qdata"):
             s = by_key[other]
+            if s.elem_type == 5:
+                raise DatFormatError(path, f"scale {other!r} is stored as float16 (elemType 5): such "
+                                           "files come from the original project's exports before "
+                                           "2026-02-26, whose NVFP4 scales must be E4M3 bytes (101); "
+                                           "export again from the base file", e.index, e.key,
+                                     e.header_offset)
             if e.elem_type not in (0, 100) or s.elem_type not in (0, 101):
                 raise DatFormatError(path, f"NVFP4 pair has elemTypes {e.elem_type}/{s.elem_type}; "
                                            "expected qdata 0|100 and scale 0|101",
@@ -363,4 +378,32 @@ def summarize(dat: DatFile) -> dict:
         if key in dat.by_key:
             dims[name] = dat.by_key[key].shape[0]
     return {"path": dat.path, "bytes": dat.size, "entries": len(dat.entries),
-            "elem_types": by_type, "nvfp4": prefixes, "dims": dims}
+            "elem_types": by_type, "nvfp4": prefixes, "dims": dims, "scales": scale_floor_stats(dat)}
+
+
+SCALE_FLOOR_BYTE = 0x08   # e4m3 2^-6, torchao's smallest block scale (finfo(float8_e4m3fn).tiny)
+
+
+def scale_floor_stats(dat: DatFile) -> dict:
+    """How the NVFP4 block scales sit against torchao's 2^-6 floor, and who likely wrote the file.
+
+    torchao's to_nvfp4 (the user's quantize_qwen3_to_nvfp4.py) never writes a scale below 2^-6
+    and, for Qwen3-sized weights, puts most blocks exactly on it; a quantizer with a lower floor
+    (THSFP4's 2^-16, this project's converter before 2026-11-29) writes subnormal scales instead.
+    """
+    counts = torch.zeros(256, dtype=torch.int64)
+    for e in dat.entries:
+        if e.key.endswith(".scale") and e.nbytes:
+            counts += torch.bincount(dat.tensor(e.key).reshape(-1).view(torch.uint8), minlength=256)
+    mag = counts[:128] + counts[128:]          # sign bit ignored
+    total = int(counts.sum())
+    at, below = int(mag[SCALE_FLOOR_BYTE]), int(mag[:SCALE_FLOOR_BYTE].sum())
+    if total == 0:
+        producer = "no NVFP4 scales"
+    elif below:
+        producer = "not torchao: scales below 2^-6 (a 2^-16-floor quantizer such as THSFP4)"
+    elif at:
+        producer = "torchao-style (to_nvfp4: scale floor 2^-6)"
+    else:
+        producer = "unknown (no block at or below 2^-6)"
+    return {"blocks": total, "at_floor": at, "below_floor": below, "producer": producer}

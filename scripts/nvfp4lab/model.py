@@ -3,7 +3,9 @@
 Only two things are ours: `NVFP4Linear`, which replaces each nn.Linear stored as a qdata+scale pair
 and keeps it packed (4B model: ~2.5 GB instead of 8), and the trainable form of every weight:
 
-    projection / lm_head:  W = fake_quantize(dequantize(qdata, scale) + delta)   (STE backward)
+    projection / lm_head:  W = requantize(qdata, scale, delta), dequantized       (STE backward)
+                           (the stored scale frozen while a block fits it: delta = 0 is the
+                           stored weight bit for bit, whoever quantized the file; nvfp4_ref.py)
     dense (norms, embed):  W = base + delta
 where the NVFP4 base (or stored dense base) is frozen and `delta` (zeros at load) holds the
 training update. Why a delta: with lr 1e-5 a bf16 master weight loses every update (w + 1e-5
@@ -12,6 +14,7 @@ rounds back to w); a zero-based delta keeps them, costs 2 bytes/weight like a bf
 """
 import json
 import os
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -167,18 +170,18 @@ def load_model(dat: DatFile, model_dir: str, device="cpu", dtype=torch.bfloat16)
         torch.backends.cuda.enable_cudnn_sdp(False)
     stored = {nvfp4_prefix(k) for k in dat.by_key if nvfp4_prefix(k)}
     # The original file stores lm_head as its own NVFP4 pair although config says tied: untie.
-    if "lm_head.weight" in stored or "lm_head.weight" in dat:
+    if dat.stored_prefix("lm_head.weight") or "lm_head.weight" in dat:
         config.tie_word_embeddings = False
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     device = torch.device(device)
 
     params = dict(model.named_parameters())
-    for prefix in sorted(stored):
-        if prefix not in params:
-            raise ModelLoadError(f"{dat.path}: NVFP4 tensor {prefix!r} has no matching weight in "
-                                 f"{config.model_type} built from {model_dir}/config.json")
-        parent, leaf = module_of(model, prefix)
+    # `a.b.weight` may be stored as `a.b.weight.qdata` or, as the original also reads, `a.b.qdata`.
+    nvfp4 = {dat.stored_prefix(k): k for k in params if dat.stored_prefix(k)}
+    ignored = sorted(stored - set(nvfp4))
+    for prefix, key in sorted(nvfp4.items()):
+        parent, leaf = module_of(model, key)
         if not isinstance(parent, nn.Linear) or leaf != "weight" or parent.bias is not None:
             raise ModelLoadError(f"{dat.path}: {prefix!r} is stored as NVFP4 but is not the weight "
                                  "of a bias-free nn.Linear")
@@ -190,16 +193,20 @@ def load_model(dat: DatFile, model_dir: str, device="cpu", dtype=torch.bfloat16)
         lin = NVFP4Linear(k, n, device=device)
         lin.qdata.copy_(q)
         lin.scale.copy_(s)
-        path, _, name = prefix.rpartition(".")[0].rpartition(".")
+        path, _, name = key.rpartition(".")[0].rpartition(".")
         setattr(model.get_submodule(path) if path else model, name, lin)
 
     dense = {n: p for n, p in model.named_parameters() if p.is_meta}
     missing = [n for n in dense if n not in dat]
     if missing:
         raise ModelLoadError(f"{dat.path}: missing tensor(s) the config needs: {missing[:5]}")
-    for key in dat.by_key:
-        if nvfp4_prefix(key) is None and key not in dense:
-            raise ModelLoadError(f"{dat.path}: tensor {key!r} is not a parameter of the model")
+    ignored += [k for k in dat.by_key if nvfp4_prefix(k) is None and k not in dense]
+    if ignored:
+        # The original's loader skips tensors it does not use; so do we, saying so once. Export
+        # copies them unchanged.
+        print(f"warning: {dat.path}: {len(ignored)} tensor(s) not used by the {config.model_type} "
+              f"of {model_dir}/config.json are ignored (kept unchanged in exports): "
+              f"{', '.join(ignored[:4])}{' ...' if len(ignored) > 4 else ''}", file=sys.stderr)
     for name, p in dense.items():
         t = dat.tensor(name)
         if tuple(t.shape) != tuple(p.shape):
@@ -300,19 +307,22 @@ def reset_deltas(model: nn.Module) -> None:
 
 @torch.no_grad()
 def updated_tensors(model: nn.Module, dat: DatFile) -> dict[str, torch.Tensor]:
-    """The `.dat` entries that training changed, re-encoded in their stored layout.
+    """The `.dat` entries that training changed, in their stored layout.
 
-    Tensors whose delta is all zero are left out, so the writer copies their bytes verbatim.
+    NVFP4 weights are written with the same frozen-scale requantization the training forward used
+    (ops.requantize_delta), so the file holds exactly the codes and scales that were trained; a
+    block whose delta is zero keeps its bytes. Tensors whose delta is all zero are left out, so
+    the writer copies their bytes verbatim.
     """
     out = {}
     for key, delta in trainable_deltas(model):
         if not bool(delta.any()):
             continue
-        if key + ".qdata" in dat:
-            q, s = dat.nvfp4_pair(key)
-            w = ops.dequantize(q.to(delta.device), s.to(delta.device), torch.float32)
-            q2, s2 = ops.quantize(w + delta.float())
-            out[key + ".qdata"], out[key + ".scale"] = q2.cpu(), s2.cpu()
+        prefix = dat.stored_prefix(key)
+        if prefix is not None:
+            q, s = dat.nvfp4_pair(prefix)
+            q2, s2 = ops.requantize_delta(q.to(delta.device), s.to(delta.device), delta.detach())
+            out[prefix + ".qdata"], out[prefix + ".scale"] = q2.cpu(), s2.cpu()
         else:
             e = dat.by_key[key]
             base = dat.tensor(key).to(delta.device, torch.float32)

@@ -7,8 +7,10 @@ torch.compile and capture in CUDA graphs, and plain functions with input checks:
   quantize(w [N, K])                     -> (qdata uint8 [N, K/2], scale uint8 [N, K/16] e4m3 bytes)
   dequantize(qdata, scale, dtype)        -> [N, K] dtype
   fake_quantize(w)                       -> dequantize(quantize(w)) in w's dtype (fused)
+  requantize_delta(qdata, scale, delta)  -> (qdata', scale'): the stored weight plus delta as NVFP4 again,
+                                            the stored scale frozen while the block fits it (nvfp4_ref)
   fake_quantize_delta(qdata, scale, delta, dtype)
-                                         -> fake_quantize(dequantize(qdata, scale) + delta) in dtype (fused)
+                                         -> dequantize(requantize_delta(qdata, scale, delta)) in dtype (fused)
   linear(x [..., K], qdata, scale)       -> x @ dequantize(qdata, scale).T  [..., N] in x's dtype
 """
 import torch
@@ -43,6 +45,11 @@ def _fake_quantize_fake(w):
 @torch.library.register_fake("nvfp4::fake_quantize_delta")
 def _fake_quantize_delta_fake(qdata, scale, delta, dtype):
     return qdata.new_empty((qdata.shape[0], qdata.shape[1] * 2), dtype=dtype)
+
+
+@torch.library.register_fake("nvfp4::requantize_delta")
+def _requantize_delta_fake(qdata, scale, delta):
+    return torch.empty_like(qdata), torch.empty_like(scale)
 
 
 @torch.library.register_fake("nvfp4::linear")
@@ -82,11 +89,18 @@ def fake_quantize(w: torch.Tensor) -> torch.Tensor:
 
 def fake_quantize_delta(qdata: torch.Tensor, scale: torch.Tensor, delta: torch.Tensor,
                         dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """The trainer's forward weight: fake_quantize(dequantize(qdata, scale) + delta.float()) in dtype.
-    No NaN/Inf scan (hot path): a NaN in delta makes its block NaN, an Inf saturates (the reference
-    would raise NVFP4Error)."""
+    """The trainer's forward weight: dequantize(requantize_delta(qdata, scale, delta)) in dtype.
+    Zero delta gives the stored weight exactly. No NaN/Inf scan (hot path): a NaN in delta makes its
+    block NaN, an Inf saturates."""
     check_packed(qdata, scale)
     return _ops.fake_quantize_delta(qdata, scale, delta, dtype)
+
+
+def requantize_delta(qdata: torch.Tensor, scale: torch.Tensor,
+                     delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed codes and scales fake_quantize_delta computes with (what export writes)."""
+    check_packed(qdata, scale)
+    return _ops.requantize_delta(qdata, scale, delta)
 
 
 def linear(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -100,4 +114,5 @@ def linear(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor) -> torch.T
     return y.reshape(*lead, qdata.shape[0])
 
 
-__all__ = ["NVFP4Error", "quantize", "dequantize", "fake_quantize", "fake_quantize_delta", "linear"]
+__all__ = ["NVFP4Error", "quantize", "dequantize", "fake_quantize", "fake_quantize_delta", "requantize_delta",
+           "linear"]
