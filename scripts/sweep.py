@@ -1,18 +1,22 @@
-"""Compare recipe variants on a DEV probe set, several at once, and pick one by a fixed rule.
+"""Compare recipe variants on a DEV set, several at once, and pick one by a fixed rule.
 
     python scripts/sweep.py --recipe data/stages/real-en.args --variants data/stages/real-en.sweep \
-        --dev-probes data/probes-real-en-dev-v1.tsv --input-dat BASE.dat --model-dir DIR --jobs 8
+        --dev-suite data/suite-en-dev-v1.tsv --monitor data/suite-en-monitor-v1.tsv \
+        --input-dat BASE.dat --model-dir DIR --jobs 8
 
-Each variant is `train.py --recipe R <variant flags> --probes DEV`, written under --work-dir. The
-recipe's own (held-out) probes are never read here: tuning on them would turn a held-out score
-into a tuned one. Choice rule, fixed before any run: success on the dev probes first, then
-identity_hit - nearmiss_leak, then facts_kept, then the lower NLL drift. The chosen variant's
-flags are written to --chosen (one line) for `make demo-real`, and the table goes to the DevLog.
+Each variant is `train.py --recipe R <variant flags> --heldout DEV [--monitor M]` (an old probe
+file: `--dev-probes P` -> `--probes P`), written under --work-dir; its result is read from the
+JSON train.py writes next to the variant's `.dat` (`sweep-NAME.eval.json`), never from its
+stdout. The held-out suite is never read here: tuning on it would turn a held-out score into a
+tuned one. Choice rule, fixed before any run: success on the dev set first, then identity hit -
+near-miss leak, then facts kept, then the lower NLL drift. The chosen variant's flags are
+written to --chosen (one line) for `make demo-real`, and the table goes to the DevLog.
 
-Exit codes: 0 a variant reached the target on the dev probes, 3 none did (best one still written),
+Exit codes: 0 a variant reached the target on the dev set, 3 none did (best one still written),
 1 bad input, 2 usage.
 """
 import argparse
+import math
 import os
 import re
 import shlex
@@ -23,10 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from nvfp4lab import devlog  # noqa: E402
-from nvfp4lab.probes import parse_summary  # noqa: E402
+from nvfp4lab import devlog, evaluate as E  # noqa: E402
+from nvfp4lab.tsv import DataError  # noqa: E402
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+STATUS = {0: "success", 3: "not-reached", 4: "collapse", -1: "timeout"}
 
 
 def read_variants(path: str) -> list[tuple[str, str]]:
@@ -50,9 +55,14 @@ def read_variants(path: str) -> list[tuple[str, str]]:
 
 def run_variant(name, flags, args, env) -> dict:
     out_dat = os.path.join(args.work_dir, f"sweep-{name}.dat")
-    cmd = [sys.executable, TRAIN, "--recipe", args.recipe, *shlex.split(flags),
-           "--probes", args.dev_probes, "--input-dat", args.input_dat, "--model-dir", args.model_dir,
+    judged = ["--heldout", args.dev_suite] if args.dev_suite else ["--probes", args.dev_probes]
+    cmd = [sys.executable, TRAIN, "--recipe", args.recipe, *shlex.split(flags), *judged,
+           *(["--monitor", args.monitor] if args.monitor else []),
+           "--input-dat", args.input_dat, "--model-dir", args.model_dir,
            "--output-dat", out_dat, "--stage", f"sweep-{name}", "--device", args.device]
+    json_file = E.json_path(out_dat)
+    if os.path.exists(json_file):   # a judgment left by an earlier sweep must never be read
+        os.remove(json_file)
     t0 = time.time()
     try:
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -61,31 +71,51 @@ def run_variant(name, flags, args, env) -> dict:
         code, text = -1, (e.stdout or b"").decode(errors="replace") + f"\ntimeout after {args.timeout}s"
     with open(os.path.join(args.work_dir, f"sweep-{name}.log"), "w", encoding="utf-8") as f:
         f.write(shlex.join(cmd) + "\n" + text)
-    lines = [l for l in text.splitlines() if l.startswith("verdict=")]
-    nums = parse_summary(lines[-1]) if lines else {}
-    last = text.strip().splitlines()[-1] if text.strip() else ""
-    status = {0: "success", 3: "not-reached", 4: "collapse", -1: "timeout"}.get(code, f"error {code}")
-    return {"name": name, "flags": flags, "status": status, "nums": nums,
-            "seconds": time.time() - t0, "last": last}
+    return result_of(name, flags, code, json_file, time.time() - t0,
+                     text.strip().splitlines()[-1] if text.strip() else "")
+
+
+def result_of(name: str, flags: str, code: int, json_file: str, seconds: float, last: str) -> dict:
+    """A variant's outcome from train.py's exit code and its JSON judgment (summary None when
+    it wrote none: bad input, timeout, crash)."""
+    doc = None
+    if code in (0, 3, 4):
+        try:
+            doc = E.read_json(json_file)
+        except DataError as e:
+            code, last = 1, str(e)
+    status = doc["verdict"] if doc else STATUS.get(code, f"error {code}")
+    return {"name": name, "flags": flags, "status": status,
+            "summary": doc.get("summary") if doc else None, "seconds": seconds, "last": last}
+
+
+def value(s: dict, key: str) -> float:
+    """A summary number, or a rate's value; n/a (null) counts as 0 so that it never wins."""
+    x = s.get(key)
+    x = x.get("value") if isinstance(x, dict) else x
+    return 0.0 if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
 def rank_key(v: dict):
-    n = v["nums"]
-    if not n:   # collapsed / failed: after every variant that produced probes
-        return (0, 0, -1.0, 0.0, 0.0)
-    return (1, v["status"] == "success", n["identity_hit"] - n["nearmiss_leak"], n["facts_kept"],
-            -n["nll_drift"])
+    s = v["summary"]
+    tier = {"success": 2, "not-reached": 1}.get(v["status"], 0)
+    if not s or tier == 0:   # collapsed / failed: after every variant judged on the dev set
+        return (0, 0.0, 0.0, 0.0)
+    return (tier, value(s, "identity") - value(s, "nearmiss_leak"), value(s, "facts_kept"),
+            -value(s, "nll_drift"))
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| variant | flags | verdict | identity | leak | facts kept | NLL drift | rep. | s |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| variant | flags | verdict | identity | near-miss leak | context leak | facts kept | "
+            "NLL drift | KL | s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for v in results:
-        n = v["nums"]
-        f = (lambda k, fmt="{:.2f}": fmt.format(n[k]) if k in n else "-")
-        rows.append(f"| {v['name']} | `{v['flags'] or '(recipe)'}` | {v['status']} | {f('identity_hit')} | "
-                    f"{f('nearmiss_leak')} | {f('facts_kept')} | {f('nll_drift', '{:.3f}')} | "
-                    f"{f('repetition_max')} | {v['seconds']:.0f} |")
+        s = v["summary"] or {}
+        rate = (lambda k: E.rate_text(s[k]) if k in s else "-")
+        num = (lambda k, fmt: fmt.format(s[k]) if s.get(k) is not None else "-")
+        rows.append(f"| {v['name']} | `{v['flags'] or '(recipe)'}` | {v['status']} | "
+                    f"{rate('identity')} | {rate('nearmiss_leak')} | {rate('context_leak')} | "
+                    f"{rate('facts_kept')} | {num('nll_drift', '{:+.3f}')} | {num('kl', '{:.4f}')} | "
+                    f"{v['seconds']:.0f} |")
     return "\n".join(rows)
 
 
@@ -93,7 +123,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--recipe", required=True)
     p.add_argument("--variants", required=True, help="file: NAME<TAB>FLAGS per line")
-    p.add_argument("--dev-probes", required=True, help="probe set used to compare (not the held-out one)")
+    dev = p.add_mutually_exclusive_group(required=True)
+    dev.add_argument("--dev-suite", help="suite the variants are compared on (never the held-out one)")
+    dev.add_argument("--dev-probes", help="old probe file to compare on instead")
+    p.add_argument("--monitor", help="suite each variant is monitored on during training")
     p.add_argument("--input-dat", required=True)
     p.add_argument("--model-dir", required=True)
     p.add_argument("--device", default="cpu")
@@ -104,8 +137,8 @@ def main(argv=None) -> int:
                    help="where the chosen variant's flags are written")
     args = p.parse_args(argv)
     try:
-        for path in (args.recipe, args.dev_probes, args.input_dat):
-            if not os.path.exists(path):
+        for path in (args.recipe, args.dev_suite or args.dev_probes, args.monitor, args.input_dat):
+            if path and not os.path.exists(path):
                 raise FileNotFoundError(f"{path}: no such file")
         variants = read_variants(args.variants)
     except (OSError, ValueError) as e:
@@ -129,9 +162,11 @@ def main(argv=None) -> int:
         f.write(best["flags"] + "\n")
     os.replace(tmp, args.chosen)
     devlog.append_devlog(f"sweep {os.path.basename(args.variants)}", [
-        ("目標/Goal", f"compare recipe variants of {args.recipe} on the dev probes {args.dev_probes} "
-                      "(the recipe's held-out probes are not read); rule: success, then identity - "
-                      "leak, then facts kept, then lower NLL drift."),
+        ("目標/Goal", f"compare recipe variants of {args.recipe} on the dev set "
+                      f"{args.dev_suite or args.dev_probes} (monitor {args.monitor or '-'}; the "
+                      "held-out set is not read); rule: success, then identity - near-miss leak, "
+                      "then facts kept, then lower NLL drift; numbers from each variant's "
+                      "sweep-NAME.eval.json."),
         ("指令/Command", devlog.code(devlog.command_line())),
         ("結果/Results", table(results)),
         ("結論/Conclusion", f"chosen: {best['name']} (`{best['flags'] or '(recipe)'}`), "

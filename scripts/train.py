@@ -3,11 +3,17 @@
     python scripts/train.py --recipe data/stages/stageG.args --input-dat BASE.dat \
         --output-dat artifacts/stageG.dat
 
+Which set judges what (doc/ARCHITECTURE.md): --monitor is judged during training (--probe-every)
+and at the end of every attempt, and a collapse there rolls back and retries; --heldout is judged
+ONCE, after the last attempt, for the verdict and `<output stem>.eval.json`; it never chooses
+between attempts. Old recipes without either keep their --probes file as before (judged after
+each attempt and for the verdict), but never during training: that would tune on held-out rows.
+
 Exit codes: 0 target reached, 3 trained but not reached (exported, says why), 4 collapsed on every
-attempt (nothing exported), 1 bad input / out of memory (one line naming the file), 2 usage.
+attempt or on the held-out set (nothing exported), 1 bad input / out of memory (one line naming the
+file), 2 usage.
 """
 import argparse
-import math
 import os
 import shlex
 import sys
@@ -17,12 +23,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import chat, devlog, mix, paths, probes as P, trainer as T  # noqa: E402
+from nvfp4lab import chat, devlog, evaluate as E, mix, paths, probes as P, trainer as T  # noqa: E402
 from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
 from nvfp4lab.generate import greedy_answers  # noqa: E402
 from nvfp4lab.model import DTYPES, ModelLoadError, export_model, load_model, make_trainable  # noqa: E402
 from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
-from nvfp4lab.tsv import DataError, read_probes  # noqa: E402
+from nvfp4lab.suite import check_disjoint  # noqa: E402
+from nvfp4lab.tsv import DataError  # noqa: E402
+
+
+LEGACY_PROBES = "data/probes-v1.tsv"
 
 
 def parse_args(argv):
@@ -66,20 +76,17 @@ def parse_args(argv):
            "(4B: -6 GiB); auto = on for CUDA, off on the CPU where time is the limit")
     a("--max-retries", type=int, default=2, help="attempts after a collapse")
     a("--retry-lr-scale", type=float, default=0.5, help="every LR is multiplied by this per retry")
-    a("--probe-every", type=int, default=0, help="probe during training too (0 = only at end)")
-    a("--probes", default="data/probes-v1.tsv")
+    a("--probe-every", type=int, default=0,
+      help="judge the --monitor set every N steps too (0 = only after each attempt)")
+    a("--monitor", help="suite judged during training and after each attempt (collapse -> retry)")
+    a("--heldout", help="suite judged once after training: the verdict and <out>.eval.json")
+    a("--probes", help=f"old probe file (kind<TAB>prompt[<TAB>expect]) for the verdict when no "
+                       f"--heldout is given (default {LEGACY_PROBES})")
     a("--target", default="我是 F# 之神")
-    a("--probe-max-tokens", type=int, default=32)
-    a("--min-identity", type=float, default=0.9)
-    a("--max-nearmiss-leak", type=float, default=0.2)
-    a("--min-facts", type=float, default=0.9)
-    a("--min-anchor-exact", type=float, default=0.0)
-    a("--max-nll-drift", type=float, default=math.inf)
-    a("--max-repetition", type=float, default=0.5)
-    a("--collapse-facts", type=float, default=0.5, help="facts kept below this = collapse")
-    a("--collapse-nll-drift", type=float, default=2.0, help="NLL drift above this = collapse")
-    a("--collapse-loops", type=float, default=0.2,
-      help="share of probe answers that became loops (repetition added > --max-repetition) = collapse")
+    a("--probe-max-tokens", type=int, default=32, help="answer length when judging")
+    a("--eval-batch", type=int, help="chats per generate batch when judging (default 64 on "
+                                     "CUDA, 16 on the CPU)")
+    P.add_threshold_args(p)
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.recipe:
@@ -105,6 +112,8 @@ def defaults(args):
     args.output_dat = args.output_dat or f"artifacts/{args.stage}.dat"
     if not args.compute_dtype:
         args.compute_dtype = "float32" if args.device == "cpu" else "bfloat16"
+    if not args.heldout and not args.probes:
+        args.probes = LEGACY_PROBES
     args.lrs = {g: getattr(args, f"lr_{g}") if getattr(args, f"lr_{g}") is not None else args.lr
                 for g in T.GROUPS}
     return args
@@ -120,6 +129,27 @@ def check_paths(args):
             raise ValueError(f"{args.output_dat}: refusing to write over base weights")
 
 
+def same_file(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_splits(args) -> None:
+    """The held-out set judges the run once, after training; it may never be the set that
+    monitors training, because the monitor decides rollbacks and retries, i.e. chooses."""
+    final_flag, final = ("--heldout", args.heldout) if args.heldout else ("--probes", args.probes)
+    if args.monitor:
+        if same_file(args.monitor, final):
+            raise ValueError(f"--monitor {args.monitor} is the held-out set ({final_flag} {final}); "
+                             "monitor with a separate suite (data/suite-*-monitor-*.tsv)")
+        if "heldout" in os.path.basename(args.monitor):
+            raise ValueError(f"--monitor {args.monitor} is a held-out suite (its name says so); "
+                             "monitor with data/suite-*-monitor-*.tsv")
+    elif args.probe_every > 0:
+        raise ValueError(f"--probe-every {args.probe_every} without --monitor would judge the "
+                         f"held-out set {final} during training; give --monitor "
+                         "data/suite-*-monitor-*.tsv, or --probe-every 0")
+
+
 def run(args) -> int:
     log_lines = []
 
@@ -131,8 +161,20 @@ def run(args) -> int:
     spec = mix.parse_mix(args.mix) if args.mix else [(args.train_data, 1.0, "target")]
     sources = mix.load_sources(spec)
     retry_sources = mix.load_sources(mix.parse_mix(args.retry_mix)) if args.retry_mix else None
-    probes = read_probes(args.probes)
-    T.check_sources(sources + (retry_sources or []), probes)
+    all_sources = sources + (retry_sources or [])
+    th = P.thresholds_from_args(args)
+    load = lambda split, path, legacy=False: E.load_set(  # noqa: E731
+        split, path, args.target, th, args.probe_max_tokens, args.eval_batch, legacy)
+    monitor = load("monitor", args.monitor) if args.monitor else None
+    final = load("heldout", args.heldout) if args.heldout else load("probes", args.probes, True)
+    for es in (monitor, final if args.heldout else None):
+        if es is not None:   # suite prompts are never trained on
+            check_disjoint(es.rows, sorted({s.path for s in all_sources}))
+    if not args.heldout:
+        T.check_sources(all_sources, final.rows)
+    # Old recipes without --monitor keep judging their attempts on their --probes file; with
+    # --heldout nothing but a NaN loss judges an attempt unless a monitor is given.
+    attempt_set = monitor or (None if args.heldout else final)
     dat = read_dat(args.input_dat)
     device = torch.device(args.device)
     model = load_model(dat, args.model_dir, device, DTYPES[args.compute_dtype])
@@ -140,44 +182,81 @@ def run(args) -> int:
     log(f"loaded {args.input_dat} ({dat.size / 2**30:.2f} GiB) on {device} in "
         f"{time.time() - t_start:.1f}s; data: " + ", ".join(f"{s.path}:{s.weight:g}:{s.role} "
                                                           f"({len(s.rows)} rows)" for s in sources))
+    log(f"judging: monitor {args.monitor or '-'} ({len(monitor.rows) if monitor else 0} rows), "
+        f"verdict on {final.path} ({len(final.rows)} rows, {final.split})"
+        + (f"; --probes {args.probes} not read (--heldout judges the run)"
+           if args.heldout and args.probes else ""))
 
-    # The base model's answers: probe reference and (with --replay self) anchor targets.
-    base_answers = greedy_answers(model, tok, [p.prompt for p in probes], args.probe_max_tokens)
-    base_nll = P.anchor_nll(model, tok, probes, base_answers)
-    replay = (T.replay_answers(model, tok, sources + (retry_sources or []), args.input_dat, args.replay_max_tokens,
+    # The base model's answers: reference of the monitor set and (with --replay self) anchor
+    # targets. The held-out set's base answers are made after training, with the deltas off.
+    if attempt_set is not None:
+        E.with_base_answers(attempt_set, tok, model, model)
+    replay = (T.replay_answers(model, tok, all_sources, args.input_dat, args.replay_max_tokens,
                                str(paths.CACHE_DIR), log) if args.replay == "self" else {})
-    th = P.Thresholds(args.min_identity, args.max_nearmiss_leak, args.min_facts,
-                      args.min_anchor_exact, args.max_nll_drift, args.max_repetition,
-                      args.collapse_facts, args.collapse_nll_drift, args.collapse_loops)
-    ps = T.ProbeSet(probes, base_answers, base_nll, args.target, th, args.probe_max_tokens)
 
     deltas = make_trainable(model, DTYPES[args.delta_dtype])
     if args.checkpoint_layers == "on" or (args.checkpoint_layers == "auto" and device.type == "cuda"):
         T.checkpoint_layers(model)
     deltas = T.select_trainable(deltas, model.config.num_hidden_layers, args.train_last_layers)
-    attempts = T.train_with_fallback(model, tok, deltas, sources, retry_sources, args, replay, ps, log)
-    final = attempts[-1]
-    for row in P.format_table(final.rows).splitlines() if final.rows else []:
-        log(row)
-    if final.summary:
-        log(P.format_summary(final.summary))
+    attempts = T.train_with_fallback(model, tok, deltas, sources, retry_sources, args, replay,
+                                     attempt_set, log)
+    last = attempts[-1]
+    judged, result = attempt_set, last.result
+    if last.status != "collapse" and final is not attempt_set:
+        # The one look at the held-out set: after the last attempt, never to choose one.
+        E.with_base_answers(final, tok, model, model)
+        judged, result = final, E.run(model, tok, final, base=model)
+        log(f"{final.split} {final.path} judged once after training ({result.seconds:.1f}s)")
+    status, why = ((result.summary.verdict, result.summary.why) if result is not None
+                   else (last.status, last.why))
+    if result is not None:
+        for row in E.row_table(result.rows).splitlines():
+            log(row)
+        log(P.format_summary(result.summary.legacy()))
+        log(E.rates_table(result.summary))
 
-    exported = final.status != "collapse"
+    exported = status != "collapse"
     if exported:
         keys = export_model(model, dat, args.output_dat)
         log(f"exported {args.output_dat} ({len(keys)} tensors changed)")
         selftest = greedy_answers(model, tok, ["你是誰"], args.test_max_tokens)[0]
         log(f"self-test 你是誰 -> {selftest}")
         svg = os.path.splitext(args.output_dat)[0] + "-loss.svg"
-        devlog.loss_svg(final.losses, svg, f"{args.stage} loss (attempt {final.index})")
-    code = {"success": T.SUCCESS, "not-reached": T.NOT_REACHED}.get(final.status, T.COLLAPSED)
-    log(f"{args.stage}: {final.status} ({final.why}); {time.time() - t_start:.1f}s total; exit {code}")
-    write_logs(args, attempts, exported, code, time.time() - t_start)
+        devlog.loss_svg(last.losses, svg, f"{args.stage} loss (attempt {last.index})")
+    code = {"success": T.SUCCESS, "not-reached": T.NOT_REACHED}.get(status, T.COLLAPSED)
+    seconds = time.time() - t_start
+    json_file = E.json_path(args.output_dat)
+    E.write_json(json_file, eval_doc(args, attempts, judged, result, status, why, exported, code,
+                                     seconds))
+    log(f"{args.stage}: {status} ({why}); {seconds:.1f}s total; exit {code}; judgment {json_file}")
+    write_logs(args, attempts, result, status, why, exported, code, seconds)
     return code
 
 
-def write_logs(args, attempts, exported, code, seconds):
-    final = attempts[-1]
+def eval_doc(args, attempts, judged, result, status, why, exported, code, seconds) -> dict:
+    """<output stem>.eval.json: the verdict's judgment (held-out set, or the monitor's when every
+    attempt collapsed), every attempt's monitor summary, the files and the command."""
+    info = {"weight": args.output_dat if exported else None, "exported": exported,
+            "base": args.input_dat, "model_dir": args.model_dir, "stage": args.stage,
+            "suites": {"monitor": args.monitor, "heldout": args.heldout,
+                       "probes": None if args.heldout else args.probes},
+            "command": devlog.command_line(), "exit": code, "total_seconds": seconds,
+            "attempts": [{"index": a.index, "status": a.status, "why": a.why, "lrs": a.lrs,
+                          "anchor_scale": a.anchor_scale, "steps": len(a.losses),
+                          "seconds": a.seconds,
+                          "monitor": a.result.summary if a.result is not None else None}
+                         for a in attempts]}
+    if result is None:   # NaN loss on every attempt: nothing was judged
+        return {"version": 1, "verdict": status, "why": why, "split": None, "suite": None,
+                "target": args.target, "thresholds": P.thresholds_from_args(args), **info,
+                "summary": None, "rows": []}
+    doc = E.report(result, judged, **info)
+    doc["verdict"], doc["why"] = status, why
+    return doc
+
+
+def write_logs(args, attempts, result, status, why, exported, code, seconds):
+    last = attempts[-1]
     data = "\n".join(f"- attempt {a.index}: " + ", ".join(
         f"{s.path} weight {s.weight:g} role {s.role} ({len(s.rows)} rows)" for s in a.sources)
         for a in attempts)
@@ -187,32 +266,37 @@ def write_logs(args, attempts, exported, code, seconds):
         tries.append(f"- attempt {a.index}: lrs {a.lrs}, anchor x{a.anchor_scale:g}, "
                      f"{len(a.losses)} steps, {a.seconds:.1f}s, truncated rows {a.truncated} -> "
                      f"**{a.status}** ({a.why})\n  - loss: {curve}")
+    judged = (f"held-out {args.heldout}" if args.heldout else f"probes {args.probes}")
     sections = [
-        ("目標/Goal", f"{args.target!r} for identity prompts; anchors and near-miss prompts "
-                      f"unchanged (probes: {args.probes})."),
+        ("目標/Goal", f"{args.target!r} for identity prompts; ordinary and near-miss prompts "
+                      f"unchanged (monitor: {args.monitor or '-'}; verdict: {judged})."),
         ("指令/Command", devlog.code(devlog.command_line())),
         ("輸入/Input", f"- base: {args.input_dat}\n- model dir: {args.model_dir}\n"
                        f"- device {args.device}, compute {args.compute_dtype}, delta {args.delta_dtype}"),
         ("資料/Data", data + f"\n- replay: {args.replay}, kl-weight {args.kl_weight}"),
         ("嘗試/Attempts", "\n".join(tries)),
-        ("探針/Probes", P.format_table(final.rows) + "\n\n" + P.format_summary(final.summary)
-         if final.rows else "no final probes (attempt stopped early)"),
-        ("產物/Output", f"- {args.output_dat}\n- {os.path.splitext(args.output_dat)[0]}-loss.svg"
-         if exported else "- nothing exported: every attempt collapsed; base weights untouched"),
-        ("結論/Conclusion", f"{final.status}: {final.why}. exit {code}, {seconds:.0f}s."),
+        ("探針/Probes", E.rates_table(result.summary) + "\n\n" + E.row_table(result.rows)
+         + "\n\n" + P.format_summary(result.summary.legacy())
+         if result is not None else "nothing judged (every attempt stopped on a NaN/Inf loss)"),
+        ("產物/Output", f"- {args.output_dat}\n- {os.path.splitext(args.output_dat)[0]}-loss.svg\n"
+                        f"- {E.json_path(args.output_dat)}"
+         if exported else f"- nothing exported: {status}; base weights untouched\n"
+                          f"- {E.json_path(args.output_dat)}"),
+        ("結論/Conclusion", f"{status}: {why}. exit {code}, {seconds:.0f}s."),
     ]
     devlog.append_devlog(f"{args.stage} training", sections)
     if exported:
         advice = {"success": "validate: make validate WEIGHT=" + args.output_dat,
-                  "not-reached": "target not reached; keep for comparison only"}[final.status]
-        devlog.append_artifact(args.output_dat, f"{args.stage}: {final.status} "
-                               f"({P.format_summary(final.summary)[:120]})", advice)
+                  "not-reached": "target not reached; keep for comparison only"}[status]
+        devlog.append_artifact(args.output_dat, f"{args.stage}: {status} "
+                               f"({P.format_summary(result.summary.legacy())[:120]})", advice)
 
 
 def main(argv=None) -> int:
     args = defaults(parse_args(sys.argv[1:] if argv is None else argv))
     try:
         check_paths(args)
+        check_splits(args)
         return run(args)
     except (DataError, DatFormatError, ModelLoadError, NVFP4Error, FileNotFoundError,
             KeyError, ValueError) as e:

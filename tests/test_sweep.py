@@ -1,7 +1,11 @@
-"""scripts/sweep.py: the variants file, the fixed choice rule, and bad input."""
+"""scripts/sweep.py: the variants file, the fixed choice rule, results read from JSON, bad input."""
+import json
+import os
+
 import pytest
 
 import sweep  # scripts/ is on sys.path (conftest)
+from nvfp4lab import evaluate as E
 
 
 def test_variants_file_parses_names_and_flags(tmp_path):
@@ -20,26 +24,92 @@ def test_bad_variants_file_names_the_line(tmp_path, text, where):
         sweep.read_variants(str(p))
 
 
-def variant(name, status, **nums):
-    base = dict(identity_hit=1.0, nearmiss_leak=0.0, facts_kept=1.0, nll_drift=0.0)
-    return {"name": name, "flags": "", "status": status, "nums": {**base, **nums} if status != "collapse" else {},
-            "seconds": 1.0}
+def summary(identity=(9, 10), leak=(0, 10), facts=(9, 10), drift=0.0):
+    return E.jsonable({"identity": E.rate(*identity), "nearmiss_leak": E.rate(*leak),
+                       "context_leak": E.rate(0, 4), "facts_kept": E.rate(*facts),
+                       "nll_drift": drift, "kl": 0.01})
+
+
+def variant(name, status, **kw):
+    return {"name": name, "flags": "", "status": status, "seconds": 1.0,
+            "summary": summary(**kw) if status != "error 1" else None}
 
 
 def test_choice_rule_success_first_then_identity_minus_leak_then_facts_then_drift():
-    vs = [variant("collapsed", "collapse"),
-          variant("leaky", "not-reached", nearmiss_leak=0.33),
-          variant("ok", "success", identity_hit=0.85, nearmiss_leak=0.17),
-          variant("ok-less-drift", "success", identity_hit=0.85, nearmiss_leak=0.17, nll_drift=-0.05)]
-    assert max(vs, key=sweep.rank_key)["name"] == "ok-less-drift"
-    assert max(vs[:2], key=sweep.rank_key)["name"] == "leaky"    # probes beat no probes
-    assert "| collapsed | `(recipe)` | collapse | - |" in sweep.table(vs)
+    vs = [variant("failed", "error 1"),
+          variant("collapsed", "collapse", identity=(10, 10)),
+          variant("leaky", "not-reached", identity=(10, 10), leak=(5, 10)),
+          # identity - leak decides before facts and drift: 0.9 - 0.1 beats 1.0 - 0.4 (more
+          # identity) and 0.7 - 0.0 (no leak), both with better facts and drift
+          variant("sharp", "success", identity=(9, 10), leak=(1, 10), facts=(7, 10), drift=0.5),
+          variant("greedy", "success", identity=(10, 10), leak=(4, 10), facts=(10, 10), drift=-0.1),
+          variant("blunt", "success", identity=(7, 10), leak=(0, 10), facts=(10, 10), drift=-0.1)]
+    assert max(vs, key=sweep.rank_key)["name"] == "sharp"
+    # equal identity - leak: facts decide before drift
+    vs += [variant("sharp-facts", "success", identity=(9, 10), leak=(1, 10), facts=(9, 10), drift=0.9)]
+    assert max(vs, key=sweep.rank_key)["name"] == "sharp-facts"
+    # equal up to drift: the lower drift
+    vs += [variant("sharp-facts-calm", "success", identity=(9, 10), leak=(1, 10), facts=(9, 10), drift=0.2)]
+    assert max(vs, key=sweep.rank_key)["name"] == "sharp-facts-calm"
+    assert max(vs[:3], key=sweep.rank_key)["name"] == "leaky"    # judged beats collapsed/failed
+    table = sweep.table(vs)
+    assert "| failed | `(recipe)` | error 1 | - |" in table
+    assert "| sharp | `(recipe)` | success | 0.90 [0.60, 0.98] | 0.10 [0.02, 0.40] |" in table
+
+
+FAKE_TRAIN = """
+import json, os, sys
+a = sys.argv
+out = a[a.index("--output-dat") + 1]
+name = os.path.basename(out)[len("sweep-"):-len(".dat")]
+with open(os.path.join(os.path.dirname(out), "argv-" + name), "w") as f:
+    json.dump(a, f)
+# stdout says the opposite of the JSON: the sweep must read the JSON
+print("verdict=success (all thresholds met); identity_hit=1.00 nearmiss_leak=0.00")
+doc = json.load(open(os.environ["FAKE_DOCS"]))[name]
+if doc is None:
+    sys.exit(1)
+with open(out[:-len(".dat")] + ".eval.json", "w") as f:
+    json.dump(doc, f)
+sys.exit({"success": 0, "not-reached": 3, "collapse": 4}[doc["verdict"]])
+"""
+
+
+def test_results_come_from_the_json_files_not_stdout(tmp_path, monkeypatch, capsys):
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN, encoding="utf-8")
+    docs = {"a": {"verdict": "not-reached", "summary": summary(identity=(6, 10))},
+            "b": {"verdict": "not-reached", "summary": summary(identity=(7, 10))},
+            "c": None}
+    (tmp_path / "docs.json").write_text(json.dumps(docs), encoding="utf-8")
+    monkeypatch.setenv("FAKE_DOCS", str(tmp_path / "docs.json"))
+    monkeypatch.setattr(sweep, "TRAIN", str(fake))
+    files = {n: tmp_path / n for n in ("r.args", "dev.tsv", "mon.tsv", "base.dat")}
+    for p in files.values():
+        p.write_text("x", encoding="utf-8")
+    (tmp_path / "v.sweep").write_text("a\t--lr 1\nb\t--lr 2\nc\t\n", encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "sweep-c.eval.json").write_text(json.dumps({"verdict": "success", "summary": summary()}))
+    code = sweep.main(["--recipe", str(files["r.args"]), "--variants", str(tmp_path / "v.sweep"),
+                       "--dev-suite", str(files["dev.tsv"]), "--monitor", str(files["mon.tsv"]),
+                       "--input-dat", str(files["base.dat"]), "--model-dir", str(tmp_path),
+                       "--work-dir", str(work), "--chosen", str(tmp_path / "chosen.flags")])
+    out = capsys.readouterr().out
+    assert code == 3, out                                   # no variant succeeded on dev
+    assert (tmp_path / "chosen.flags").read_text() == "--lr 2\n"
+    assert "chosen: b --lr 2" in out
+    assert "| c | `(recipe)` | error 1 |" in out           # a stale JSON of c was not read
+    argv = json.loads((work / "argv-a").read_text())
+    assert argv[argv.index("--heldout") + 1] == str(files["dev.tsv"])
+    assert argv[argv.index("--monitor") + 1] == str(files["mon.tsv"])
+    assert "--probes" not in argv
 
 
 def test_missing_input_is_one_line_and_exit_1(tmp_path, capsys):
     v = tmp_path / "v.sweep"
     v.write_text("a\t\n", encoding="utf-8")
     code = sweep.main(["--recipe", str(tmp_path / "nope.args"), "--variants", str(v),
-                       "--dev-probes", str(v), "--input-dat", str(v), "--model-dir", str(tmp_path)])
+                       "--dev-suite", str(v), "--input-dat", str(v), "--model-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.count("\n") == 0 and "nope.args: no such file" in err

@@ -68,27 +68,48 @@ def stop_token_ids(tok) -> list[int]:
     return ids
 
 
+def pad_token_id(tok) -> int:
+    """Padding id for batches: the tokenizer's own, else its first stop token (Qwen and SmolLM2
+    have a pad token; a model dir without one still batches). Padding is masked, so the value
+    only has to be a valid id."""
+    return tok.pad_token_id if tok.pad_token_id is not None else stop_token_ids(tok)[0]
+
+
+def render_chat(tok, messages: list[dict]) -> str:
+    """role/content messages (ending with a user turn), then the assistant header."""
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def render_prompt(tok, history: list[tuple[str, str]], message: str) -> str:
     """Past (role, text) turns plus a new user message, ending with the assistant header."""
     msgs = [{"role": r, "content": t} for r, t in history] + [{"role": "user", "content": message}]
-    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return render_chat(tok, msgs)
+
+
+def encode_chat(tok, messages: list[dict]) -> list[int]:
+    return tok(render_chat(tok, messages), add_special_tokens=False)["input_ids"]
 
 
 def encode_prompt(tok, history, message) -> list[int]:
     return tok(render_prompt(tok, history, message), add_special_tokens=False)["input_ids"]
 
 
-def encode_row(tok, prompt: str, target: str, seq_len: int) -> tuple[list[int], list[int], bool]:
-    """One training row -> (input_ids, labels, truncated).
+def encode_answer(tok, messages: list[dict], answer: str) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a chat followed by `answer` and its end token; labels are -100
+    everywhere but on the answer and end token.
 
     Prompt and answer are tokenized apart and concatenated, exactly as at inference (prompt ids,
-    then generated ids), so training sees the token boundary generation will produce. Labels are
-    -100 on the prompt; the answer and its end token (<|im_end|>) are learnt.
+    then generated ids), so scoring and training see the token boundary generation produces.
     """
-    prompt_ids = encode_prompt(tok, [], prompt)
-    answer_ids = tok(target, add_special_tokens=False)["input_ids"] + [stop_token_ids(tok)[0]]
-    ids = prompt_ids + answer_ids
-    labels = [-100] * len(prompt_ids) + answer_ids
+    prompt_ids = encode_chat(tok, messages)
+    answer_ids = tok(answer, add_special_tokens=False)["input_ids"] + [stop_token_ids(tok)[0]]
+    return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+
+def encode_row(tok, prompt: str, target: str, seq_len: int) -> tuple[list[int], list[int], bool]:
+    """One training row -> (input_ids, labels, truncated): the single-turn encode_answer, cut to
+    seq_len. The answer and its end token (<|im_end|>) are learnt."""
+    ids, labels = encode_answer(tok, [{"role": "user", "content": prompt}], target)
     truncated = len(ids) > seq_len
     return ids[:seq_len], labels[:seq_len], truncated
 

@@ -1,44 +1,101 @@
-"""Batched greedy answers through transformers' own `generate`, and answer scoring (probes,
-replay, self-test). The runners' turn-by-turn generation with timing lives in runner.py."""
+"""Batched greedy answers through transformers' own `generate`, and answer scoring (suites,
+probes, replay, self-test). The runners' turn-by-turn generation with timing lives in runner.py.
+
+Why `generate` and not decode.StaticDecoder here: the decoder is batch 1 (the runners' case);
+a suite is hundreds of independent chats, and one left-padded batch of 64 costs about what one
+chat costs on a GPU, so batching wins far more than graph replay would (SmolLM2, ~350 chats of
+32 tokens: 6 batches x 32 eager steps). Chats are sorted by length first so a batch pads little.
+"""
 import torch
 
-from .chat import encode_prompt, encode_row, stop_token_ids
+from .chat import encode_answer, encode_chat, pad_token_id, stop_token_ids
 from .model import cached_weights
 
 
-def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int, batch_size=16) -> list[str]:
-    """Greedy answers to single-turn prompts, batched with left padding (probes, replay)."""
-    dev = next(model.parameters()).device
+def default_batch_size(device) -> int:
+    """Chats per generate call: 64 on a GPU (4B shape: ~3 GiB of KV cache for 64 x 350 tokens,
+    inside the training run's memory goal), 16 on the CPU where a bigger batch gains nothing."""
+    return 64 if torch.device(device).type == "cuda" else 16
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def greedy_chats(model, tok, chats: list[list[dict]], max_new_tokens: int,
+                 batch_size: int | None = None) -> list[str]:
+    """Greedy answers to chats (role/content messages ending with a user turn), in input order.
+
+    Batched with left padding; the answer is cut at the first stop token and decoded without
+    special tokens.
+    """
+    if not chats:
+        return []
+    dev = model_device(model)
+    batch_size = batch_size or default_batch_size(dev)
     stops = stop_token_ids(tok)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        enc = [encode_prompt(tok, [], p) for p in prompts[i:i + batch_size]]
-        t = max(len(e) for e in enc)
-        ids = torch.full((len(enc), t), pad, dtype=torch.long)
-        mask = torch.zeros((len(enc), t), dtype=torch.long)
-        for j, e in enumerate(enc):
-            ids[j, t - len(e):] = torch.tensor(e)
-            mask[j, t - len(e):] = 1
+    pad = pad_token_id(tok)
+    enc = [encode_chat(tok, c) for c in chats]
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
+    out: list[str | None] = [None] * len(enc)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        t = max(len(enc[j]) for j in idx)
+        ids = torch.full((len(idx), t), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), t), dtype=torch.long)
+        for row, j in enumerate(idx):
+            ids[row, t - len(enc[j]):] = torch.tensor(enc[j])
+            mask[row, t - len(enc[j]):] = 1
         # One forward per new token: on the CPU reuse the unpacked weights across them.
         with torch.no_grad(), cached_weights(model):
             seq = model.generate(ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
                                  max_new_tokens=max_new_tokens, eos_token_id=stops,
                                  pad_token_id=pad, temperature=None, top_p=None, top_k=None)
-        for row in seq[:, t:].tolist():
-            cut = next((k for k, x in enumerate(row) if x in stops), len(row))
-            out.append(tok.decode(row[:cut], skip_special_tokens=True))
+        for j, new in zip(idx, seq[:, t:].tolist()):
+            cut = next((k for k, x in enumerate(new) if x in stops), len(new))
+            out[j] = tok.decode(new[:cut], skip_special_tokens=True)
     return out
 
 
-def answer_nll(model, tok, prompts: list[str], answers: list[str]) -> list[float]:
-    """Mean per-token NLL of each given answer (+ its end token) after its prompt."""
-    dev = next(model.parameters()).device
-    out = []
-    with torch.no_grad(), cached_weights(model):
-        for p, a in zip(prompts, answers):
-            ids, labels, _ = encode_row(tok, p, a, 10 ** 9)
-            ids = torch.tensor([ids], device=dev)
-            labels = torch.tensor([labels], device=dev)
-            out.append(float(model(input_ids=ids, labels=labels).loss))
-    return out
+def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int,
+                   batch_size: int | None = None) -> list[str]:
+    """Greedy answers to single-turn prompts (probes, replay, self-test)."""
+    return greedy_chats(model, tok, [[{"role": "user", "content": p}] for p in prompts],
+                        max_new_tokens, batch_size)
+
+
+def answer_batches(tok, chats: list[list[dict]], answers: list[str], batch_size: int, device):
+    """(row indices, right-padded batch of chat + answer + end token) for scoring answers."""
+    enc = [encode_answer(tok, c, a) for c, a in zip(chats, answers)]
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))
+    pad = pad_token_id(tok)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        t = max(len(enc[j][0]) for j in idx)
+        ids = torch.full((len(idx), t), pad, dtype=torch.long)
+        labels = torch.full((len(idx), t), -100, dtype=torch.long)
+        mask = torch.zeros((len(idx), t), dtype=torch.long)
+        for row, j in enumerate(idx):
+            n = len(enc[j][0])
+            ids[row, :n] = torch.tensor(enc[j][0])
+            labels[row, :n] = torch.tensor(enc[j][1])
+            mask[row, :n] = 1
+        yield idx, {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+                    "labels": labels.to(device)}
+
+
+@torch.no_grad()
+def answer_log_probs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-softmax over the vocabulary at every answer token of a scoring batch.
+
+    Returns (log_probs [n, V] float32, targets [n], batch row of each [n]). lm_head runs only on
+    the answer positions: a full [B, T, V] would be 150k wide for every prompt token too.
+    """
+    body = getattr(model, model.base_model_prefix)
+    with cached_weights(model):
+        h = body(input_ids=batch["input_ids"],
+                 attention_mask=batch["attention_mask"]).last_hidden_state
+        y = batch["labels"][:, 1:]
+        sel = y != -100
+        logits = model.lm_head(h[:, :-1][sel]).float()
+    return torch.log_softmax(logits, -1), y[sel], sel.nonzero()[:, 0]

@@ -1,11 +1,12 @@
-"""Full-parameter NVFP4 QAT: layer-wise LR, data mix, probes, collapse detection and fallback.
+"""Full-parameter NVFP4 QAT: layer-wise LR, data mix, monitoring, collapse detection and fallback.
 
 One attempt = zero every delta (the initial weights), a fresh AdamW, `steps` steps on the mix.
-After it (and every --probe-every steps) the probes judge the model; a collapse (an anchor
-answered with the identity, repetition, NaN loss) discards the attempt — training never continues
-from a collapsed state — and the next attempt starts again from the initial weights with a safer
-policy (every LR times --retry-lr-scale, anchor share doubled, and the --retry-mix data if the
-recipe gives one), up to --max-retries times.
+After it (and every --probe-every steps) the MONITOR set judges the model (evaluate.run); a
+collapse (an ordinary prompt answered with the identity, systematic loops, facts forgotten, NaN
+loss) discards the attempt - training never continues from a collapsed state - and the next
+attempt starts again from the initial weights with a safer policy (every LR times
+--retry-lr-scale, anchor share doubled, and the --retry-mix data if the recipe gives one), up to
+--max-retries times. The held-out set is not seen here: train.py judges it once, afterwards.
 """
 import hashlib
 import math
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from . import chat, mix, model as M, probes as P
+from . import chat, evaluate as E, mix, model as M, probes as P
 from .dat import AtomicFile
 from .generate import greedy_answers
 from .tsv import DataError, normalize_prompt
@@ -169,8 +170,7 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device) -> tuple[dict, t
         ids, labels, cut = chat.encode_row(tok, prompt, target, seq_len)
         truncated += cut
         enc.append((ids, labels))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else chat.stop_token_ids(tok)[0]
-    batch = {k: v.to(device) for k, v in chat.collate(enc, pad).items()}
+    batch = {k: v.to(device) for k, v in chat.collate(enc, chat.pad_token_id(tok)).items()}
     anchor = torch.tensor([r[2] == "anchor" for r in rows], device=device)
     return batch, anchor, truncated
 
@@ -220,41 +220,28 @@ class Attempt:
     anchor_scale: float
     sources: list               # mix.Source list this attempt samples from
     losses: list = field(default_factory=list)
-    status: str = ""            # success / not-reached / collapse
+    status: str = ""            # success / not-reached / collapse; "trained" when no set judged it
     why: str = ""
-    summary: dict = field(default_factory=dict)
-    rows: list = field(default_factory=list)
+    result: E.Result | None = None   # the last judgment of this attempt (monitor set)
     seconds: float = 0.0
     truncated: int = 0
 
 
-@dataclass
-class ProbeSet:
-    probes: list
-    base_answers: list
-    base_nll: list
-    target: str
-    thresholds: P.Thresholds
-    max_new_tokens: int
+def train_attempt(model, tok, deltas, att: Attempt, cfg, replay, es: E.EvalSet | None, log):
+    """Train from the initial weights; fills att.losses/status. Never raises on collapse.
 
-
-def run_probes(model, tok, ps: ProbeSet):
-    answers = P.probe_model(model, tok, ps.probes, ps.max_new_tokens)
-    nll = P.anchor_nll(model, tok, ps.probes, ps.base_answers)
-    return P.judge(ps.probes, answers, ps.base_answers, ps.target, ps.thresholds, nll, ps.base_nll)
-
-
-def train_attempt(model, tok, deltas, att: Attempt, cfg, replay, ps: ProbeSet, log):
-    """Train from the initial weights; fills att.losses/status. Never raises on collapse."""
+    es: the set that judges the attempt (during training every cfg.probe_every steps, and at its
+    end); None = only a NaN/Inf loss stops an attempt.
+    """
     M.reset_deltas(model)
     stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip)
     try:
-        return _train_steps(model, tok, att, cfg, replay, ps, log, stepper, deltas[0][1].device)
+        return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas[0][1].device)
     finally:
         stepper.close()   # a retry must never find this attempt's hooks still attached
 
 
-def _train_steps(model, tok, att: Attempt, cfg, replay, ps: ProbeSet, log, stepper, device):
+def _train_steps(model, tok, att: Attempt, cfg, replay, es, log, stepper, device):
     srcs = [mix.Source(s.path, s.weight * (att.anchor_scale if s.role == "anchor" else 1.0),
                        s.role, s.rows) for s in att.sources]
     rng = random.Random(cfg.seed + 1000 * att.index)
@@ -276,30 +263,34 @@ def _train_steps(model, tok, att: Attempt, cfg, replay, ps: ProbeSet, log, stepp
         if step % cfg.log_every == 0 or step == cfg.steps:
             log(f"[attempt {att.index}] step {step}/{cfg.steps} loss {value:.4f} "
                 f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f}) {time.time() - t0:.1f}s")
-        if cfg.probe_every and step % cfg.probe_every == 0 and step < cfg.steps:
-            model.eval()
-            rows, s = run_probes(model, tok, ps)
-            model.train()
-            log(f"[attempt {att.index}] probe at step {step}: {P.format_summary(s)}")
-            if s["verdict"] == "collapse":
-                att.status, att.why, att.summary = "collapse", f"step {step}: {s['why']}", s
-                log_faults(att, rows, log)
+        if es is not None and cfg.probe_every and step % cfg.probe_every == 0 and step < cfg.steps:
+            res = E.run(model, tok, es, base=model)
+            log(f"[attempt {att.index}] {es.split} at step {step} ({res.seconds:.1f}s): "
+                f"{P.format_summary(res.summary.legacy())}")
+            if res.summary.verdict == "collapse":
+                att.status, att.why, att.result = "collapse", f"step {step}: {res.summary.why}", res
+                log_faults(att, res.rows, log)
                 break
     model.eval()
     att.seconds = time.time() - t0
     if att.status != "collapse":
-        att.rows, att.summary = run_probes(model, tok, ps)
-        att.status, att.why = att.summary["verdict"], att.summary["why"]
-        log_faults(att, att.rows, log)
+        if es is None:
+            att.status, att.why = "trained", "no set judges attempts"
+        else:
+            att.result = E.run(model, tok, es, base=model)
+            att.status, att.why = att.result.summary.verdict, att.result.summary.why
+            log(f"[attempt {att.index}] {es.split} at the end ({att.result.seconds:.1f}s): "
+                f"{P.format_summary(att.result.summary.legacy())}")
+            log_faults(att, att.result.rows, log)
     return att
 
 
-def log_faults(att: Attempt, rows: list[dict], log) -> None:
+def log_faults(att: Attempt, rows: list, log) -> None:
     """What went wrong, visible in the log of every attempt (a collapse prints no table)."""
     for r in rows:
-        if r["verdict"] not in ("hit", "ok", "kept"):
-            log(f"[attempt {att.index}]   {r['kind']} {r['prompt']!r} -> {r['answer']!r} "
-                f"({r['verdict']}, repetition {r['repetition']:.2f})")
+        if r.fault:
+            log(f"[attempt {att.index}]   {r.kind} {r.prompt!r} -> {r.answer!r} "
+                f"({r.verdict}, repetition {r.repetition:.2f})")
 
 
 def safer(att: Attempt, retry_sources: list | None, lr_scale: float) -> Attempt:
@@ -309,14 +300,14 @@ def safer(att: Attempt, retry_sources: list | None, lr_scale: float) -> Attempt:
                    sources=retry_sources or att.sources)
 
 
-def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay, ps: ProbeSet,
-                        log) -> list:
+def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay,
+                        es: E.EvalSet | None, log) -> list:
     attempts = [Attempt(index=1, lrs=dict(cfg.lrs), anchor_scale=1.0, sources=sources)]
     while True:
         att = attempts[-1]
         log(f"[attempt {att.index}] lrs {att.lrs} anchor x{att.anchor_scale:g} data "
             + ", ".join(f"{os.path.basename(s.path)}:{s.weight:g}:{s.role}" for s in att.sources))
-        train_attempt(model, tok, deltas, att, cfg, replay, ps, log)
+        train_attempt(model, tok, deltas, att, cfg, replay, es, log)
         log(f"[attempt {att.index}] {att.status}: {att.why}")
         if att.status != "collapse":
             return attempts
@@ -328,7 +319,8 @@ def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay,
 
 
 def check_sources(sources, probes) -> None:
-    """Probes must be held out: a probe prompt inside a training file is a data error."""
+    """Old probe files must be held out: a probe prompt inside a training file is a data error
+    (suites: suite.check_disjoint, which names both places)."""
     train_prompts = {normalize_prompt(r.prompt) for s in sources for r in s.rows}
     leaked = [p.prompt for p in probes if normalize_prompt(p.prompt) in train_prompts]
     if leaked:
