@@ -387,3 +387,28 @@ def test_inspect_names_the_producer(torchao_file, tiny_qwen, tmp_path):
         assert words in line and "at the 2^-6 floor" in line
     floor = float(line.split("floor ")[1].split("%")[0])
     assert floor < 50.0          # the subnormal file has most blocks below, not at, the floor
+
+
+# ---------------------------------------------------------------- the NVFP4 update report
+def test_update_report_shows_which_groups_moved(torchao_file):
+    from nvfp4lab.update_report import format_report, update_report
+    model_dir, dat_path, _ = torchao_file
+    dat = read_dat(dat_path)
+    tok = chat.load_tokenizer(str(model_dir))
+    model = load_model(dat, str(model_dir), "cpu", torch.float32)
+    deltas = make_trainable(model, torch.bfloat16)
+    assert all(g.changed == 0 and g.scales_changed == 0 for g in update_report(model, dat))
+    # blocks at a tiny LR: the updates stay below half a code step, nothing is stored differently
+    one_step(model, tok, deltas, {"head": 0.0, "embed": 0.0, "norm": 0.0, "blocks": 1e-6})
+    assert any(bool(d.any()) for k, d in deltas if "layers" in k)
+    rows = {g.group: g for g in update_report(model, dat)}
+    assert rows["layer 0"].changed == 0 and rows["layer 1"].changed == 0
+    # a real LR on the head only: its codes move, the layers' do not
+    one_step(model, tok, deltas, {"head": 1e-2, "embed": 0.0, "norm": 0.0, "blocks": 0.0})
+    rows = {g.group: g for g in update_report(model, dat)}
+    assert rows["head"].changed > 0 and rows["layer 0"].changed == 0
+    q, s = dat.nvfp4_pair("lm_head.weight")
+    q2, s2 = ops.requantize_delta(q, s, dict(deltas)["lm_head.weight"].detach())
+    assert rows["head"].changed == int((ops.dequantize(q2, s2) != ops.dequantize(q, s)).sum())
+    table = format_report(list(rows.values()))
+    assert "| head |" in table and "| all layers |" in table and "0.000%" in table
