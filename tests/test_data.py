@@ -1,4 +1,5 @@
 """Data files: the strict TSV reader/writer, and the invariants the Stage G recipe depends on."""
+from pathlib import Path
 import subprocess
 import sys
 
@@ -290,9 +291,11 @@ REAL_PROBES = "probes-real-en-v1.tsv"
 
 
 def training_files(d):
-    """Every training file in d: probes are never trained on, and the proxy corpus belongs to the
-    proxy model (it holds the probes-v1 prompts on purpose)."""
-    return [p for p in sorted(d.glob("*.tsv")) if not p.name.startswith(("probes-", "proxy-knowledge-"))]
+    """Every training file in d: probes and suites are never trained on, and the proxy corpus
+    belongs to the proxy model (it holds the probes-v1 prompts on purpose). One rule for it:
+    nvfp4lab.suite.training_files."""
+    from nvfp4lab.suite import training_files as suite_training_files
+    return [Path(p) for p in suite_training_files(str(d))]
 
 
 def test_real_files_are_committed_and_match_the_script(generated):
