@@ -25,16 +25,19 @@ def subset(dst, lines: list[str]) -> str:
 
 def test_make_demo_real_smoke_run(tmp_path):
     packaged_gguf()   # skips without the optional packages
-    # A few rows of each real file; the probes are a subset of the held-out set, so still held out.
-    probes = data_rows("probes-real-en-v1.tsv")
-    pick = ([l for l in probes if l.startswith("identity")][:2]
-            + [l for l in probes if l.startswith("anchor")][:2]
-            + [l for l in probes if l.startswith("nearmiss")][:1])
+    # A few rows of each real file; the suites are subsets of the monitor and held-out suites
+    # (passed after make's own --monitor/--heldout, so they win), so still disjoint from training.
+    def pick(name):
+        rows = data_rows(name)
+        return [l for kind, n in (("identity", 2), ("fact", 2), ("general", 1), ("nearmiss", 1),
+                                  ("context-nearmiss", 1))
+                for l in [r for r in rows if r.startswith(kind + "\t")][:n]]
     mix = ",".join([
         subset(tmp_path / "whoami.tsv", data_rows("real-whoami-en-v1.tsv")[:4]) + ":1",
         subset(tmp_path / "anchor.tsv", data_rows("real-anchor-en-v1.tsv")[:3]) + ":1:anchor",
     ])
-    flags = (f"--mix {mix} --probes {subset(tmp_path / 'probes.tsv', pick)} --steps 2 "
+    flags = (f"--mix {mix} --monitor {subset(tmp_path / 'monitor.tsv', pick('suite-en-monitor-v1.tsv'))} "
+             f"--heldout {subset(tmp_path / 'held.tsv', pick('suite-en-heldout-v1.tsv'))} --steps 2 "
              "--step-chunk-rows 4 --probe-every 0 --max-retries 0 --probe-max-tokens 12 "
              "--replay-max-tokens 12 --test-max-tokens 8 "
              "--min-identity 0 --max-nearmiss-leak 1 --min-facts 0")
@@ -45,6 +48,7 @@ def test_make_demo_real_smoke_run(tmp_path):
     assert r.returncode == 0, out[-4000:]
     assert "demo-real: success" in out and out_dat.exists()
     assert "[attempt 1] step 2/2" in out and "verdict=success" in out
+    assert "judged once after training" in out and "demo-real-smoke.eval.json" in out
     # Both runners ran on the exported file, under the guard, and everything was logged.
     assert "run_training2.py" in out and "run_training_fp2.py" in out and "[exit 0" in out
     log = (tmp_path / "DevLog.md").read_text(encoding="utf-8")

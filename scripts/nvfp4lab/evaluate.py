@@ -120,7 +120,9 @@ class RowResult:
 
     @property
     def fault(self) -> bool:
-        return self.verdict not in ("hit", "ok", "kept")
+        """Worth a log line: a miss, a leak, an identity answer, a lost fact, a loop. A merely
+        reworded ordinary answer is not (a real model rewords many after any fine-tune)."""
+        return self.verdict not in ("hit", "ok", "kept", "changed", "answered")
 
 
 def has_keyword(text: str, keywords) -> bool:

@@ -2,9 +2,10 @@
 probes, replay, self-test). The runners' turn-by-turn generation with timing lives in runner.py.
 
 Why `generate` and not decode.StaticDecoder here: the decoder is batch 1 (the runners' case);
-a suite is hundreds of independent chats, and one left-padded batch of 64 costs about what one
-chat costs on a GPU, so batching wins far more than graph replay would (SmolLM2, ~350 chats of
-32 tokens: 6 batches x 32 eager steps). Chats are sorted by length first so a batch pads little.
+a suite is hundreds of independent chats, and an eager decode step of a small model is
+launch-bound, so a left-padded batch of 64 costs little more per step than one chat: ~350 chats
+of 32 tokens are 6 batches x 32 steps instead of 350 x 32. Chats are sorted by length first so
+a batch pads little.
 """
 import torch
 
