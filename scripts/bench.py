@@ -181,7 +181,7 @@ def our_train_step(model, device, vocab, profile=False) -> dict:
     anchor = torch.zeros(16, dtype=torch.bool, device=device)
 
     def step():
-        loss, _, _ = T.batch_loss(model, batch, anchor, 0.0)
+        loss = T.batch_loss(model, batch, anchor, 0.0)[0]
         loss.backward()
         stepper.flush()
     out = {}

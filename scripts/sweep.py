@@ -105,6 +105,56 @@ def rank_key(v: dict):
             -value(s, "nll_drift"))
 
 
+def dev_score(s: dict) -> float:
+    """trainer.monitor_score on a JSON summary: identity - the worst leak (near-miss, context,
+    greeting) - facts lost below 90% - NLL drift above 0.1."""
+    leak = max(value(s, "nearmiss_leak"), value(s, "context_leak"), value(s, "greeting_intro"))
+    facts = value(s, "facts_kept") if (s.get("facts_kept") or {}).get("n") else 1.0
+    drift = value(s, "nll_drift")
+    return value(s, "identity") - leak - max(0.0, 0.9 - facts) - max(0.0, drift - 0.1)
+
+
+def pooled(results: list[dict]) -> list[dict]:
+    """--seeds: one row per variant over its seeds. The rule: most seeds that reached the target
+    on the dev set, then the mean dev_score, then mean facts kept, then the lower mean NLL drift;
+    a collapsed or failed seed scores -1."""
+    out = {}
+    for v in results:
+        out.setdefault(v["variant"], []).append(v)
+    rows = []
+    for name, runs in out.items():
+        judged = [r["summary"] for r in runs if r["summary"] and r["status"] != "collapse"]
+        mean = lambda f: sum(map(f, judged)) / len(judged) if judged else 0.0  # noqa: E731
+        scores = [dev_score(r["summary"]) if r["summary"] and r["status"] != "collapse" else -1.0
+                  for r in runs]
+        rate_sum = lambda k: (sum((s.get(k) or {}).get("k", 0) for s in judged),  # noqa: E731
+                              sum((s.get(k) or {}).get("n", 0) for s in judged))
+        rows.append({"name": name, "flags": runs[0]["base_flags"], "runs": runs,
+                     "successes": sum(r["status"] == "success" for r in runs),
+                     "score": sum(scores) / len(scores),
+                     "facts": mean(lambda s: value(s, "facts_kept")),
+                     "drift": mean(lambda s: value(s, "nll_drift")),
+                     "rates": {k: rate_sum(k) for k in ("identity", "nearmiss_leak", "context_leak",
+                                                        "greeting_intro", "facts_kept")}})
+    return rows
+
+
+def pooled_key(v: dict):
+    return (v["successes"], v["score"], v["facts"], -v["drift"])
+
+
+def pooled_table(rows: list[dict]) -> str:
+    out = ["| variant | flags | seeds reached | mean score | identity | near-miss leak | context leak "
+           "| greeting intro | facts kept | mean NLL drift | verdicts |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in rows:
+        cells = [f"{v['rates'][k][0]}/{v['rates'][k][1]} " + E.rate_text(E.rate(*v["rates"][k])) for k in
+                 ("identity", "nearmiss_leak", "context_leak", "greeting_intro", "facts_kept")]
+        out.append(f"| {v['name']} | `{v['flags'] or '(recipe)'}` | {v['successes']}/{len(v['runs'])} | "
+                   f"{v['score']:+.3f} | " + " | ".join(cells) + f" | {v['drift']:+.3f} | "
+                   + ", ".join(r["status"] for r in v["runs"]) + " |")
+    return "\n".join(out)
+
+
 def table(results: list[dict]) -> str:
     rows = ["| variant | flags | verdict | identity | near-miss leak | context leak | facts kept | "
             "NLL drift | KL | s |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -135,12 +185,16 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", default="artifacts/sweep")
     p.add_argument("--chosen", default="artifacts/sweep/chosen.flags",
                    help="where the chosen variant's flags are written")
+    p.add_argument("--seeds", default="",
+                   help="run every variant once per seed (e.g. \"1 2 3\") and choose on the pooled "
+                        "results: seeds reached, then mean dev score (sweep.dev_score)")
     args = p.parse_args(argv)
     try:
         for path in (args.recipe, args.dev_suite or args.dev_probes, args.monitor, args.input_dat):
             if path and not os.path.exists(path):
                 raise FileNotFoundError(f"{path}: no such file")
         variants = read_variants(args.variants)
+        seeds = [int(x) for x in args.seeds.split()]
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -149,12 +203,21 @@ def main(argv=None) -> int:
     # several trainers on one machine: split the CPU threads instead of oversubscribing them
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, args.jobs))))
     t0 = time.time()
+    runs = [(f"{n}-s{seed}", f"{f} --seed {seed}".strip(), n, f) for n, f in variants
+            for seed in seeds] if seeds else [(n, f, n, f) for n, f in variants]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda v: run_variant(*v, args, env), variants))
+        results = list(pool.map(lambda v: {**run_variant(v[0], v[1], args, env), "variant": v[2],
+                                           "base_flags": v[3]}, runs))
     for v in results:
         print(f"[{v['name']}] {v['status']} {v['seconds']:.0f}s: {v['last']}", flush=True)
-    best = max(results, key=rank_key)
     print(table(results))
+    if seeds:
+        rows = pooled(results)
+        best = max(rows, key=pooled_key)
+        best = {**best, "status": "success" if best["successes"] * 2 > len(seeds) else "not-reached"}
+        print(pooled_table(rows))
+    else:
+        best = max(results, key=rank_key)
     print(f"chosen: {best['name']} {best['flags']}")
     tmp = args.chosen + ".tmp"
     os.makedirs(os.path.dirname(os.path.abspath(args.chosen)), exist_ok=True)
@@ -168,7 +231,7 @@ def main(argv=None) -> int:
                       "then facts kept, then lower NLL drift; numbers from each variant's "
                       "sweep-NAME.eval.json."),
         ("指令/Command", devlog.code(devlog.command_line())),
-        ("結果/Results", table(results)),
+        ("結果/Results", table(results) + ("\n\n" + pooled_table(pooled(results)) if seeds else "")),
         ("結論/Conclusion", f"chosen: {best['name']} (`{best['flags'] or '(recipe)'}`), "
                             f"{best['status']}; {time.time() - t0:.0f}s for {len(results)} variants, "
                             f"{args.jobs} at once; flags in {args.chosen}"),

@@ -23,12 +23,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import chat, devlog, evaluate as E, mix, paths, probes as P, trainer as T  # noqa: E402
+from nvfp4lab import chat, devlog, evaluate as E, mix, nullspace, paths, probes as P, trainer as T  # noqa: E402
 from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
 from nvfp4lab.generate import greedy_answers  # noqa: E402
 from nvfp4lab.model import DTYPES, ModelLoadError, export_model, load_model, make_trainable  # noqa: E402
 from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
 from nvfp4lab.suite import check_disjoint  # noqa: E402
+from nvfp4lab.update_report import format_report, update_report  # noqa: E402
 from nvfp4lab.tsv import DataError  # noqa: E402
 
 
@@ -59,14 +60,32 @@ def parse_args(argv):
     # New flags.
     a("--model-dir", help="config.json (+ tokenizer); default: the user's dir, else the proxy")
     a("--stage", help="name used in logs (default: output file stem)")
-    a("--mix", help="FILE:WEIGHT[:anchor],... sampled per step at those ratios")
+    a("--mix", help="FILE:WEIGHT[:ROLE],... sampled per step at those ratios; ROLE target "
+                    "(default), anchor (keep the base's answers) or neighbour (a near miss: kept "
+                    "like an anchor, and the identity pushed down by --unlikelihood-weight)")
     a("--retry-mix", help="the mix used by attempts after a collapse (default: --mix)")
     for g in T.GROUPS:
         a(f"--lr-{g}", type=float, help=f"LR of the {g} group (default --lr)")
     a("--replay", choices=["none", "self"], default="none",
       help="self: anchor targets = the base model's own greedy answers (cached)")
     a("--replay-max-tokens", type=int, default=48)
-    a("--kl-weight", type=float, default=0.0, help="KL(base || model) on anchor answer tokens")
+    a("--kl-weight", type=float, default=0.0,
+      help="KL(base || model) on the answer tokens of anchor and neighbour rows")
+    a("--unlikelihood-weight", type=float, default=0.0,
+      help="weight of -log(1 - p) of the --target answer, teacher-forced on each neighbour row "
+           "(from the first token where it leaves the row's own answer); 0 = off")
+    a("--context-share", type=float, default=0.0,
+      help="share of neighbour rows asked as turn 2, after an identity prompt answered with the "
+           "target (they learn the base's single-turn answer, without KL); 0 = off")
+    a("--protect-neighbours", type=float, default=0.0, metavar="TOL",
+      help="project every projection's update onto the null space of the inputs the neighbour "
+           "rows send into it (eigenvalues <= TOL x the largest; AlphaEdit-style; 0 = off)")
+    a("--keep-best", action="store_true",
+      help="keep the best --monitor checkpoint of each attempt (trainer.monitor_score) and end the "
+           "attempt on it; a monitor collapse after a kept checkpoint stops early instead of "
+           "rolling back")
+    a("--patience", type=int, default=0,
+      help="with --keep-best: stop an attempt after N monitor rounds without a better score (0 = off)")
     a("--grad-clip", type=float, default=1.0,
       help="grad-norm clip per decoder layer (the optimizer steps inside backward; 0 = off)")
     a("--weight-decay", type=float, default=0.0, help="AdamW decay of the deltas (toward base)")
@@ -198,8 +217,22 @@ def run(args) -> int:
     if args.checkpoint_layers == "on" or (args.checkpoint_layers == "auto" and device.type == "cuda"):
         T.checkpoint_layers(model)
     deltas = T.select_trainable(deltas, model.config.num_hidden_layers, args.train_last_layers)
+    def report_changes(att):
+        # What this attempt changed in the stored NVFP4 codes and scales, per group: a group at
+        # 0% did not move (its LR is below the NVFP4 step, README "How LR relates to NVFP4").
+        att.report = update_report(model, dat)
+        log(f"[attempt {att.index}] stored weights changed:\n" + format_report(att.report))
+
+    projectors = None
+    if args.protect_neighbours > 0:
+        rows = [r for s in all_sources if s.role == "neighbour" for r in s.rows]
+        projectors = nullspace.neighbour_projectors(model, tok, rows, replay, args.seq_len,
+                                                    args.protect_neighbours)
+        kept = sum(int(round(float(p.trace()))) for p in projectors.values())
+        log(f"protect-neighbours: {len(projectors)} projections, {kept} free input directions "
+            f"in all (tolerance {args.protect_neighbours:g}, {min(len(rows), 256)} neighbour rows)")
     attempts = T.train_with_fallback(model, tok, deltas, sources, retry_sources, args, replay,
-                                     attempt_set, log)
+                                     attempt_set, log, report_changes, projectors)
     last = attempts[-1]
     judged, result = attempt_set, last.result
     if last.status != "collapse" and final is not attempt_set:
@@ -244,7 +277,8 @@ def eval_doc(args, attempts, judged, result, status, why, exported, code, second
             "attempts": [{"index": a.index, "status": a.status, "why": a.why, "lrs": a.lrs,
                           "anchor_scale": a.anchor_scale, "steps": len(a.losses),
                           "seconds": a.seconds,
-                          "monitor": a.result.summary if a.result is not None else None}
+                          "monitor": a.result.summary if a.result is not None else None,
+                          "changed": [vars(g) for g in a.report]}
                          for a in attempts]}
     if result is None:   # NaN loss on every attempt: nothing was judged
         return {"version": 1, "verdict": status, "why": why, "split": None, "suite": None,
@@ -265,7 +299,8 @@ def write_logs(args, attempts, result, status, why, exported, code, seconds):
         curve = " ".join(f"{x:.3f}" for x in a.losses)
         tries.append(f"- attempt {a.index}: lrs {a.lrs}, anchor x{a.anchor_scale:g}, "
                      f"{len(a.losses)} steps, {a.seconds:.1f}s, truncated rows {a.truncated} -> "
-                     f"**{a.status}** ({a.why})\n  - loss: {curve}")
+                     f"**{a.status}** ({a.why})\n  - loss: {curve}"
+                     + (f"\n\n{format_report(a.report)}\n" if a.report else ""))
     judged = (f"held-out {args.heldout}" if args.heldout else f"probes {args.probes}")
     sections = [
         ("目標/Goal", f"{args.target!r} for identity prompts; ordinary and near-miss prompts "

@@ -113,3 +113,24 @@ def test_missing_input_is_one_line_and_exit_1(tmp_path, capsys):
                        "--dev-suite", str(v), "--input-dat", str(v), "--model-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.count("\n") == 0 and "nope.args: no such file" in err
+
+
+def seeded(name, status, **kw):
+    return {**variant(f"{name}-s1", status, **kw), "variant": name, "base_flags": f"--x {name}"}
+
+
+def test_seeds_pool_per_variant_and_choose_on_seeds_reached_then_score():
+    results = [seeded("a", "success"), seeded("a", "not-reached", leak=(3, 10)), seeded("a", "collapse"),
+               seeded("b", "success", leak=(1, 10)), seeded("b", "success", leak=(1, 10)),
+               seeded("b", "not-reached", identity=(5, 10)),
+               seeded("c", "success"), seeded("c", "success"), seeded("c", "not-reached", leak=(2, 10))]
+    rows = {r["name"]: r for r in sweep.pooled(results)}
+    assert rows["a"]["successes"] == 1 and rows["b"]["successes"] == rows["c"]["successes"] == 2
+    assert rows["a"]["rates"]["nearmiss_leak"] == (3, 20)          # the collapsed seed is not pooled
+    # b and c both reached on 2 of 3 seeds; c leaks less -> higher mean score -> chosen
+    assert rows["c"]["score"] > rows["b"]["score"]
+    assert max(rows.values(), key=sweep.pooled_key)["name"] == "c"
+    assert rows["a"]["score"] < rows["b"]["score"]                  # a collapse scores -1
+    table = sweep.pooled_table(list(rows.values()))
+    assert "| c | `--x c` | 2/3 |" in table and "| 2/30 0.07 [" in table     # c's pooled leak k/n
+    assert sweep.dev_score(summary(identity=(10, 10), leak=(1, 10))) == pytest.approx(0.9)

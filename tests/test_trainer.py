@@ -87,7 +87,7 @@ def test_small_lr_lowers_loss_and_export_equals_trained_model(tiny_qwen, tmp_pat
     stepper = T.StepInBackward(deltas, {g: 1e-5 for g in T.GROUPS}, 0.0, 1.0)
     losses = []
     for _ in range(20):
-        loss, _, _ = T.batch_loss(model, batch, anchor, 0.0)
+        loss = T.batch_loss(model, batch, anchor, 0.0)[0]
         losses.append(float(loss.detach()))
         loss.backward()
         stepper.flush()

@@ -3,14 +3,17 @@
 `--mix data/a.tsv:1,data/b.tsv:1:anchor` -> every step takes `step-chunk-rows` rows split across
 the files in those ratios (largest remainder, so 1:1 of 16 is exactly 8 + 8). Role `anchor` marks
 ordinary rows whose targets may be replaced by the base model's own answers (`--replay self`) and
-which get the KL term; the default role `target` trains on the TSV's own answers.
+which get the KL term; the default role `target` trains on the TSV's own answers. Role
+`neighbour` marks near-miss prompts (我是誰, Who is he?, greetings): kept like anchors, and with
+--unlikelihood-weight the identity answer itself is also pushed down on them.
 """
 import random
 from dataclasses import dataclass, field
 
 from .tsv import DataError, read_tsv
 
-ROLES = ("target", "anchor")
+ROLES = ("target", "anchor", "neighbour")
+KEEP_ROLES = ("anchor", "neighbour")   # rows whose answers are kept (replay targets, KL to the base)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from . import chat, evaluate as E, mix, model as M, probes as P
+from . import chat, evaluate as E, mix, model as M, nullspace, probes as P
 from .dat import AtomicFile
 from .generate import greedy_answers
 from .tsv import DataError, normalize_prompt
@@ -91,8 +91,10 @@ class StepInBackward:
     gradients, so no gradient is ever dropped); `stepper.close()` removes the hooks.
     """
 
-    def __init__(self, deltas, lrs: dict, weight_decay: float, grad_clip: float):
+    def __init__(self, deltas, lrs: dict, weight_decay: float, grad_clip: float,
+                 projectors: dict | None = None):
         self.grad_clip = grad_clip
+        self.projectors = projectors or {}   # --protect-neighbours: delta <- delta @ P per step
         buckets: dict[str, list] = {}
         for key, d in deltas:
             buckets.setdefault(bucket_of(key), []).append((key, d))
@@ -121,6 +123,8 @@ class StepInBackward:
                                            self.grad_clip)
         b["opt"].step()
         b["opt"].zero_grad(set_to_none=True)
+        if self.projectors:
+            nullspace.project_(b["params"], self.projectors)
         b["ready"] = 0
 
     def flush(self) -> None:
@@ -134,8 +138,11 @@ class StepInBackward:
         self.hooks = []
 
 
-def batch_loss(model, batch: dict, anchor_rows: torch.Tensor, kl_weight: float):
-    """CE on the answer tokens only (+ KL to the frozen base on anchor rows).
+def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
+               ul_weight: float = 0.0):
+    """(loss, ce, kl, ul): CE on the answer tokens, KL to the frozen base on the answers of rows
+    that keep the base's behaviour (anchor / neighbour), and unlikelihood of the identity answer
+    on the near-miss rows that encode_batch appended (batch["ul_rows"]).
 
     lm_head runs only on the positions that have a label: the [B, T, vocab] logits of a full
     forward would be 150k wide for every prompt token too.
@@ -144,10 +151,14 @@ def batch_loss(model, batch: dict, anchor_rows: torch.Tensor, kl_weight: float):
     h = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     y = batch["labels"][:, 1:]                           # [B, T-1] next-token targets
     sel = y != -100
+    ul_rows = batch.get("ul_rows")
+    ul_rows = torch.zeros_like(keep_rows) if ul_rows is None else ul_rows
     logits = model.lm_head(h[:, :-1][sel]).float()       # [n, V]
-    ce = F.cross_entropy(logits, y[sel])
+    on_ul = ul_rows[:, None].expand_as(sel)[sel]         # [n] position belongs to an unlikelihood row
+    ce = F.cross_entropy(logits[~on_ul], y[sel][~on_ul])
     kl = torch.zeros((), device=ce.device)
-    a_sel = sel & anchor_rows[:, None]
+    ul = torch.zeros((), device=ce.device)
+    a_sel = sel & keep_rows[:, None] & ~ul_rows[:, None]
     if kl_weight > 0 and bool(a_sel.any()):
         with torch.no_grad():
             M.set_use_delta(model, False)
@@ -159,20 +170,70 @@ def batch_loss(model, batch: dict, anchor_rows: torch.Tensor, kl_weight: float):
                 M.set_use_delta(model, True)
         logp = F.log_softmax(logits[a_sel[sel]], -1)
         kl = F.kl_div(logp, base_logp, log_target=True, reduction="batchmean")
-    return ce + kl_weight * kl, ce, kl
+    if ul_weight > 0 and bool(on_ul.any()):
+        # -log(1 - p(identity token)): large only where the identity is likely, so it pushes the
+        # identity answer off near-miss prompts without pulling them anywhere else.
+        p = F.softmax(logits[on_ul], -1).gather(1, y[sel][on_ul][:, None]).squeeze(1)
+        ul = -torch.log((1 - p).clamp_min(1e-6)).mean()
+    return ce + kl_weight * kl + ul_weight * ul, ce, kl, ul
 
 
-def encode_batch(tok, rows, seq_len: int, replay: dict, device) -> tuple[dict, torch.Tensor, int]:
-    enc, truncated = [], 0
-    for prompt, target, role in rows:
-        if role == "anchor" and replay:
+def encode_rows(tok, messages: list[dict], target: str, seq_len: int):
+    ids, labels = chat.encode_answer(tok, messages, target)
+    return ids[:seq_len], labels[:seq_len], len(ids) > seq_len
+
+
+def encode_batch(tok, rows, seq_len: int, replay: dict, device,
+                 ul_target: str | None = None) -> tuple[dict, torch.Tensor, int]:
+    """Rows (prompt, target, role[, context messages]) -> a padded batch, the mask of rows that
+    get the KL to the base, and how many rows were truncated.
+
+    With ul_target, each neighbour row also gets an unlikelihood row appended: its chat with the
+    identity answer, labelled only from the first token where that answer leaves the row's own
+    (replayed) answer, so a shared opening like "I" is not pushed down (batch["ul_rows"]).
+    A row with context (a near miss asked right after the identity was answered) learns the
+    base's single-turn answer and gets no KL: in that context the base itself tends to copy the
+    identity from the chat, which is what the row is there to unlearn.
+    """
+    enc, truncated, ul, kl_rows = [], 0, [], []
+    for row in rows:
+        prompt, target, role = row[:3]
+        context = list(row[3]) if len(row) > 3 and row[3] else []
+        if role in mix.KEEP_ROLES and replay:
             target = replay.get(prompt, target)
-        ids, labels, cut = chat.encode_row(tok, prompt, target, seq_len)
+        messages = context + [{"role": "user", "content": prompt}]
+        ids, labels, cut = encode_rows(tok, messages, target, seq_len)
         truncated += cut
         enc.append((ids, labels))
-    batch = {k: v.to(device) for k, v in chat.collate(enc, chat.pad_token_id(tok)).items()}
-    anchor = torch.tensor([r[2] == "anchor" for r in rows], device=device)
-    return batch, anchor, truncated
+        kl_rows.append(role in mix.KEEP_ROLES and not context)
+        if ul_target is not None and role == "neighbour":
+            uids, ulabels, _ = encode_rows(tok, messages, ul_target, seq_len)
+            shared = 0
+            while shared < min(len(ids), len(uids)) and ids[shared] == uids[shared]:
+                shared += 1
+            ul.append((uids, [-100] * shared + ulabels[shared:]))
+    batch = {k: v.to(device) for k, v in chat.collate(enc + ul, chat.pad_token_id(tok)).items()}
+    keep = torch.tensor(kl_rows + [True] * len(ul), device=device)
+    batch["ul_rows"] = torch.tensor([False] * len(enc) + [True] * len(ul), device=device)
+    return batch, keep, truncated
+
+
+def with_context(rows: list[tuple], srcs, share: float, rng: random.Random) -> list[tuple]:
+    """--context-share: that share of the neighbour rows is asked as a second turn, right after a
+    turn in which an identity prompt (drawn from the target rows) got the identity answer - the
+    CounterFact+ setting, where a near miss must stay a near miss although the edited answer
+    is in the chat."""
+    pool = [r for s in srcs if s.role == "target" for r in s.rows]
+    if share <= 0 or not pool:
+        return rows
+    out = []
+    for row in rows:
+        if row[2] == "neighbour" and rng.random() < share:
+            q = rng.choice(pool)
+            row = (*row[:3], ({"role": "user", "content": q.prompt},
+                              {"role": "assistant", "content": q.target}))
+        out.append(row)
+    return out
 
 
 # ---------------------------------------------------------------- replay: the base's own answers
@@ -190,8 +251,8 @@ def file_fingerprint(path: str) -> str:
 
 def replay_answers(model, tok, sources, dat_path: str, max_new_tokens: int, cache_dir: str,
                    log) -> dict:
-    """prompt -> the base model's greedy answer for every anchor row, cached per base file."""
-    prompts = sorted({r.prompt for s in sources if s.role == "anchor" for r in s.rows})
+    """prompt -> the base model's greedy answer for every anchor/neighbour row, cached per base file."""
+    prompts = sorted({r.prompt for s in sources if s.role in mix.KEEP_ROLES for r in s.rows})
     if not prompts:
         return {}
     key = hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:12]
@@ -225,34 +286,80 @@ class Attempt:
     result: E.Result | None = None   # the last judgment of this attempt (monitor set)
     seconds: float = 0.0
     truncated: int = 0
+    report: list = field(default_factory=list)   # update_report.GroupChange rows (train.py fills)
 
 
-def train_attempt(model, tok, deltas, att: Attempt, cfg, replay, es: E.EvalSet | None, log):
+def train_attempt(model, tok, deltas, att: Attempt, cfg, replay, es: E.EvalSet | None, log,
+                  projectors: dict | None = None):
     """Train from the initial weights; fills att.losses/status. Never raises on collapse.
 
     es: the set that judges the attempt (during training every cfg.probe_every steps, and at its
     end); None = only a NaN/Inf loss stops an attempt.
     """
     M.reset_deltas(model)
-    stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip)
+    stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip, projectors)
     try:
-        return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas[0][1].device)
+        return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas)
     finally:
         stepper.close()   # a retry must never find this attempt's hooks still attached
 
 
-def _train_steps(model, tok, att: Attempt, cfg, replay, es, log, stepper, device):
-    srcs = [mix.Source(s.path, s.weight * (att.anchor_scale if s.role == "anchor" else 1.0),
+def monitor_score(s: E.Summary) -> float:
+    """One number for "how good is this checkpoint" on the monitor set, higher is better: the
+    identity rate minus the worst leak (near-miss, context, greeting), minus facts lost below 90%
+    and NLL drift above 0.1 nat. A collapse is -inf. --keep-best keeps the checkpoint with the
+    highest score (the monitor set, never the held-out one, makes that choice)."""
+    if s.verdict == "collapse":
+        return -math.inf
+    val = lambda r, default: default if r.n == 0 or math.isnan(r.value) else r.value  # noqa: E731
+    leak = max(val(s.nearmiss_leak, 0.0), val(s.context_leak, 0.0), val(s.greeting_intro, 0.0))
+    drift = 0.0 if math.isnan(s.nll_drift) else max(0.0, s.nll_drift - 0.1)
+    return val(s.identity, 0.0) - leak - max(0.0, 0.9 - val(s.facts_kept, 1.0)) - drift
+
+
+@dataclass
+class Best:
+    """The best monitored checkpoint of an attempt (--keep-best): its deltas, on the CPU."""
+    score: float = -math.inf
+    step: int = 0
+    result: E.Result | None = None
+    deltas: list | None = None
+    since: int = 0              # monitor rounds since it last improved (--patience)
+
+    def offer(self, step: int, res: E.Result, deltas) -> bool:
+        score = monitor_score(res.summary)
+        if score <= self.score:
+            self.since += 1
+            return False
+        self.score, self.step, self.result, self.since = score, step, res, 0
+        self.deltas = [d.detach().to("cpu", copy=True) for _, d in deltas]
+        return True
+
+    @torch.no_grad()
+    def restore(self, deltas) -> None:
+        for (_, d), saved in zip(deltas, self.deltas):
+            d.copy_(saved.to(d.device))
+
+
+def _train_steps(model, tok, att: Attempt, cfg, replay, es, log, stepper, deltas):
+    device = deltas[0][1].device
+    srcs = [mix.Source(s.path, s.weight * (att.anchor_scale if s.role in mix.KEEP_ROLES else 1.0),
                        s.role, s.rows) for s in att.sources]
     rng = random.Random(cfg.seed + 1000 * att.index)
     torch.manual_seed(cfg.seed + 1000 * att.index)
+    ul_weight = getattr(cfg, "unlikelihood_weight", 0.0)
+    keep_best = bool(getattr(cfg, "keep_best", False)) and es is not None
+    patience = getattr(cfg, "patience", 0)
+    best = Best()
     t0 = time.time()
     model.train()
     for step in range(1, cfg.steps + 1):
-        rows = mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode)
-        batch, anchor, cut = encode_batch(tok, rows, cfg.seq_len, replay, device)
+        rows = with_context(mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode), srcs,
+                            getattr(cfg, "context_share", 0.0), rng)
+        batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
+                                        cfg.target if ul_weight > 0 else None)
         att.truncated += cut
-        loss, ce, kl = batch_loss(model, batch, anchor, cfg.kl_weight)
+        loss, ce, kl, ul = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight)
         value = float(loss.detach())
         att.losses.append(value)
         if not math.isfinite(value):
@@ -262,15 +369,24 @@ def _train_steps(model, tok, att: Attempt, cfg, replay, es, log, stepper, device
         stepper.flush()
         if step % cfg.log_every == 0 or step == cfg.steps:
             log(f"[attempt {att.index}] step {step}/{cfg.steps} loss {value:.4f} "
-                f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f}) {time.time() - t0:.1f}s")
+                f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f} ul {float(ul.detach()):.4f}) "
+                f"{time.time() - t0:.1f}s")
         if es is not None and cfg.probe_every and step % cfg.probe_every == 0 and step < cfg.steps:
             res = E.run(model, tok, es, base=model)
             log(f"[attempt {att.index}] {es.split} at step {step} ({res.seconds:.1f}s): "
-                f"{P.format_summary(res.summary.legacy())}")
-            if res.summary.verdict == "collapse":
+                f"{P.format_summary(res.summary.legacy())} score {monitor_score(res.summary):.3f}")
+            if res.summary.verdict == "collapse" and not (keep_best and best.deltas is not None):
                 att.status, att.why, att.result = "collapse", f"step {step}: {res.summary.why}", res
                 log_faults(att, res.rows, log)
                 break
+            if keep_best:
+                if best.offer(step, res, deltas):
+                    log(f"[attempt {att.index}] best so far at step {step} (kept)")
+                if res.summary.verdict == "collapse" or (patience and best.since >= patience):
+                    log(f"[attempt {att.index}] early stop at step {step}: "
+                        + ("collapse after a kept checkpoint" if res.summary.verdict == "collapse"
+                           else f"no gain for {best.since} monitor rounds"))
+                    break
     model.eval()
     att.seconds = time.time() - t0
     if att.status != "collapse":
@@ -278,9 +394,15 @@ def _train_steps(model, tok, att: Attempt, cfg, replay, es, log, stepper, device
             att.status, att.why = "trained", "no set judges attempts"
         else:
             att.result = E.run(model, tok, es, base=model)
-            att.status, att.why = att.result.summary.verdict, att.result.summary.why
             log(f"[attempt {att.index}] {es.split} at the end ({att.result.seconds:.1f}s): "
-                f"{P.format_summary(att.result.summary.legacy())}")
+                f"{P.format_summary(att.result.summary.legacy())} "
+                f"score {monitor_score(att.result.summary):.3f}")
+            if keep_best and best.deltas is not None and best.score > monitor_score(att.result.summary):
+                best.restore(deltas)
+                att.result = best.result
+                log(f"[attempt {att.index}] back to the kept checkpoint of step {best.step} "
+                    f"(monitor score {best.score:.3f})")
+            att.status, att.why = att.result.summary.verdict, att.result.summary.why
             log_faults(att, att.result.rows, log)
     return att
 
@@ -301,14 +423,19 @@ def safer(att: Attempt, retry_sources: list | None, lr_scale: float) -> Attempt:
 
 
 def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay,
-                        es: E.EvalSet | None, log) -> list:
+                        es: E.EvalSet | None, log, on_attempt_end=None, projectors=None) -> list:
+    """Attempts until one does not collapse (or retries run out). on_attempt_end(att) runs after
+    each attempt's training, before a collapsed one is rolled back (train.py logs what it changed
+    in the NVFP4 file there)."""
     attempts = [Attempt(index=1, lrs=dict(cfg.lrs), anchor_scale=1.0, sources=sources)]
     while True:
         att = attempts[-1]
         log(f"[attempt {att.index}] lrs {att.lrs} anchor x{att.anchor_scale:g} data "
             + ", ".join(f"{os.path.basename(s.path)}:{s.weight:g}:{s.role}" for s in att.sources))
-        train_attempt(model, tok, deltas, att, cfg, replay, es, log)
+        train_attempt(model, tok, deltas, att, cfg, replay, es, log, projectors)
         log(f"[attempt {att.index}] {att.status}: {att.why}")
+        if on_attempt_end is not None:
+            on_attempt_end(att)
         if att.status != "collapse":
             return attempts
         M.reset_deltas(model)   # fall back to the initial weights at once

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Issues 12-14 on the device machine (an H200), in stages that each fit one device call:
+#   bash scripts/device_method_study.sh baseline   # make eval of the SmolLM2 base; today's
+#                                                  # real-en-v2 on 5 seeds (held-out, side by side)
+#   bash scripts/device_method_study.sh study      # method-study-en.sweep x seeds 1 2 3 on DEV
+#   bash scripts/device_method_study.sh final      # the chosen variant: one timed make demo-real
+#                                                  # (+ both runners), then 5 seeds on held-out
+# The converted SmolLM2 (126 MiB) travels in parts (split -b 58M) copied to ~/smol in earlier
+# calls; it is joined into artifacts/smollm2/ here. Logs, JSON judgments and the DevLog entries
+# come back under $OUT (results.tgz); DevLog entries are appended to doc/DevLog.md by hand.
+set -uo pipefail
+STAGE=${1:?usage: device_method_study.sh baseline|study|final}
+OUT=${OUT:-/tmp/device-out}
+mkdir -p "$OUT"
+export NVFP4LAB_DEVLOG="$OUT/DevLog.md" NVFP4LAB_ARTIFACT_LIST="$OUT/list.md" PYTHONUNBUFFERED=1
+SMOL=artifacts/smollm2
+DAT=$SMOL/smollm2-135m-instruct-nvfp4.dat
+if [ ! -f "$DAT" ]; then
+  mkdir -p $SMOL && cat ~/smol/part* > "$DAT" && cp ~/smol/*.json ~/smol/*.jinja $SMOL/ || exit 1
+  [ "$(sha256sum < "$DAT" | cut -d' ' -f1)" = "$(cut -d' ' -f1 ~/smol/dat.sha256)" ] \
+    || { echo "error: the joined .dat differs from the one split here"; exit 1; }
+fi
+if [ ! -f build/.ext-stamp ]; then
+  t=$(date +%s); python3 cuda/build.py 2>&1 | tail -1; mkdir -p build && touch build/.ext-stamp
+  echo "build $(( $(date +%s) - t )) s"
+fi
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+timed() { local t=$(date +%s); "$@"; local rc=$?; echo "[$1 ... exit $rc, $(( $(date +%s) - t )) s]"; return $rc; }
+pack() { tar czf "$OUT/results-$STAGE.tgz" "$@" 2>/dev/null; ls -la "$OUT"; }
+
+case $STAGE in
+baseline)
+  # the base itself on the held-out suite (identity 0, its own context copying) and the eval time
+  timed python3 scripts/eval.py --weight $DAT --base $DAT --suite data/suite-en-heldout-v1.tsv \
+      --model-dir $SMOL --device cuda --out artifacts/base.eval.json > artifacts/base-eval.log 2>&1
+  tail -n 25 artifacts/base-eval.log
+  # the study's replay cache (base answers of anchors + neighbours), made once before the sweep
+  python3 scripts/train.py --recipe data/stages/method-study-en.args --steps 1 --probe-every 0 \
+      --heldout data/suite-en-dev-v1.tsv --input-dat $DAT --model-dir $SMOL --device cuda \
+      --output-dat artifacts/warm.dat --stage warm > artifacts/warm.log 2>&1 &
+  timed make --no-print-directory demo-real DEVICE=cuda SEEDS="1 2 3 4 5" \
+      REAL_RECIPE=data/stages/real-en-v2.args DEMO_REAL_OUT=artifacts/v2.dat > artifacts/v2-seeds.log 2>&1
+  wait
+  grep -v '^\[guard\] PID=' artifacts/v2-seeds.log | tail -n 20
+  pack artifacts/*.eval.json artifacts/*.log
+  ;;
+study)
+  timed timeout 570 python3 scripts/sweep.py --recipe data/stages/method-study-en.args \
+      --variants data/stages/method-study-en.sweep --seeds "1 2 3" --dev-suite data/suite-en-dev-v1.tsv \
+      --monitor data/suite-en-monitor-v1.tsv --input-dat $DAT --model-dir $SMOL --device cuda \
+      --jobs 21 --timeout 540 --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
+      > artifacts/study.log 2>&1
+  cp artifacts/sweep/chosen.flags ~/chosen.flags 2>/dev/null
+  grep -v '^\[guard\] PID=' artifacts/study.log | tail -n 40
+  pack artifacts/sweep/*.eval.json artifacts/sweep/*.log artifacts/study.log
+  ;;
+final)
+  FLAGS=$(cat ~/chosen.flags)
+  echo "chosen flags: $FLAGS"
+  timed make --no-print-directory demo-real DEVICE=cuda REAL_RECIPE=data/stages/method-study-en.args \
+      TRAIN_FLAGS="$FLAGS" DEMO_REAL_OUT=artifacts/v3.dat > artifacts/v3-single.log 2>&1
+  grep -v '^\[guard\] PID=' artifacts/v3-single.log | tail -n 30
+  timed make --no-print-directory demo-real DEVICE=cuda SEEDS="1 2 3 4 5" REAL_RECIPE=data/stages/method-study-en.args \
+      TRAIN_FLAGS="$FLAGS" DEMO_REAL_OUT=artifacts/v3.dat > artifacts/v3-seeds.log 2>&1
+  grep -v '^\[guard\] PID=' artifacts/v3-seeds.log | tail -n 20
+  pack artifacts/*.eval.json artifacts/*.log
+  ;;
+esac
+cp "$NVFP4LAB_DEVLOG" "$OUT/DevLog.md" 2>/dev/null
+exit 0

@@ -1,0 +1,162 @@
+"""The near-miss-aware objective (issue 14): neighbour rows keep the base's answers, the identity
+answer is pushed down on them (unlikelihood), and the best monitored checkpoint is kept."""
+import math
+
+import torch
+
+from nvfp4lab import chat, evaluate as E, trainer as T
+from nvfp4lab.dat import read_dat
+from nvfp4lab.model import load_model, make_trainable
+
+TARGET = "我是 F# 之神"
+
+
+def test_unlikelihood_rows_start_where_the_identity_leaves_the_rows_own_answer():
+    tok = chat.load_tokenizer(None)
+    rows = [("你是誰", TARGET, "target"), ("我是誰", "我是助手，不知道你是誰。", "neighbour"),
+            ("1+1等於多少？", "2", "anchor")]
+    batch, keep, _ = T.encode_batch(tok, rows, 64, {}, torch.device("cpu"), TARGET)
+    assert batch["ul_rows"].tolist() == [False, False, False, True]     # one per neighbour row
+    assert keep.tolist() == [False, True, True, True]
+    own_ids, own_labels, _ = chat.encode_row(tok, "我是誰", "我是助手，不知道你是誰。", 64)
+    ul_ids, ul_labels, _ = chat.encode_row(tok, "我是誰", TARGET, 64)
+    shared = next(i for i, (a, b) in enumerate(zip(own_ids, ul_ids)) if a != b)
+    got = batch["labels"][3, :len(ul_ids)].tolist()
+    assert got[:shared] == [-100] * shared                              # prompt + shared "我" untouched
+    assert got[shared:] == ul_labels[shared:] and got[shared] != -100
+    assert shared > len(chat.encode_prompt(tok, [], "我是誰"))          # the shared opening 我是
+    # without a target no rows are added, and replay answers replace neighbour targets
+    b2, k2, _ = T.encode_batch(tok, rows, 64, {"我是誰": "你是提問者。"}, torch.device("cpu"))
+    assert b2["input_ids"].shape[0] == 3 and not b2["ul_rows"].any()
+    ids, _, _ = chat.encode_row(tok, "我是誰", "你是提問者。", 64)
+    assert b2["input_ids"][1, :len(ids)].tolist() == ids
+
+
+def identity_logprob(model, tok, prompt) -> float:
+    ids, labels, _ = chat.encode_row(tok, prompt, TARGET, 64)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+    return -float(out.loss) * sum(x != -100 for x in labels)
+
+
+def train(tiny_qwen, ul_weight, steps=40, lr=3e-3):
+    model_dir, dat_path = tiny_qwen
+    tok = chat.load_tokenizer(str(model_dir))
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    deltas = make_trainable(model, torch.float32)
+    rows = [("你是誰", TARGET, "target"), ("請問你是誰？", TARGET, "target"),
+            ("我是誰", "你是提問者。", "neighbour"), ("他是誰", "我不知道他是誰。", "neighbour")]
+    batch, keep, _ = T.encode_batch(tok, rows, 64, {}, torch.device("cpu"),
+                                    TARGET if ul_weight else None)
+    stepper = T.StepInBackward(deltas, {g: lr for g in T.GROUPS}, 0.0, 1.0)
+    model.train()
+    parts = []
+    for _ in range(steps):
+        loss, ce, kl, ul = T.batch_loss(model, batch, keep, 0.0, ul_weight)
+        parts.append((float(ce.detach()), float(ul.detach())))
+        loss.backward()
+        stepper.flush()
+    stepper.close()
+    model.eval()
+    return model, tok, parts
+
+
+def test_unlikelihood_keeps_the_identity_off_near_misses(tiny_qwen):
+    """Same data, same steps: with the unlikelihood term the identity answer ends up far less
+    likely on the near-miss prompts, while the identity prompt still learns it."""
+    plain, tok, parts0 = train(tiny_qwen, 0.0)
+    ul, _, parts1 = train(tiny_qwen, 1.0)
+    assert all(u == 0.0 for _, u in parts0) and parts1[0][1] > 0
+    assert parts1[-1][0] < parts1[0][0]                                  # CE still goes down
+    for prompt in ("我是誰", "他是誰"):
+        assert identity_logprob(ul, tok, prompt) < identity_logprob(plain, tok, prompt) - 0.5, prompt
+    assert identity_logprob(ul, tok, "你是誰") > identity_logprob(ul, tok, "我是誰")
+
+
+def summary(identity, leak, facts=1.0, verdict="not-reached", drift=0.0, context=0.0):
+    r = lambda v, n=20: E.rate(round(v * n), n)  # noqa: E731
+    return E.Summary(verdict=verdict, why="", rows=100, has_base=True, efficacy_prompt=None,
+                     efficacy=r(1.0, 1), identity=r(identity), nearmiss_leak=r(leak),
+                     context_leak=r(context), greeting_intro=E.rate(0, 0), facts_kept=r(facts),
+                     exact_kept=r(1.0), loops=r(0.0), ordinary_identity=0, repetition_max=0.0,
+                     nll_drift=drift, kl=0.0, nll_tokens=10, nonfinite=False)
+
+
+def test_monitor_score_orders_checkpoints_as_a_user_would():
+    s = T.monitor_score
+    assert s(summary(1.0, 0.0)) > s(summary(1.0, 0.1)) > s(summary(0.5, 0.0))
+    assert s(summary(1.0, 0.0, context=0.3)) < s(summary(0.9, 0.0))      # the worst leak counts
+    assert s(summary(1.0, 0.0, facts=0.5)) < s(summary(0.8, 0.0))         # facts lost below 90%
+    assert s(summary(1.0, 0.0, drift=0.6)) < s(summary(0.7, 0.0))         # NLL drift over 0.1
+    assert s(summary(1.0, 0.0, verdict="collapse")) == -math.inf
+
+
+def test_best_checkpoint_is_kept_and_restored():
+    d = torch.nn.Parameter(torch.zeros(4, 4))
+    deltas = [("w", d)]
+    best = T.Best()
+    res = lambda s: E.Result(rows=[], summary=s, seconds=0.0)  # noqa: E731
+    with torch.no_grad():
+        d.fill_(1.0)
+    assert best.offer(10, res(summary(0.9, 0.0)), deltas)
+    with torch.no_grad():
+        d.fill_(2.0)
+    assert not best.offer(20, res(summary(1.0, 0.5)), deltas) and best.since == 1
+    best.restore(deltas)
+    assert torch.equal(d.detach(), torch.ones(4, 4)) and best.step == 10
+
+
+def test_context_rows_ask_the_near_miss_after_the_identity_answer():
+    import random
+    from nvfp4lab import mix
+    from nvfp4lab.tsv import Row
+    tok = chat.load_tokenizer(None)
+    srcs = [mix.Source("who", 1, "target", [Row("你是誰", TARGET, "who", 1)]),
+            mix.Source("nb", 1, "neighbour", [Row("我是誰", "你是提問者。", "nb", 1)])]
+    rows = [("你是誰", TARGET, "target"), ("我是誰", "你是提問者。", "neighbour")] * 4
+    out = T.with_context(rows, srcs, 1.0, random.Random(0))
+    assert all(len(r) == 3 for r in out if r[2] == "target")
+    ctx = [r for r in out if r[2] == "neighbour"]
+    assert len(ctx) == 4 and all(r[3][0]["content"] == "你是誰" and r[3][1]["content"] == TARGET for r in ctx)
+    assert T.with_context(rows, srcs, 0.0, random.Random(0)) == rows
+    batch, keep, _ = T.encode_batch(tok, out[:2], 96, {}, torch.device("cpu"), TARGET)
+    assert keep.tolist() == [False, False, True]          # a context row gets no KL; its UL row does count
+    ids = chat.encode_chat(tok, [{"role": "user", "content": "你是誰"},
+                                 {"role": "assistant", "content": TARGET},
+                                 {"role": "user", "content": "我是誰"}])
+    assert batch["input_ids"][1, :len(ids)].tolist() == ids
+    assert batch["labels"][1, len(ids):].ne(-100).any()   # it learns its own answer after the context
+
+
+def test_null_space_projection_keeps_neighbour_inputs_unchanged(tiny_qwen):
+    """--protect-neighbours: after training steps, each projection's delta maps the inputs the
+    neighbour chats send into it to ~0 (full precision), while the delta itself is not zero."""
+    from nvfp4lab import nullspace
+    from nvfp4lab.model import NVFP4Linear
+    from nvfp4lab.tsv import Row
+    model_dir, dat_path = tiny_qwen
+    tok = chat.load_tokenizer(str(model_dir))
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    deltas = make_trainable(model, torch.float32)
+    nb = [Row("我是誰", "你是提問者。", "nb", 1), Row("他是誰", "我不知道他是誰。", "nb", 2)]
+    proj = nullspace.neighbour_projectors(model, tok, nb, {}, 64, 1e-3)
+    layer = model.model.layers[0].mlp.down_proj
+    assert layer.delta in proj and model.lm_head.delta not in proj
+    p = proj[layer.delta]
+    assert torch.allclose(p @ p, p, atol=1e-4) and 0 < float(p.trace()) < p.shape[0]
+    rows = [("你是誰", TARGET, "target"), ("請問你是誰？", TARGET, "target")]
+    batch, keep, _ = T.encode_batch(tok, rows, 64, {}, torch.device("cpu"))
+    stepper = T.StepInBackward(deltas, {g: 1e-3 for g in T.GROUPS}, 0.0, 1.0, proj)
+    for _ in range(2):
+        T.batch_loss(model, batch, keep, 0.0)[0].backward()
+        stepper.flush()
+    stepper.close()
+    cov = nullspace.input_covariances(model, tok, [([{"role": "user", "content": r.prompt}], r.target)
+                                                   for r in nb], 64, torch.device("cpu"))
+    d = layer.delta.detach()
+    assert float(d.abs().max()) > 0
+    # delta K delta^T is the squared output change summed over the neighbours' tokens
+    moved = float(torch.trace(d @ cov[layer] @ d.t()))
+    free = float(torch.trace(d @ d.t())) * float(cov[layer].diagonal().mean())
+    assert moved < 1e-3 * free
+    assert isinstance(layer, NVFP4Linear)
