@@ -30,6 +30,8 @@ pack() { tar czf "$OUT/results-$STAGE.tgz" "$@" 2>/dev/null; ls -la "$OUT"; }
 
 case $STAGE in
 baseline)
+  # CUDA kernels == CPU kernels bit for bit (the new torchao rule and requantize_delta included)
+  timed python3 scripts/gpu_check.py > artifacts/gpu-check.log 2>&1; grep -E "FAIL|failures|passed" artifacts/gpu-check.log | tail -n 5
   # the base itself on the held-out suite (identity 0, its own context copying) and the eval time
   timed python3 scripts/eval.py --weight $DAT --base $DAT --suite data/suite-en-heldout-v1.tsv \
       --model-dir $SMOL --device cuda --out artifacts/base.eval.json > artifacts/base-eval.log 2>&1

@@ -117,6 +117,9 @@ def correctness(ops) -> None:
                 poison(n * k * odt.itemsize)
                 got = torch.ops.nvfp4.fake_quantize_delta(qc, sc, delta.cuda(), odt)
                 check(f"fake_quantize_delta delta {ddt} -> {odt} {n}x{k}", *same_bits(got, ops.fake_quantize_delta(q, s, delta, odt)))
+            q2c, s2c = torch.ops.nvfp4.requantize_delta(qc, sc, delta.cuda())
+            q2, s2 = ops.requantize_delta(q, s, delta)
+            check(f"requantize_delta delta {ddt} {n}x{k}", same_bits(q2c, q2)[0] and same_bits(s2c, s2)[0])
         del qc, sc
         torch.cuda.empty_cache()
 
@@ -133,6 +136,13 @@ def correctness(ops) -> None:
     d = torch.randn(w.shape) * w.abs() * 0.3
     check("fake_quantize_delta edge", *same_bits(torch.ops.nvfp4.fake_quantize_delta(qc, sc, d.cuda(), torch.float32),
                                                  ops.fake_quantize_delta(q, s, d, torch.float32)))
+    d[::3] = 0.0                                       # zero deltas keep their stored codes, -0 too
+    q2c, s2c = torch.ops.nvfp4.requantize_delta(qc, sc, d.cuda())
+    q2, s2 = ops.requantize_delta(q, s, d)
+    check("requantize_delta edge", same_bits(q2c, q2)[0] and same_bits(s2c, s2)[0])
+    z = torch.zeros(w.shape)
+    q0, s0 = torch.ops.nvfp4.requantize_delta(qc, sc, z.cuda())
+    check("requantize_delta zero delta = stored bytes", same_bits(q0, qc)[0] and same_bits(s0, sc)[0])
     allb = torch.arange(256, dtype=torch.uint8).reshape(256, 1)
     qa = torch.full((256, 8), 0x72, dtype=torch.uint8)
     nan = torch.isnan(ops.dequantize(qa, allb))
