@@ -2,7 +2,8 @@
 # Issues 12-14 on the device machine (an H200), in stages that each fit one device call:
 #   bash scripts/device_method_study.sh baseline   # make eval of the SmolLM2 base; today's
 #                                                  # real-en-v2 on 5 seeds (held-out, side by side)
-#   bash scripts/device_method_study.sh study      # method-study-en.sweep x seeds 1 2 3 on DEV
+#   bash scripts/device_method_study.sh study      # GRID (default method-study-en.sweep) x seeds
+#                                                  # 1 2 3 on DEV
 #   bash scripts/device_method_study.sh final      # the chosen variant: one timed make demo-real
 #                                                  # (+ both runners), then 5 seeds on held-out
 # The converted SmolLM2 (126 MiB) travels in parts (split -b 58M) copied to ~/smol in earlier
@@ -48,9 +49,9 @@ baseline)
   ;;
 study)
   timed timeout 570 python3 scripts/sweep.py --recipe data/stages/method-study-en.args \
-      --variants data/stages/method-study-en.sweep --seeds "1 2 3" --dev-suite data/suite-en-dev-v1.tsv \
+      --variants ${GRID:-data/stages/method-study-en.sweep} --seeds "1 2 3" --dev-suite data/suite-en-dev-v1.tsv \
       --monitor data/suite-en-monitor-v1.tsv --input-dat $DAT --model-dir $SMOL --device cuda \
-      --jobs 21 --timeout 540 --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
+      --jobs ${JOBS:-21} --timeout 540 --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
       > artifacts/study.log 2>&1
   cp artifacts/sweep/chosen.flags ~/chosen.flags 2>/dev/null
   grep -v '^\[guard\] PID=' artifacts/study.log | tail -n 40
