@@ -56,3 +56,12 @@ def test_reset_moves_stage_outputs_and_keeps_base_and_proxy(tmp_path):
     assert "reset to the initial weights" in (tmp_path / "DevLog.md").read_text(encoding="utf-8")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and "no derived artifacts" in r.stdout
+
+
+def test_logged_command_names_repository_paths_relative_to_the_root(monkeypatch):
+    """DevLog entries must not record where the checkout lived (a home or temp directory)."""
+    from nvfp4lab import paths
+    monkeypatch.setattr("sys.argv", [str(paths.ROOT / "scripts" / "train.py"), "--input-dat",
+                                     str(paths.ROOT / "artifacts" / "x.dat"), "--out", "/elsewhere/y.dat"])
+    monkeypatch.delenv("NVFP4LAB_GUARD_PREFIX", raising=False)
+    assert devlog.command_line() == "python scripts/train.py --input-dat artifacts/x.dat --out /elsewhere/y.dat"

@@ -23,12 +23,27 @@ def now(fmt="%Y-%m-%d %H:%M") -> str:
     return datetime.datetime.now().strftime(fmt)
 
 
+def repo_relative(arg: str) -> str:
+    """An argument naming a path inside the repository, as a path relative to its root: the log
+    must not record where the checkout happened to live (a home or temporary directory)."""
+    if os.path.isabs(arg):
+        try:
+            rel = os.path.relpath(arg, paths.ROOT)
+        except ValueError:      # another drive
+            return arg
+        if not rel.startswith(".."):
+            return rel
+    return arg
+
+
 def command_line() -> str:
-    """The command exactly as run (the guard passes its own prefix in NVFP4LAB_GUARD_PREFIX)."""
+    """The command as run, repository paths relative to its root (the guard passes its own
+    prefix in NVFP4LAB_GUARD_PREFIX)."""
+    argv = [repo_relative(a) for a in sys.argv]
     prefix = os.environ.get("NVFP4LAB_GUARD_PREFIX", "")
     if prefix:   # `guard.py ... script` already names the interpreter
-        return f"{prefix} {shlex.join(sys.argv)}"
-    return shlex.join(["python", *sys.argv])
+        return f"{prefix} {shlex.join(argv)}"
+    return shlex.join(["python", *argv])
 
 
 def append_devlog(title: str, sections: list[tuple[str, str]], path=None) -> None:
