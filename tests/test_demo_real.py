@@ -40,7 +40,8 @@ def test_make_demo_real_smoke_run(tmp_path):
              f"--heldout {subset(tmp_path / 'held.tsv', pick('suite-en-heldout-v1.tsv'))} --steps 2 "
              "--step-chunk-rows 4 --probe-every 0 --max-retries 0 --probe-max-tokens 12 "
              "--replay-max-tokens 12 --test-max-tokens 8 "
-             "--min-identity 0 --max-nearmiss-leak 1 --min-facts 0")
+             "--min-identity 0 --max-nearmiss-leak 1 --min-facts 0 --max-context-leak 1 "
+             "--max-greeting-intro 1 --max-nll-drift inf --max-loops 1")
     out_dat = tmp_path / "demo-real-smoke.dat"
     r = run_make("demo-real", tmp_path, f"DEMO_REAL_OUT={out_dat}", f"TRAIN_FLAGS={flags}",
                  timeout=900)
