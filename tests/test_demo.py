@@ -75,6 +75,14 @@ def test_make_demo_reaches_the_target_and_keeps_the_rest(tmp_path):
     assert "demo-stageG training" in log and "validate demo-stageG.dat" in log
     assert "scripts/guard.py" in log          # the command exactly as run, guard prefix included
     assert "artifacts/demo-stageG.dat" in (tmp_path / "list.md").read_text(encoding="utf-8")
+    # `make eval` judges the exported file without training: the same held-out rates as the run
+    # saw in memory (the dense deltas are rounded to fp16 once more, so allow one row either way)
+    e = run_make("eval", tmp_path, "WEIGHT=artifacts/demo-stageG.dat", "BASE=artifacts/proxy/proxy-base.dat",
+                 f"SUITE={HELDOUT}", "MODEL_DIR=artifacts/proxy", f"EVAL_FLAGS=--out {tmp_path / 'eval.json'}")
+    assert e.returncode == 0, (e.stdout + e.stderr)[-3000:]
+    ev = read_json(str(tmp_path / "eval.json"))["summary"]
+    for key in ("identity", "nearmiss_leak", "facts_kept"):
+        assert abs(ev[key]["k"] - s[key]["k"]) <= 1 and ev[key]["n"] == s[key]["n"], key
     assert data_checksums() == before         # old data files never change
 
 
