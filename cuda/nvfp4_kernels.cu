@@ -149,18 +149,28 @@ __global__ void fake_quantize_kernel(const T* __restrict__ w, T* __restrict__ ou
   store16(out + 16 * b, v);
 }
 
+// Stored block b + its delta -> the frozen-scale requantized block (nvfp4_common.h): returns the
+// new scale byte, fills the packed codes; v gets the updated (unrounded) values.
+template <typename TD>
+__device__ __forceinline__ uint32_t requant16(const uint2* __restrict__ q, const uint8_t* __restrict__ s,
+                                              const TD* __restrict__ delta, int64_t b, uint32_t& p0,
+                                              uint32_t& p1) {
+  uint2 p = q[b];
+  float v[16], d[16];
+  dequant16(p.x, p.y, e4m3_x2p14(s[b]), v);
+  load16(delta + 16 * b, d);
+  return requantize_delta_block(v, d, s[b], p.x, p.y, p0, p1);
+}
+
 // The trainer's forward weight: dequantize(requantize_delta(q, s, delta)), all in fp32 registers.
 template <typename TD, typename TO>
 __global__ void fake_quantize_delta_kernel(const uint2* __restrict__ q, const uint8_t* __restrict__ s,
                                            const TD* __restrict__ delta, TO* __restrict__ out, int64_t nb) {
   int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (b >= nb) return;
-  uint2 p = q[b];
-  float v[16], d[16];
-  dequant16(p.x, p.y, e4m3_x2p14(s[b]), v);
-  load16(delta + 16 * b, d);
   uint32_t p0, p1;
-  uint32_t sb = requantize_delta_block(v, d, s[b], p.x, p.y, p0, p1);
+  const uint32_t sb = requant16(q, s, delta, b, p0, p1);
+  float v[16];
   dequant16(p0, p1, e4m3_x2p14(sb), v);
   store16(out + 16 * b, v);
 }
@@ -172,12 +182,8 @@ __global__ void requantize_delta_kernel(const uint2* __restrict__ q, const uint8
                                         uint8_t* __restrict__ s2, int64_t nb) {
   int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (b >= nb) return;
-  uint2 p = q[b];
-  float v[16], d[16];
-  dequant16(p.x, p.y, e4m3_x2p14(s[b]), v);
-  load16(delta + 16 * b, d);
   uint32_t p0, p1;
-  s2[b] = (uint8_t)requantize_delta_block(v, d, s[b], p.x, p.y, p0, p1);
+  s2[b] = (uint8_t)requant16(q, s, delta, b, p0, p1);
   q2[b] = make_uint2(p0, p1);
 }
 

@@ -151,32 +151,34 @@ void fake_quantize_cpu_impl(const T* w, T* out, int64_t n, int64_t k) {
   });
 }
 
-// Stored block b + delta -> new packed codes and scale byte (frozen-scale rule of nvfp4_common.h).
-template <typename TD>
-inline uint32_t requantize_delta_at(const uint8_t* q, const uint8_t* s, const TD* d, int64_t b,
-                                    const float* e4m3, uint32_t& p0, uint32_t& p1, float* v) {
-  float dv[16];
-  uint32_t q0, q1;
-  memcpy(&q0, q + 8 * b, 4);
-  memcpy(&q1, q + 8 * b + 4, 4);
-  nvfp4::dequantize_block(q0, q1, e4m3[s[b]], v);
-  for (int i = 0; i < 16; ++i) dv[i] = to_f(d[16 * b + i]);
-  return nvfp4::requantize_delta_block(v, dv, s[b], q0, q1, p0, p1);
+// Every stored block + its delta, requantized with the frozen-scale rule of nvfp4_common.h:
+// f(b, scale byte, p0, p1) per block, rows in parallel.
+template <typename TD, typename F>
+void for_requantized_blocks(const uint8_t* q, const uint8_t* s, const TD* d, int64_t n, int64_t k, const F& f) {
+  const int64_t nb = k / 16;
+  const float* e4m3 = e4m3_table();
+  for_rows(n, nb, [&](int64_t r) {
+    for (int64_t b = r * nb; b < (r + 1) * nb; ++b) {
+      float v[16], dv[16];
+      uint32_t q0, q1, p0, p1;
+      memcpy(&q0, q + 8 * b, 4);
+      memcpy(&q1, q + 8 * b + 4, 4);
+      nvfp4::dequantize_block(q0, q1, e4m3[s[b]], v);
+      for (int i = 0; i < 16; ++i) dv[i] = to_f(d[16 * b + i]);
+      const uint32_t sb = nvfp4::requantize_delta_block(v, dv, s[b], q0, q1, p0, p1);
+      f(b, sb, p0, p1);
+    }
+  });
 }
 
 // The trainer's forward weight: dequantize(requantize_delta(q, s, d)).
 template <typename TD, typename TO>
 void fake_quantize_delta_cpu_impl(const uint8_t* q, const uint8_t* s, const TD* d, TO* out, int64_t n, int64_t k) {
-  const int64_t nb = k / 16;
   const float* e4m3 = e4m3_table();
-  for_rows(n, nb, [&](int64_t r) {
-    for (int64_t b = r * nb; b < (r + 1) * nb; ++b) {
-      float v[16];
-      uint32_t p0, p1;
-      const uint32_t sb = requantize_delta_at(q, s, d, b, e4m3, p0, p1, v);
-      nvfp4::dequantize_block(p0, p1, e4m3[sb], v);
-      for (int i = 0; i < 16; ++i) out[16 * b + i] = from_f<TO>(v[i]);
-    }
+  for_requantized_blocks(q, s, d, n, k, [&](int64_t b, uint32_t sb, uint32_t p0, uint32_t p1) {
+    float v[16];
+    nvfp4::dequantize_block(p0, p1, e4m3[sb], v);
+    for (int i = 0; i < 16; ++i) out[16 * b + i] = from_f<TO>(v[i]);
   });
 }
 
@@ -184,16 +186,10 @@ void fake_quantize_delta_cpu_impl(const uint8_t* q, const uint8_t* s, const TD* 
 template <typename TD>
 void requantize_delta_cpu_impl(const uint8_t* q, const uint8_t* s, const TD* d, uint8_t* q2, uint8_t* s2,
                                int64_t n, int64_t k) {
-  const int64_t nb = k / 16;
-  const float* e4m3 = e4m3_table();
-  for_rows(n, nb, [&](int64_t r) {
-    for (int64_t b = r * nb; b < (r + 1) * nb; ++b) {
-      float v[16];
-      uint32_t p0, p1;
-      s2[b] = (uint8_t)requantize_delta_at(q, s, d, b, e4m3, p0, p1, v);
-      memcpy(q2 + 8 * b, &p0, 4);
-      memcpy(q2 + 8 * b + 4, &p1, 4);
-    }
+  for_requantized_blocks(q, s, d, n, k, [&](int64_t b, uint32_t sb, uint32_t p0, uint32_t p1) {
+    s2[b] = (uint8_t)sb;
+    memcpy(q2 + 8 * b, &p0, 4);
+    memcpy(q2 + 8 * b + 4, &p1, 4);
   });
 }
 
