@@ -1,6 +1,4 @@
-"""nvfp4lab: the small shared package behind the stage scripts.
-
-Modules (one job each):
-  nvfp4    - NVFP4 numerics (reference PyTorch + dispatch to the compiled extension)
-  dat      - the original `.dat` weight file format (read lazily, write atomically)
+"""nvfp4lab: the small shared package behind the stage scripts (doc/ARCHITECTURE.md has the
+table of modules, one job each). The NVFP4 numerics are nvfp4_ref (the reference) and ops (the
+compiled extension in cuda/); the `.dat` format is dat.
 """

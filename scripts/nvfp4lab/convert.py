@@ -17,10 +17,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from . import ops
-from .dat import write_dat
+from .dat import ELEM_DENSE, ELEM_QDATA, ELEM_SCALE, write_dat
 from .model import load_config
-
-ELEM_QDATA, ELEM_SCALE, ELEM_DENSE = 0, 101, 5
 
 
 def conversion_plan(config) -> list[tuple[str, bool]]:

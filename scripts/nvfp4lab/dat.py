@@ -30,6 +30,9 @@ ELEM_TYPES = {
     100: ("fp4x2", torch.uint8, 1),
     101: ("e4m3", torch.uint8, 1),
 }
+# The ids this project writes: NVFP4 codes as uint8 (as the user's file), block scales as E4M3
+# bytes, dense tensors as float16.
+ELEM_QDATA, ELEM_SCALE, ELEM_DENSE = 0, 101, 5
 ELEM_TYPE_OF_DTYPE = {torch.uint8: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3,
                       torch.int64: 4, torch.float16: 5, torch.float32: 6, torch.float64: 7,
                       torch.bool: 11, torch.bfloat16: 15}
