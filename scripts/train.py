@@ -217,22 +217,10 @@ def run(args) -> int:
     if args.checkpoint_layers == "on" or (args.checkpoint_layers == "auto" and device.type == "cuda"):
         T.checkpoint_layers(model)
     deltas = T.select_trainable(deltas, model.config.num_hidden_layers, args.train_last_layers)
-    def report_changes(att):
-        # What this attempt changed in the stored NVFP4 codes and scales, per group: a group at
-        # 0% did not move (its LR is below the NVFP4 step, README "How LR relates to NVFP4").
-        att.report = update_report(model, dat)
-        log(f"[attempt {att.index}] stored weights changed:\n" + format_report(att.report))
-
-    projectors = None
-    if args.protect_neighbours > 0:
-        rows = [r for s in all_sources if s.role == "neighbour" for r in s.rows]
-        projectors = nullspace.neighbour_projectors(model, tok, rows, replay, args.seq_len,
-                                                    args.protect_neighbours)
-        kept = sum(int(round(float(p.trace()))) for p in projectors.values())
-        log(f"protect-neighbours: {len(projectors)} projections, {kept} free input directions "
-            f"in all (tolerance {args.protect_neighbours:g}, {min(len(rows), 256)} neighbour rows)")
+    projectors = (neighbour_projectors(args, model, tok, all_sources, replay, log)
+                  if args.protect_neighbours > 0 else None)
     attempts = T.train_with_fallback(model, tok, deltas, sources, retry_sources, args, replay,
-                                     attempt_set, log, report_changes, projectors)
+                                     attempt_set, log, change_reporter(model, dat, log), projectors)
     last = attempts[-1]
     judged, result = attempt_set, last.result
     if last.status != "collapse" and final is not attempt_set:
@@ -264,6 +252,27 @@ def run(args) -> int:
     log(f"{args.stage}: {status} ({why}); {seconds:.1f}s total; exit {code}; judgment {json_file}")
     write_logs(args, attempts, result, status, why, exported, code, seconds)
     return code
+
+
+def change_reporter(model, dat, log):
+    """After each attempt: what it changed in the stored NVFP4 codes and scales, per group. A
+    group at 0% did not move (its LR is below the NVFP4 step: README, "How the LR relates to the
+    NVFP4 step")."""
+    def report(att):
+        att.report = update_report(model, dat)
+        log(f"[attempt {att.index}] stored weights changed:\n" + format_report(att.report))
+    return report
+
+
+def neighbour_projectors(args, model, tok, sources, replay, log) -> dict:
+    """--protect-neighbours: null-space projectors of the inputs the neighbour rows feed in."""
+    rows = [r for s in sources if s.role == "neighbour" for r in s.rows]
+    projectors = nullspace.neighbour_projectors(model, tok, rows, replay, args.seq_len,
+                                                args.protect_neighbours)
+    free = sum(int(round(float(p.trace()))) for p in projectors.values())
+    log(f"protect-neighbours: {len(projectors)} projections, {free} free input directions in all "
+        f"(tolerance {args.protect_neighbours:g}, {min(len(rows), 256)} neighbour rows)")
+    return projectors
 
 
 def eval_doc(args, attempts, judged, result, status, why, exported, code, seconds) -> dict:
