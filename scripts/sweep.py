@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from nvfp4lab import devlog, evaluate as E  # noqa: E402
+from nvfp4lab.dat import AtomicFile  # noqa: E402
 from nvfp4lab.tsv import DataError  # noqa: E402
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -219,11 +220,8 @@ def main(argv=None) -> int:
     else:
         best = max(results, key=rank_key)
     print(f"chosen: {best['name']} {best['flags']}")
-    tmp = args.chosen + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(args.chosen)), exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(best["flags"] + "\n")
-    os.replace(tmp, args.chosen)
+    with AtomicFile(args.chosen) as f:
+        f.write((best["flags"] + "\n").encode("utf-8"))
     devlog.append_devlog(f"sweep {os.path.basename(args.variants)}", [
         ("目標/Goal", f"compare recipe variants of {args.recipe} on the dev set "
                       f"{args.dev_suite or args.dev_probes} (monitor {args.monitor or '-'}; the "

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from nvfp4lab import devlog
 
@@ -26,11 +28,20 @@ def test_devlog_and_artifact_list_are_append_only(tmp_path):
     assert "| artifacts/b.dat | second | try |" in text and "- b.dat: " in text
 
 
-def test_loss_svg_is_written_atomically(tmp_path):
+def test_loss_svg_is_written_atomically(tmp_path, monkeypatch):
     out = tmp_path / "loss.svg"
     devlog.loss_svg([3.0, 2.0, float("nan"), 1.0], str(out), "t")
     svg = out.read_text(encoding="utf-8")
     assert svg.startswith("<svg") and "polyline" in svg
+    assert os.listdir(tmp_path) == ["loss.svg"]
+    # A write that fails at the last moment leaves the old chart whole and no temp file: a plain
+    # open(path, "w") would already have truncated it.
+    def no_rename(*_):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(OSError, match="disk full"):
+        devlog.loss_svg([1.0, 0.5], str(out), "new")
+    assert out.read_text(encoding="utf-8") == svg
     assert os.listdir(tmp_path) == ["loss.svg"]
 
 

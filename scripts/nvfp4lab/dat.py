@@ -284,10 +284,12 @@ class AtomicFile:
                 self.f.flush()
                 os.fsync(self.f.fileno())
             self.f.close()
-        finally:
             if exc_type is None:
                 os.replace(self.tmp, self.dst)
-            elif os.path.exists(self.tmp):
+        finally:
+            # whatever failed (the write, the flush, the rename), no temp file is left behind
+            # and dst is either the old file or the whole new one
+            if os.path.exists(self.tmp):
                 os.remove(self.tmp)
         return False
 

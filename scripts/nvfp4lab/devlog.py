@@ -9,6 +9,7 @@ import shlex
 import sys
 
 from . import paths
+from .dat import AtomicFile
 
 ARTIFACT_HEADER = """# 檔案說明清單
 
@@ -89,7 +90,5 @@ def loss_svg(losses: list[float], path: str, title: str) -> None:
            f'<text x="4" y="{h - pad}" font-size="11">{lo:.3f}</text>'
            f'<text x="{w - pad}" y="{h - 10}" font-size="11">step {len(losses)}</text>'
            f'<polyline fill="none" stroke="steelblue" stroke-width="2" points="{pts}"/></svg>\n')
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(svg)
-    os.replace(tmp, path)
+    with AtomicFile(path) as f:
+        f.write(svg.encode("utf-8"))
