@@ -26,8 +26,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from nvfp4lab.suite import read_suite
-from nvfp4lab.tsv import DataError, normalize_prompt, read_probes, render_tsv, write_new_tsv
+from make_suites import render_all, write_new_files  # noqa: F401 (render_all: tests use it)
+from nvfp4lab.tsv import DataError, normalize_prompt, read_probes
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBES = ROOT / "data" / "probes-v1.tsv"
@@ -119,8 +119,6 @@ def build(probes_path=PROBES) -> dict[str, tuple[list, str]]:
     return files
 
 
-def render_all(files) -> dict[str, bytes]:
-    return {name: render_tsv(rows, head, name) for name, (rows, head) in files.items()}
 
 
 def main(argv=None) -> int:
@@ -130,26 +128,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         files = build(args.probes)
-        data = render_all(files)
     except DataError as e:
         print(f"make_proxy_suites: {e}", file=sys.stderr)
         return 1
-    differ = [n for n, b in data.items()
-              if (args.out_dir / n).exists() and (args.out_dir / n).read_bytes() != b]
-    if differ:
-        print(f"make_proxy_suites: these files exist with other bytes; refusing to overwrite (a "
-              f"changed rule needs new -vN names): {', '.join(differ)}", file=sys.stderr)
-        return 1
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, (rows, head) in files.items():
-        path = args.out_dir / name
-        if path.exists():
-            print(f"exists-same {path}")
-            continue
-        n = write_new_tsv(path, rows, head)
-        read_suite(path)   # reads back under the strict loader
-        print(f"written {path} ({n} rows)")
-    return 0
+    return write_new_files(files, args.out_dir, "make_proxy_suites")
 
 
 if __name__ == "__main__":

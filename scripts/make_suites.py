@@ -509,6 +509,33 @@ def render_all(files) -> dict[str, bytes]:
     return {name: render_tsv(rows, header, name) for name, (rows, header) in files.items()}
 
 
+def write_new_files(files, out_dir: Path, prog: str) -> int:
+    """Write {name: (rows, header)} into out_dir as new files only: a file that exists with the
+    same bytes is left alone, one with other bytes stops everything before anything is written
+    (a changed rule needs new -vN names); suites are read back under the strict loader."""
+    try:
+        data = render_all(files)
+    except DataError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    differ = [n for n, b in data.items() if (out_dir / n).exists() and (out_dir / n).read_bytes() != b]
+    if differ:
+        print(f"{prog}: these files exist with other bytes; refusing to overwrite (a changed "
+              f"recipe needs new -vN names): {', '.join(differ)}", file=sys.stderr)
+        return 1
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, (rows, header) in files.items():
+        path = out_dir / name
+        if path.exists():
+            print(f"exists-same {path}")
+            continue
+        n = write_new_tsv(path, rows, header)
+        if name.startswith("suite-"):
+            read_suite(path)   # reads back under the strict loader
+        print(f"written {path} ({n} rows)")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out-dir", type=Path, default=ROOT / "data")
@@ -518,27 +545,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         files = build(args.source, args.data_dir)
-        data = render_all(files)
     except DataError as e:
         print(f"make_suites: {e}", file=sys.stderr)
         return 1
-    differ = [n for n, b in data.items()
-              if (args.out_dir / n).exists() and (args.out_dir / n).read_bytes() != b]
-    if differ:
-        print(f"make_suites: these files exist with other bytes; refusing to overwrite (a changed "
-              f"recipe needs new -vN names): {', '.join(differ)}", file=sys.stderr)
-        return 1
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, (rows, header) in files.items():
-        path = args.out_dir / name
-        if path.exists():
-            print(f"exists-same {path}")
-            continue
-        n = write_new_tsv(path, rows, header)
-        if name.startswith("suite-"):
-            read_suite(path)   # reads back under the strict loader
-        print(f"written {path} ({n} rows)")
-    return 0
+    return write_new_files(files, args.out_dir, "make_suites")
 
 
 if __name__ == "__main__":
