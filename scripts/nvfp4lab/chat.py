@@ -106,12 +106,17 @@ def encode_answer(tok, messages: list[dict], answer: str) -> tuple[list[int], li
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
 
 
+def encode_chat_row(tok, messages: list[dict], target: str,
+                    seq_len: int) -> tuple[list[int], list[int], bool]:
+    """A training chat (earlier turns + the user turn) and its answer -> (input_ids, labels,
+    truncated): encode_answer cut to seq_len. The answer and its end token (<|im_end|>) are learnt."""
+    ids, labels = encode_answer(tok, messages, target)
+    return ids[:seq_len], labels[:seq_len], len(ids) > seq_len
+
+
 def encode_row(tok, prompt: str, target: str, seq_len: int) -> tuple[list[int], list[int], bool]:
-    """One training row -> (input_ids, labels, truncated): the single-turn encode_answer, cut to
-    seq_len. The answer and its end token (<|im_end|>) are learnt."""
-    ids, labels = encode_answer(tok, [{"role": "user", "content": prompt}], target)
-    truncated = len(ids) > seq_len
-    return ids[:seq_len], labels[:seq_len], truncated
+    """One single-turn training row (encode_chat_row with just the user turn)."""
+    return encode_chat_row(tok, [{"role": "user", "content": prompt}], target, seq_len)
 
 
 def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict:

@@ -178,7 +178,7 @@ def load_model(dat: DatFile, model_dir: str, device="cpu", dtype=torch.bfloat16)
 
     params = dict(model.named_parameters())
     # `a.b.weight` may be stored as `a.b.weight.qdata` or, as the original also reads, `a.b.qdata`.
-    nvfp4 = {dat.stored_prefix(k): k for k in params if dat.stored_prefix(k)}
+    nvfp4 = {prefix: k for k in params if (prefix := dat.stored_prefix(k))}
     ignored = sorted(stored - set(nvfp4))
     for prefix, key in sorted(nvfp4.items()):
         parent, leaf = module_of(model, key)

@@ -14,13 +14,12 @@ study (doc/METHOD.md), not assumed.
 import torch
 
 from . import chat
-from .model import NVFP4Linear
+from .model import NVFP4Linear, set_use_delta
 
 
 @torch.no_grad()
 def input_covariances(model, tok, messages_and_answers, seq_len: int, device) -> dict:
-    """{NVFP4Linear: K [in, in] fp32} over every non-pad token of the given chats (base weights)."""
-    from .model import set_use_delta
+    """{NVFP4Linear: K [in, in] fp32} over every token of the given chats (base weights)."""
     cov, hooks = {}, []
 
     def hook(mod, inputs, _out):

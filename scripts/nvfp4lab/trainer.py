@@ -178,11 +178,6 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     return ce + kl_weight * kl + ul_weight * ul, ce, kl, ul
 
 
-def encode_rows(tok, messages: list[dict], target: str, seq_len: int):
-    ids, labels = chat.encode_answer(tok, messages, target)
-    return ids[:seq_len], labels[:seq_len], len(ids) > seq_len
-
-
 def encode_batch(tok, rows, seq_len: int, replay: dict, device,
                  ul_target: str | None = None) -> tuple[dict, torch.Tensor, int]:
     """Rows (prompt, target, role[, context messages]) -> a padded batch, the mask of rows that
@@ -202,12 +197,12 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
         if role in mix.KEEP_ROLES and replay:
             target = replay.get(prompt, target)
         messages = context + [{"role": "user", "content": prompt}]
-        ids, labels, cut = encode_rows(tok, messages, target, seq_len)
+        ids, labels, cut = chat.encode_chat_row(tok, messages, target, seq_len)
         truncated += cut
         enc.append((ids, labels))
         kl_rows.append(role in mix.KEEP_ROLES and not context)
         if ul_target is not None and role == "neighbour":
-            uids, ulabels, _ = encode_rows(tok, messages, ul_target, seq_len)
+            uids, ulabels, _ = chat.encode_chat_row(tok, messages, ul_target, seq_len)
             shared = 0
             while shared < min(len(ids), len(uids)) and ids[shared] == uids[shared]:
                 shared += 1
