@@ -9,7 +9,7 @@ a batch pads little.
 """
 import torch
 
-from .chat import encode_answer, encode_chat, pad_token_id, stop_token_ids
+from .chat import collate, encode_answer, encode_chat, pad_token_id, stop_token_ids
 from .model import cached_weights
 
 
@@ -72,17 +72,7 @@ def answer_batches(tok, chats: list[list[dict]], answers: list[str], batch_size:
     pad = pad_token_id(tok)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        t = max(len(enc[j][0]) for j in idx)
-        ids = torch.full((len(idx), t), pad, dtype=torch.long)
-        labels = torch.full((len(idx), t), -100, dtype=torch.long)
-        mask = torch.zeros((len(idx), t), dtype=torch.long)
-        for row, j in enumerate(idx):
-            n = len(enc[j][0])
-            ids[row, :n] = torch.tensor(enc[j][0])
-            labels[row, :n] = torch.tensor(enc[j][1])
-            mask[row, :n] = 1
-        yield idx, {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-                    "labels": labels.to(device)}
+        yield idx, {k: v.to(device) for k, v in collate([enc[j] for j in idx], pad).items()}
 
 
 @torch.no_grad()
