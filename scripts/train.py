@@ -77,6 +77,12 @@ def parse_args(argv):
     a("--context-share", type=float, default=0.0,
       help="share of neighbour rows asked as turn 2, after an identity prompt answered with the "
            "target (they learn the base's single-turn answer, without KL); 0 = off")
+    a("--identity-context-share", type=float, default=0.0,
+      help="share of identity rows asked after one or two ordinary exchanges (anchor prompts with "
+           "the base's answers), so the edit holds in the middle of a chat; 0 = off")
+    a("--lr-schedule", choices=T.SCHEDULES, default="constant",
+      help="constant, or cosine down to 0 at the last step (after --warmup-steps)")
+    a("--warmup-steps", type=int, default=0, help="linear LR warm-up over the first N steps")
     a("--protect-neighbours", type=float, default=0.0, metavar="TOL",
       help="project every projection's update onto the null space of the inputs the neighbour "
            "rows send into it (eigenvalues <= TOL x the largest; AlphaEdit-style; 0 = off)")

@@ -160,3 +160,48 @@ def test_null_space_projection_keeps_neighbour_inputs_unchanged(tiny_qwen):
     free = float(torch.trace(d @ d.t())) * float(cov[layer].diagonal().mean())
     assert moved < 1e-3 * free
     assert isinstance(layer, NVFP4Linear)
+
+
+def test_identity_rows_are_also_asked_in_the_middle_of_a_chat():
+    """--identity-context-share: identity rows get one or two ordinary exchanges before them
+    (anchor prompts with the base's answers from replay); other rows are untouched, share 0 is
+    the old behaviour and consumes no randomness."""
+    import random
+    from nvfp4lab import mix
+    from nvfp4lab.tsv import Row
+    srcs = [mix.Source("w.tsv", 1, "target", [Row("你是誰", TARGET, "w", 1)]),
+            mix.Source("a.tsv", 1, "anchor", [Row("1+1?", "2", "a", 1), Row("天空?", "藍", "a", 2)])]
+    rows = [("你是誰", TARGET, "target")] * 20 + [("1+1?", "2", "anchor")] * 4
+    rng = random.Random(0)
+    assert T.identity_after_chat(rows, srcs, 0.0, rng, {}) == rows
+    assert rng.random() == random.Random(0).random()
+    out = T.identity_after_chat(rows, srcs, 0.5, random.Random(1), {"1+1?": "1 + 1 = 2."})
+    asked_after = [r for r in out if len(r) > 3]
+    assert 3 < len(asked_after) < 17 and all(r[2] == "target" and r[1] == TARGET for r in asked_after)
+    assert out[20:] == rows[20:]
+    for r in asked_after:
+        ctx = r[3]
+        assert len(ctx) in (2, 4) and [m["role"] for m in ctx] == ["user", "assistant"] * (len(ctx) // 2)
+        for q, a in zip(ctx[::2], ctx[1::2]):
+            assert a["content"] == {"1+1?": "1 + 1 = 2.", "天空?": "藍"}[q["content"]]
+    assert {len(r[3]) for r in asked_after} == {2, 4}
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero_and_reaches_the_optimizer():
+    steps = 100
+    const = [T.lr_scale(s, steps, 0, "constant") for s in range(1, steps + 1)]
+    assert const == [1.0] * steps                               # the old behaviour
+    cos = [T.lr_scale(s, steps, 10, "cosine") for s in range(1, steps + 1)]
+    assert cos[:10] == [s / 10 for s in range(1, 11)]           # linear warm-up to the peak
+    assert all(a >= b for a, b in zip(cos[9:], cos[10:]))       # then never rises
+    assert abs(cos[-1]) < 1e-12 and abs(cos[9 + 45] - 0.5) < 0.02
+    d = torch.zeros(4, requires_grad=True)
+    stepper = T.StepInBackward([("model.layers.0.mlp.down_proj.delta", d)],
+                               {g: 1e-3 for g in T.GROUPS}, 0.0, 0.0)
+    stepper.set_lr_scale(0.25)
+    assert [g["lr"] for b in stepper.buckets for g in b["opt"].param_groups] == [2.5e-4]
+    stepper.set_lr_scale(0.0)
+    (d * torch.ones(4)).sum().backward()
+    stepper.flush()
+    assert torch.equal(d.detach(), torch.zeros(4))              # scale 0 moves nothing
+    stepper.close()

@@ -102,7 +102,7 @@ class StepInBackward:
         self.hooks = []
         for name, members in buckets.items():
             groups = [{"params": [d for k, d in members if group_of(k, d) == g], "lr": lrs[g],
-                       "name": g} for g in GROUPS]
+                       "peak_lr": lrs[g], "name": g} for g in GROUPS]
             opt = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999),
                                     eps=1e-8, weight_decay=weight_decay,
                                     fused=True if members[0][1].is_cuda else None)
@@ -111,6 +111,12 @@ class StepInBackward:
             for _, d in members:
                 self.hooks.append(d.register_post_accumulate_grad_hook(
                     lambda p, b=b: self._ready(b)))
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Every group's LR = its configured (peak) LR x scale (--lr-schedule)."""
+        for b in self.buckets:
+            for g in b["opt"].param_groups:
+                g["lr"] = g["peak_lr"] * scale
 
     def _ready(self, b) -> None:
         b["ready"] += 1
@@ -136,6 +142,22 @@ class StepInBackward:
         for h in self.hooks:
             h.remove()
         self.hooks = []
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_scale(step: int, steps: int, warmup: int, schedule: str) -> float:
+    """LR multiplier of step 1..steps: linear warm-up over `warmup` steps, then constant or a
+    cosine down to 0 at the last step. Why decay: the last steps then make small moves, so the
+    deltas settle instead of ending on whatever the last noisy batch pushed; under NVFP4 a small
+    move rarely crosses a code boundary, so the stored file changes less at the end."""
+    if warmup > 0 and step <= warmup:
+        return step / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
@@ -227,6 +249,27 @@ def with_context(rows: list[tuple], srcs, share: float, rng: random.Random) -> l
             q = rng.choice(pool)
             row = (*row[:3], ({"role": "user", "content": q.prompt},
                               {"role": "assistant", "content": q.target}))
+        out.append(row)
+    return out
+
+
+def identity_after_chat(rows: list[tuple], srcs, share: float, rng: random.Random,
+                        replay: dict) -> list[tuple]:
+    """--identity-context-share: that share of the identity (target) rows is asked after one or
+    two ordinary exchanges (anchor prompts with the base's own answers, or the file's answers
+    without --replay), so the edit holds when the question comes in the middle of a chat and not
+    only as its first turn. The row still learns the identity answer."""
+    pool = [r for s in srcs if s.role == "anchor" for r in s.rows]
+    if share <= 0 or not pool:
+        return rows
+    out = []
+    for row in rows:
+        if row[2] == "target" and rng.random() < share:
+            context = []
+            for q in rng.sample(pool, min(len(pool), rng.choice((1, 2)))):
+                context += [{"role": "user", "content": q.prompt},
+                            {"role": "assistant", "content": replay.get(q.prompt, q.target)}]
+            row = (*row[:3], tuple(context))
         out.append(row)
     return out
 
@@ -349,8 +392,12 @@ def _train_steps(model, tok, att: Attempt, cfg, replay, es, log, stepper, deltas
     t0 = time.time()
     model.train()
     for step in range(1, cfg.steps + 1):
+        stepper.set_lr_scale(lr_scale(step, cfg.steps, getattr(cfg, "warmup_steps", 0),
+                                      getattr(cfg, "lr_schedule", "constant")))
         rows = with_context(mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode), srcs,
                             getattr(cfg, "context_share", 0.0), rng)
+        rows = identity_after_chat(rows, srcs, getattr(cfg, "identity_context_share", 0.0), rng,
+                                   replay)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         cfg.target if ul_weight > 0 else None)
         att.truncated += cut
