@@ -52,6 +52,24 @@ def test_choice_rule_success_first_then_identity_minus_leak_then_facts_then_drif
     vs += [variant("sharp-facts-calm", "success", identity=(9, 10), leak=(1, 10), facts=(9, 10), drift=0.2)]
     assert max(vs, key=sweep.rank_key)["name"] == "sharp-facts-calm"
     assert max(vs[:3], key=sweep.rank_key)["name"] == "leaky"    # judged beats collapsed/failed
+    # success first: a not-reached variant better on every later criterion still loses
+    best_but_not_reached = variant("close", "not-reached", identity=(10, 10), leak=(0, 10),
+                                   facts=(10, 10), drift=-0.5)
+    assert max([best_but_not_reached] + vs, key=sweep.rank_key)["name"] == "sharp-facts-calm"
+    # each criterion alone decides between two variants that every later criterion ranks the
+    # other way round (so dropping or reordering any one of them picks the other)
+    pairs = [  # (winner, loser)
+        # identity - leak beats more identity (and better facts and drift)
+        (variant("sharp", "success", identity=(9, 10), leak=(1, 10), facts=(5, 10), drift=0.9),
+         variant("sure", "success", identity=(10, 10), leak=(3, 10), facts=(10, 10), drift=-0.1)),
+        # identity - leak beats less leak (and better facts and drift)
+        (variant("sharp", "success", identity=(10, 10), leak=(1, 10), facts=(5, 10), drift=0.9),
+         variant("clean", "success", identity=(7, 10), leak=(0, 10), facts=(10, 10), drift=-0.1)),
+        # equal identity - leak: facts beat drift
+        (variant("knows", "success", facts=(9, 10), drift=0.9),
+         variant("calm", "success", facts=(8, 10), drift=-0.1))]
+    for winner, loser in pairs:
+        assert max(loser, winner, key=sweep.rank_key) is winner, (winner, loser)
     table = sweep.table(vs)
     assert "| failed | `(recipe)` | error 1 | - |" in table
     assert "| sharp | `(recipe)` | success | 0.90 [0.60, 0.98] | 0.10 [0.02, 0.40] |" in table
@@ -134,3 +152,32 @@ def test_seeds_pool_per_variant_and_choose_on_seeds_reached_then_score():
     table = sweep.pooled_table(list(rows.values()))
     assert "| c | `--x c` | 2/3 |" in table and "| 2/30 0.07 [" in table     # c's pooled leak k/n
     assert sweep.dev_score(summary(identity=(10, 10), leak=(1, 10))) == pytest.approx(0.9)
+
+
+def pooled_row(name, *seeds):
+    """One variant's pooled row from its seeds, each (status, summary keywords)."""
+    [row] = sweep.pooled([seeded(name, status, **kw) for status, kw in seeds])
+    return row
+
+
+def test_seeds_rule_each_criterion_decides_before_the_next():
+    """pooled_key: seeds reached, then mean dev score, then mean facts kept, then lower mean NLL
+    drift. Each pair is decided by one criterion while every later one favours the loser, so
+    dropping or reordering any criterion picks the loser."""
+    perfect = dict(identity=(10, 10), facts=(10, 10), drift=0.0)
+    leaky = dict(leak=(3, 10), facts=(9, 10), drift=0.1)
+    pairs = [  # (winner, loser)
+        (pooled_row("steady", ("success", leaky), ("success", leaky)),
+         pooled_row("lucky", ("success", perfect), ("not-reached", perfect))),
+        (pooled_row("sharp", ("success", dict(identity=(10, 10), facts=(9, 10), drift=0.1))),
+         pooled_row("careful", ("success", dict(identity=(9, 10), facts=(10, 10), drift=0.0)))),
+        (pooled_row("knows", ("success", dict(facts=(10, 10), drift=0.1))),
+         pooled_row("calm", ("success", dict(facts=(9, 10), drift=0.0)))),
+        (pooled_row("still", ("success", dict(drift=0.0))),
+         pooled_row("moved", ("success", dict(drift=0.05))))]
+    # the later pairs really tie on the earlier criteria (the score ignores facts >= 0.9 and
+    # drift <= 0.1), so only the criterion named decides them
+    assert pairs[2][0]["score"] == pairs[2][1]["score"] and pairs[3][0]["score"] == pairs[3][1]["score"]
+    assert pairs[3][0]["facts"] == pairs[3][1]["facts"]
+    for winner, loser in pairs:
+        assert max(loser, winner, key=sweep.pooled_key) is winner, (winner["name"], loser["name"])
