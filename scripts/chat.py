@@ -10,10 +10,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from nvfp4lab import runner  # noqa: E402
+from nvfp4lab import runner, runner_flags, runner_generate, runner_session  # noqa: E402
 
 PROG = "chat.py"
-FLAGS = runner.common_flags(
+FLAGS = runner_flags.common_flags(
     "model-dir", "device", "dtype", "weight", "max-tokens", "temp", "top-p", "seed", "timing",
     "ignore-eos", "timeout-ms", "chat-session-out", "chat-session-jsonl",
     max_tokens=256, timeout_ms=0,
@@ -22,13 +22,13 @@ FLAGS = runner.common_flags(
 
 def main(argv: list[str]) -> int:
     runner.setup_stdio()
-    a = runner.parse_flags(argv, FLAGS, PROG)
+    a = runner_flags.parse_flags(argv, FLAGS, PROG)
     device, dtype = runner.device_and_dtype(a)
     model, tok, load_s = runner.load_for_runner(a.weight, a.model_dir, device, dtype,
                                                 training_path=False)
     if a.timing:
         print(f"[time] load: {load_s:.1f} s")
-    chat = runner.Conversation(model, tok, a)
+    chat = runner_session.Conversation(model, tok, a)
     for line in runner.user_lines(require_tty=False, banner="/reset 清除對話，Ctrl+D 結束"):
         if line == "/reset":
             chat.reset()
@@ -36,13 +36,10 @@ def main(argv: list[str]) -> int:
             continue
         text, gen, n = chat.ask(line, a.timeout_ms)
         if a.timing:
-            runner.print_timing(gen, n)
+            runner_generate.print_timing(gen, n)
         print(text)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    runner.run_main(main)

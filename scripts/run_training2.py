@@ -13,12 +13,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import runner  # noqa: E402
+from nvfp4lab import runner, runner_flags, runner_generate, runner_session  # noqa: E402
 from nvfp4lab.chat import encode_prompt  # noqa: E402
-from nvfp4lab.runner import Flag  # noqa: E402
+from nvfp4lab.runner_flags import Flag  # noqa: E402
 
 PROG = "run_training2.py"
-FLAGS = runner.common_flags(
+FLAGS = runner_flags.common_flags(
     "model-dir", "device", "dtype", "quant", "weight", "prompt", "max-tokens", "temp", "top-p",
     "seed", "check-logits", "timing", "ignore-eos", "ifInteractive", "chat-session-out",
     "chat-session-jsonl", check_logits=True,
@@ -64,8 +64,9 @@ def check_logits(model, tok, a) -> None:
     decoding of the two would part on a near tie.
     """
     prompt_ids = encode_prompt(tok, [], a.prompt)
-    gen = runner.generate(model, tok, prompt_ids, a.max_tokens, use_cache=True, temp=a.temp,
-                          top_p=a.top_p, seed=a.seed, ignore_eos=a.ignore_eos, output_logits=True)
+    gen = runner_generate.generate(model, tok, prompt_ids, a.max_tokens, use_cache=True,
+                                   temp=a.temp, top_p=a.top_p, seed=a.seed,
+                                   ignore_eos=a.ignore_eos, output_logits=True)
     runner.fail_on_nan_inf([runner.prompt_logits(model, encode_prompt(tok, [], CHECK_PROMPT)),
                             gen.logits])
     dev = next(model.parameters()).device
@@ -82,7 +83,7 @@ def check_logits(model, tok, a) -> None:
 
 def main(argv: list[str]) -> int:
     runner.setup_stdio()
-    a = runner.parse_flags(argv, FLAGS, PROG)
+    a = runner_flags.parse_flags(argv, FLAGS, PROG)
     device, dtype = runner.device_and_dtype(a)
     use_cache = a.KVCacheOut or a.NoKVComputeMode == "ephemeral-kvc"
     print(f"KVCacheOut: {str(a.KVCacheOut).lower()}  kvc-input-mode: "
@@ -92,9 +93,9 @@ def main(argv: list[str]) -> int:
                                                 training_path=False)
     if a.timing:
         print(f"[time] load: {load_s:.1f} s")
-    chat = runner.Conversation(model, tok, a, use_cache=use_cache,
-                               token_by_token=a.TokenByTokenOrPromptByPrompt == "tbt",
-                               empty_cache=a.empty_cache_each_turn)
+    chat = runner_session.Conversation(model, tok, a, use_cache=use_cache,
+                                       token_by_token=a.TokenByTokenOrPromptByPrompt == "tbt",
+                                       empty_cache=a.empty_cache_each_turn)
 
     def budget(ms):   # the original's budgets for scripted turns; --timeout-ms 0 turns all off
         return ms if a.timeout_ms > 0 else 0
@@ -120,7 +121,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    runner.run_main(main)

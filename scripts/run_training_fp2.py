@@ -14,12 +14,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import runner  # noqa: E402
+from nvfp4lab import runner, runner_flags, runner_session  # noqa: E402
 from nvfp4lab.chat import encode_prompt  # noqa: E402
-from nvfp4lab.runner import Flag  # noqa: E402
+from nvfp4lab.runner_flags import Flag  # noqa: E402
 
 PROG = "run_training_fp2.py"
-FLAGS = runner.common_flags(
+FLAGS = runner_flags.common_flags(
     "model-dir", "device", "dtype", "quant", "weight", "prompt", "max-tokens", "temp", "top-p",
     "seed", "check-logits", "timing", "ignore-eos", "ifInteractive", "timeout-ms",
     "chat-session-out", "chat-session-jsonl",
@@ -43,7 +43,7 @@ def check_output(text: str, what: str) -> None:
 
 def main(argv: list[str]) -> int:
     runner.setup_stdio()
-    a = runner.parse_flags(argv, FLAGS, PROG)
+    a = runner_flags.parse_flags(argv, FLAGS, PROG)
     a.turns = max(1, a.turns)
     device, dtype = runner.device_and_dtype(a)
     print(f"mode: training-path/use-kvc={str(a.use_kvc).lower()}/kvc-backend={a.kvc_backend}")
@@ -54,7 +54,8 @@ def main(argv: list[str]) -> int:
     if a.timing:
         print(f"[time] load: {load_s:.1f} s")
     torch.set_grad_enabled(False)   # the trainable deltas stay zero and no graph is kept
-    chat = runner.Conversation(model, tok, a, use_cache=a.use_kvc, persistent_kv=a.use_kvc)
+    chat = runner_session.Conversation(model, tok, a, use_cache=a.use_kvc,
+                                       persistent_kv=a.use_kvc)
 
     def turn(tag, message):
         check_output(chat.turn(tag, message, a.timeout_ms), f"turn {tag or 1}")
@@ -77,7 +78,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    runner.run_main(main)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nvfp4lab import runner
+from nvfp4lab import runner, runner_flags, runner_generate, runner_session
 from nvfp4lab.chat import encode_prompt
 from nvfp4lab.dat import read_dat, write_dat
 
@@ -231,21 +231,21 @@ def test_token_by_token_prefill_and_kept_cache(started):
     model, tok, _ = runner.load_for_runner(str(vdir / "varied.dat"), str(vdir), "cpu", "float32",
                                            training_path=False)
     ids = encode_prompt(tok, [], "你是誰")
-    gens = [runner.generate(model, tok, ids, 5, use_cache=c, token_by_token=t)
+    gens = [runner_generate.generate(model, tok, ids, 5, use_cache=c, token_by_token=t)
             for c, t in ((True, False), (True, True), (False, False))]
     assert gens[0].ids == gens[1].ids == gens[2].ids
 
     class A:  # the flags Conversation reads
         max_tokens, temp, top_p, seed, ignore_eos, timing = 5, 0.0, 1.0, 123, False, False
-    kept = runner.Conversation(model, tok, A(), persistent_kv=True)
-    fresh = runner.Conversation(model, tok, A())
+    kept = runner_session.Conversation(model, tok, A(), persistent_kv=True)
+    fresh = runner_session.Conversation(model, tok, A())
     assert kept.ask("你是誰")[1].ids == fresh.ask("你是誰")[1].ids == gens[0].ids
     second = kept.ask("continue.")[1]
     # The kept cache is a prefix of the context: turn 2 ran only the new tokens, and matches a
     # no-cache run over the same tokens.
     assert 0 < kept.cached_length() < len(kept.context)
-    replay = runner.generate(model, tok, kept.context[:-len(second.ids) - len(kept.close_ids)],
-                             5, use_cache=False)
+    replay = runner_generate.generate(
+        model, tok, kept.context[:-len(second.ids) - len(kept.close_ids)], 5, use_cache=False)
     assert replay.ids == second.ids
 
 
@@ -264,18 +264,18 @@ def test_chat_reads_piped_lines_and_resets(started, monkeypatch, capsys):
 
 # ---- flag parsing ----
 
-FLAGS = runner.common_flags("max-tokens", "temp", "timing", "prompt", "dtype") + [
-    runner.Flag("KVCacheOut", True, "x", aliases=("kv-cache-out",))]
+FLAGS = runner_flags.common_flags("max-tokens", "temp", "timing", "prompt", "dtype") + [
+    runner_flags.Flag("KVCacheOut", True, "x", aliases=("kv-cache-out",))]
 
 
 def test_flag_forms():
     argv = ["--max-tokens", "7", "--temp=0.5", "--timing", "TRUE", "--kvcacheout=False",
             "--prompt=a=b", "--dtype", "BFloat16"]
-    a = runner.parse_flags(argv, FLAGS, "t")
+    a = runner_flags.parse_flags(argv, FLAGS, "t")
     assert (a.max_tokens, a.temp, a.timing, a.KVCacheOut, a.prompt, a.dtype) == \
         (7, 0.5, True, False, "a=b", "bfloat16")
     assert a.given == {"max_tokens", "temp", "timing", "KVCacheOut", "prompt", "dtype"}
-    b = runner.parse_flags(["--timing", "--kv-cache-out", "no"], FLAGS, "t")   # bare bool = true
+    b = runner_flags.parse_flags(["--timing", "--kv-cache-out", "no"], FLAGS, "t")  # bare = true
     assert (b.timing, b.KVCacheOut, b.max_tokens) == (True, False, 20)
 
 
@@ -283,6 +283,6 @@ def test_flag_forms():
                                   ["--max-tokens"], ["stray"], ["--dtype", "int8"]])
 def test_bad_flags_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
-        runner.parse_flags(argv, FLAGS, "t")
+        runner_flags.parse_flags(argv, FLAGS, "t")
     assert e.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1

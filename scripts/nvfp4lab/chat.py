@@ -6,6 +6,7 @@ tokenizers get the Instruct-2507 chat template (no `<think>` block); other model
 """
 import importlib.util
 import os
+from typing import NamedTuple
 
 import torch
 from transformers import AutoTokenizer
@@ -75,6 +76,26 @@ def pad_token_id(tok) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else stop_token_ids(tok)[0]
 
 
+class EndTokens(NamedTuple):
+    """How an answer ends and what pads a batch, for every place that generates (batched suites,
+    the runners' turns, the static decoder)."""
+    stops: list[int]   # stop_token_ids: an answer ends at the first of these
+    pad: int           # pad_token_id
+
+    def cut(self, ids: list[int]) -> list[int]:
+        """The answer: ids before the first stop token (all of them when there is none)."""
+        return next((ids[:i] for i, t in enumerate(ids) if t in self.stops), ids)
+
+    def generate_kwargs(self, ignore_eos: bool = False) -> dict:
+        """transformers' generate: stop at any stop token (never, with ignore_eos); pad with pad."""
+        return dict(eos_token_id=None if ignore_eos else self.stops, pad_token_id=self.pad)
+
+
+def end_tokens(tok) -> EndTokens:
+    """The one home of stop and pad handling for generation."""
+    return EndTokens(stop_token_ids(tok), pad_token_id(tok))
+
+
 def render_chat(tok, messages: list[dict]) -> str:
     """role/content messages (ending with a user turn), then the assistant header."""
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -109,7 +130,8 @@ def encode_answer(tok, messages: list[dict], answer: str) -> tuple[list[int], li
 def encode_chat_row(tok, messages: list[dict], target: str,
                     seq_len: int) -> tuple[list[int], list[int], bool]:
     """A training chat (earlier turns + the user turn) and its answer -> (input_ids, labels,
-    truncated): encode_answer cut to seq_len. The answer and its end token (<|im_end|>) are learnt."""
+    truncated): encode_answer cut to seq_len. The answer and its end token (<|im_end|>) are
+    learnt."""
     ids, labels = encode_answer(tok, messages, target)
     return ids[:seq_len], labels[:seq_len], len(ids) > seq_len
 

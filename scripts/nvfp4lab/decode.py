@@ -16,6 +16,12 @@ import torch
 from transformers import StaticCache
 
 
+def cache_arg(module) -> str:
+    """The name `module.forward` takes its KV cache by: `cache` from transformers 5.24 on (where
+    `past_key_values` warns that it goes in 5.40), `past_key_values` in the releases before."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 def round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
@@ -45,6 +51,7 @@ class StaticDecoder:
         # counter inside each static layer. Feed both so either works.
         self.pass_cache_position = "cache_position" in inspect.signature(
             model.get_decoder().forward).parameters
+        self.cache_kw = cache_arg(model)
         self.graph_note = None   # why decoding is eager although CUDA graphs were asked for
         self._allocate(capacity)
 
@@ -71,7 +78,8 @@ class StaticDecoder:
 
     def _forward(self, input_ids, positions, mask, **kw):
         kw.update(input_ids=input_ids, position_ids=positions.view(1, -1), attention_mask=mask,
-                  past_key_values=self.cache, use_cache=True)
+                  use_cache=True)
+        kw[self.cache_kw] = self.cache
         if self.pass_cache_position:
             kw["cache_position"] = positions
         return self.model(**kw).logits[:, -1]          # [1, vocab]

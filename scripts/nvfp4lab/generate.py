@@ -1,5 +1,5 @@
 """Batched greedy answers through transformers' own `generate`, and answer scoring (suites,
-probes, replay, self-test). The runners' turn-by-turn generation with timing lives in runner.py.
+probes, replay, self-test). The runners' turn-by-turn generation with timing lives in runner_generate.py.
 
 Why `generate` and not decode.StaticDecoder here: the decoder is batch 1 (the runners' case);
 a suite is hundreds of independent chats, and an eager decode step of a small model is
@@ -9,7 +9,7 @@ a batch pads little.
 """
 import torch
 
-from .chat import collate, encode_answer, encode_chat, pad_token_id, stop_token_ids
+from .chat import collate, encode_answer, encode_chat, end_tokens
 from .model import cached_weights
 
 
@@ -34,15 +34,14 @@ def greedy_chats(model, tok, chats: list[list[dict]], max_new_tokens: int,
         return []
     dev = model_device(model)
     batch_size = batch_size or default_batch_size(dev)
-    stops = stop_token_ids(tok)
-    pad = pad_token_id(tok)
+    end = end_tokens(tok)
     enc = [encode_chat(tok, c) for c in chats]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
     out: list[str | None] = [None] * len(enc)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         t = max(len(enc[j]) for j in idx)
-        ids = torch.full((len(idx), t), pad, dtype=torch.long)
+        ids = torch.full((len(idx), t), end.pad, dtype=torch.long)
         mask = torch.zeros((len(idx), t), dtype=torch.long)
         for row, j in enumerate(idx):
             ids[row, t - len(enc[j]):] = torch.tensor(enc[j])
@@ -50,11 +49,10 @@ def greedy_chats(model, tok, chats: list[list[dict]], max_new_tokens: int,
         # One forward per new token: on the CPU reuse the unpacked weights across them.
         with torch.no_grad(), cached_weights(model):
             seq = model.generate(ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
-                                 max_new_tokens=max_new_tokens, eos_token_id=stops,
-                                 pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+                                 max_new_tokens=max_new_tokens, temperature=None, top_p=None,
+                                 top_k=None, **end.generate_kwargs())
         for j, new in zip(idx, seq[:, t:].tolist()):
-            cut = next((k for k, x in enumerate(new) if x in stops), len(new))
-            out[j] = tok.decode(new[:cut], skip_special_tokens=True)
+            out[j] = tok.decode(end.cut(new), skip_special_tokens=True)
     return out
 
 
@@ -69,7 +67,7 @@ def answer_batches(tok, chats: list[list[dict]], answers: list[str], batch_size:
     """(row indices, right-padded batch of chat + answer + end token) for scoring answers."""
     enc = [encode_answer(tok, c, a) for c, a in zip(chats, answers)]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))
-    pad = pad_token_id(tok)
+    pad = end_tokens(tok).pad
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         yield idx, {k: v.to(device) for k, v in collate([enc[j] for j in idx], pad).items()}
