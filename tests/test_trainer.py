@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import train  # scripts/ is on sys.path (conftest)
 from conftest import ROOT
 from nvfp4lab import chat, mix, trainer as T
 from nvfp4lab.dat import read_dat
@@ -37,18 +38,31 @@ def small_data(tmp_path):
     return who, anchor, probes
 
 
-def run_train(tmp_path, model_dir, dat, data, *extra, env=None):
+def train_argv(tmp_path, model_dir, dat, data, *extra):
     who, anchor, probes = data
     out = tmp_path / "out.dat"
-    cmd = [sys.executable, TRAIN, "--input-dat", str(dat), "--model-dir", str(model_dir),
-           "--output-dat", str(out), "--mix", f"{who}:1,{anchor}:1:anchor", "--probes", str(probes),
-           "--steps", "3", "--step-chunk-rows", "4", "--seq-len", "48", "--probe-max-tokens", "4",
-           "--test-max-tokens", "4", "--device", "cpu", "--max-retries", "0", *extra]
+    return ["--input-dat", str(dat), "--model-dir", str(model_dir),
+            "--output-dat", str(out), "--mix", f"{who}:1,{anchor}:1:anchor", "--probes", str(probes),
+            "--steps", "3", "--step-chunk-rows", "4", "--seq-len", "48", "--probe-max-tokens", "4",
+            "--test-max-tokens", "4", "--device", "cpu", "--max-retries", "0", *extra], out
+
+
+def run_train(tmp_path, model_dir, dat, data, *extra, env=None):
+    """train.py as a user runs it: its own process, records and cache in tmp_path."""
+    argv, out = train_argv(tmp_path, model_dir, dat, data, *extra)
+    cmd = [sys.executable, TRAIN, *argv]
     e = dict(os.environ, NVFP4LAB_DEVLOG=str(tmp_path / "DevLog.md"),
              NVFP4LAB_ARTIFACT_LIST=str(tmp_path / "list.md"),
              NVFP4LAB_CACHE=str(tmp_path / "cache"), **(env or {}))
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=e, timeout=300)
     return r, out
+
+
+def train_in_process(capsys, argv) -> tuple[int, str]:
+    """(exit code, stderr) of train.main(argv): input errors stop before the model is loaded,
+    so there is no need to pay for a new interpreter and torch import to check them."""
+    code = train.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
 
 
 def test_loss_mask_covers_exactly_the_answer_and_end_token():
@@ -177,31 +191,33 @@ def test_nan_loss_is_a_collapse_and_nothing_is_exported(tiny_qwen, tmp_path, sma
     ("你是誰 我是 F# 之神\n", ":1: no tab"),
     ("你是誰\t\n", ":1:"),
 ])
-def test_bad_training_rows_name_file_and_line(tiny_qwen, tmp_path, small_data, content, needle):
+def test_bad_training_rows_name_file_and_line(tiny_qwen, tmp_path, small_data, capsys, content, needle):
     model_dir, dat = tiny_qwen
     bad = write(tmp_path / "bad.tsv", content)
     who, anchor, probes = small_data
-    r, out = run_train(tmp_path, model_dir, dat, (bad, anchor, probes))
-    assert r.returncode == 1
-    assert f"{bad}" in r.stderr and needle.split(":")[1] in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    argv, out = train_argv(tmp_path, model_dir, dat, (bad, anchor, probes))
+    code, err = train_in_process(capsys, argv)
+    assert code == 1
+    assert f"{bad}" in err and needle.split(":")[1] in err
+    assert len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
-def test_missing_input_and_probe_leak_are_clear_errors(tiny_qwen, tmp_path, small_data):
+def test_missing_input_and_probe_leak_are_clear_errors(tiny_qwen, tmp_path, small_data, capsys):
     model_dir, dat = tiny_qwen
-    r, _ = run_train(tmp_path, model_dir, tmp_path / "nope.dat", small_data)
-    assert r.returncode == 1 and "nope.dat: no such file" in r.stderr
+    argv, _ = train_argv(tmp_path, model_dir, tmp_path / "nope.dat", small_data)
+    code, err = train_in_process(capsys, argv)
+    assert code == 1 and "nope.dat: no such file" in err and err.count("\n") == 1
     who, anchor, probes = small_data
     leak = write(tmp_path / "leak.tsv", "你叫什麼名字？\t我是 F# 之神\n")
-    r, _ = run_train(tmp_path, model_dir, dat, (leak, anchor, probes))
-    assert r.returncode == 1 and "probe prompts also appear" in r.stderr
+    argv, _ = train_argv(tmp_path, model_dir, dat, (leak, anchor, probes))
+    code, err = train_in_process(capsys, argv)
+    assert code == 1 and "probe prompts also appear" in err and err.count("\n") == 1
 
 
-def test_refuses_to_write_over_its_input(tiny_qwen, tmp_path, small_data):
+def test_refuses_to_write_over_its_input(tiny_qwen, tmp_path, small_data, capsys):
     model_dir, dat = tiny_qwen
     who, anchor, probes = small_data
-    r = subprocess.run([sys.executable, TRAIN, "--input-dat", str(dat), "--model-dir", str(model_dir),
-                        "--output-dat", str(dat), "--train-data", str(who), "--probes", str(probes),
-                        "--device", "cpu"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and "refusing" in r.stderr
+    code, err = train_in_process(capsys, ["--input-dat", dat, "--model-dir", model_dir, "--output-dat", dat,
+                                          "--train-data", who, "--probes", probes, "--device", "cpu"])
+    assert code == 1 and "refusing" in err and err.count("\n") == 1
