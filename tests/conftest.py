@@ -1,3 +1,4 @@
+import hashlib
 import importlib.util
 import os
 import subprocess
@@ -51,6 +52,40 @@ def shared_reference() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/reference is absent")
     return SHARED
+
+
+# The original project's training prompts as hashes, so that held-out checks run where
+# ../shared is absent (CI). Hashes only: the texts are not ours to commit.
+ORIGINAL_HASHES = ROOT / "tests" / "data" / "original-prompt-hashes-v1.txt"
+
+
+def prompt_hash(prompt: str) -> str:
+    """The first 16 hex digits of SHA-256 of tsv.normalize_prompt(prompt): the form the originals
+    are vendored in. 64 bits: a chance collision among ~10^4 x 10^3 prompts is ~1e-12."""
+    from nvfp4lab.tsv import normalize_prompt
+    return hashlib.sha256(normalize_prompt(prompt).encode("utf-8")).hexdigest()[:16]
+
+
+def original_hashes_text(traindata: Path) -> str:
+    """The whole text of ORIGINAL_HASHES made from the original TSVs in `traindata`: a header,
+    then every distinct prompt hash, sorted (so the file says nothing about order or counts per
+    file). Made once by writing this to ORIGINAL_HASHES; a changed set gets a new -vN name."""
+    from nvfp4lab.tsv import read_tsv
+    paths = sorted(traindata.glob("*.tsv"))
+    rows = [r for path in paths for r in read_tsv(path)]
+    hashes = sorted({prompt_hash(r.prompt) for r in rows})
+    header = [f"prompt hashes of the original project's training TSVs ({len(paths)} files, "
+              f"{len(rows)} rows, {len(hashes)} distinct normalised prompts);",
+              "each: the first 16 hex digits of sha256(tsv.normalize_prompt(prompt).encode('utf-8')).",
+              "Made by tests/conftest.py original_hashes_text() from ../shared/reference/original-traindata;",
+              "checked against it where that exists (tests/test_data.py). Never edit: a new set is a new -vN file."]
+    return "".join(f"# {h}\n" for h in header) + "".join(f"{h}\n" for h in hashes)
+
+
+def original_prompt_hashes() -> set[str]:
+    """The vendored hashes (ORIGINAL_HASHES): present in every checkout, CI included."""
+    lines = ORIGINAL_HASHES.read_text(encoding="utf-8").splitlines()
+    return {line for line in lines if line and not line.startswith("#")}
 
 
 def build_tiny_qwen(out_dir: Path, seed=0, vocab_size=151936, hidden=64, layers=2) -> tuple[Path, Path]:

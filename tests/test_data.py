@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT, shared_reference
+from conftest import (ORIGINAL_HASHES, ROOT, original_hashes_text, original_prompt_hashes,
+                      prompt_hash, shared_reference)
 from nvfp4lab.tsv import PROBE_KINDS, DataError, normalize_prompt, read_probes, read_tsv, write_new_tsv
 
 MAKE_DATA = ROOT / "scripts" / "make_data.py"
@@ -396,3 +397,33 @@ def test_real_probes_are_held_out_from_original_data():
         for r in read_tsv(path):
             p = held.get(normalize_prompt(r.prompt))
             assert p is None, f"probe {p.prompt!r} is in the original data at {r.file}:{r.line}"
+
+
+# --- held out from the original data, by the vendored hashes (run everywhere, CI included) -----
+
+def test_vendored_original_hashes_match_the_original_data():
+    """tests/data/original-prompt-hashes-v1.txt is exactly what the originals give (where they are)."""
+    want = original_hashes_text(shared_reference() / "original-traindata")
+    assert ORIGINAL_HASHES.read_text(encoding="utf-8") == want, \
+        f"{ORIGINAL_HASHES} is stale: the originals changed, vendor them as a new -vN file"
+
+
+def test_vendored_original_hashes_find_prompts_in_any_spelling():
+    # the hashes are of normalised prompts, so width, case and punctuation do not hide a prompt
+    originals = original_prompt_hashes()
+    assert len(originals) == 4482 and all(len(h) == 16 for h in originals)
+    for prompt in ["談談UFO", "談談 ufo？", "談談ＵＦＯ!", "我是誰", "我是誰？"]:
+        assert prompt_hash(prompt) in originals, prompt
+    assert prompt_hash("Write one short sentence about UFO and you.") not in originals
+
+
+@pytest.mark.parametrize("name, overlap", [
+    ("probes-v1.tsv", {"談談UFO", "我是誰"}),   # the allow-listed ones (ORIGINAL_ALLOW), no other
+    (REAL_PROBES, set()),
+    ("probes-real-en-dev-v1.tsv", set()),
+])
+def test_probes_held_out_from_original_data_by_hash(name, overlap):
+    originals = original_prompt_hashes()
+    shared = {p.prompt for p in read_probes(DATA / name) if prompt_hash(p.prompt) in originals}
+    assert shared == overlap
+    assert {normalize_prompt(p) for p in shared} <= ORIGINAL_ALLOW
