@@ -23,7 +23,7 @@ DEMO_RECIPE ?= data/stages/demo-v3.args
 DEVICE ?= $(shell $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 
 # Every stage runs under the GPU memory guard with the original's settings.
-GUARD_FLAGS ?= --gpu-limit-gb 108 --gpu-over-secs 0 --gpu-poll-secs 0.5
+GUARD_FLAGS ?=   # none: guard.py's defaults are those settings (nvfp4lab/guard.py GuardSettings)
 GUARD := $(PY) scripts/guard.py $(GUARD_FLAGS) script
 # The guard prefix is passed on so doc/DevLog.md records each command exactly as run.
 GUARDED = NVFP4LAB_GUARD_PREFIX="$(GUARD)" $(GUARD)

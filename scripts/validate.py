@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from nvfp4lab import devlog, paths  # noqa: E402
+from nvfp4lab import devlog, guard, paths  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNNER2 = ["--prompt", "你是誰", "--max-tokens", "24", "--check-logits", "false", "--timing", "false",
@@ -45,8 +45,9 @@ def main() -> int:
     p.add_argument("--weight", required=True)
     p.add_argument("--model-dir", default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--guard", default=f"{sys.executable} {HERE}/guard.py --gpu-limit-gb 108 "
-                                      "--gpu-over-secs 0 --gpu-poll-secs 0.5 script",
+    # The original's guard settings, spelled out so the DevLog records them with each command.
+    guarded = [sys.executable, f"{HERE}/guard.py", *guard.DEFAULTS.original_flags(), "script"]
+    p.add_argument("--guard", default=" ".join(guarded),
                    help="command prefix that runs a script under the guard ('' = no guard)")
     p.add_argument("--serial", action="store_true",
                    help="run the runners one after the other (default: both at once; they need "

@@ -86,6 +86,17 @@ def test_parse_args_forms():
     assert a["cmd"] == ["make", "--mode", "x"] and a["limit_gb"] == 108 and a["measure"] == "either"
 
 
+def test_original_settings_are_the_one_set_of_defaults():
+    """108 GiB / 0 s / 0.5 s (the original's command line) come from GuardSettings alone: the
+    parser, --help and validate.py's guard prefix all show them."""
+    a = guard.parse_args(["--", "true"])
+    assert (a["limit_gb"], a["limit_text"], a["over_secs"], a["poll_secs"]) == (108, "108", 0, 0.5)
+    assert guard.DEFAULTS.original_flags() == ["--gpu-limit-gb", "108", "--gpu-over-secs", "0",
+                                               "--gpu-poll-secs", "0.5"]
+    assert "(default 108)" in guard.HELP and "(default 0 = at once)" in guard.HELP
+    assert "(default 0.5)" in guard.HELP
+
+
 @pytest.mark.parametrize("argv", [
     ["--bogus", "1", "--", "true"],
     ["--gpu-limit-gb", "0", "--", "true"],

@@ -3,8 +3,7 @@
 Mirrors the original `run-script-with-guard.fsx`, which every command ran under because a
 runaway training run froze a 128 GB unified-memory DGX Spark:
 
-    python3 scripts/guard.py --gpu-limit-gb 108 --gpu-over-secs 0 --gpu-poll-secs 0.5 \
-        script scripts/train.py <args...>
+    python3 scripts/guard.py script scripts/train.py <args...>    # the original's settings
     python3 scripts/guard.py --mode host --gpu-limit-gb 8 -- make something
 
 What it measures (`--mode`):
@@ -33,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, fields
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -45,25 +45,48 @@ KILL_WAIT_SECS = 10.0  # how long SIGKILL may take (D-state processes in driver 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """What the guard compares and when it kills. The defaults are the original's settings
+    (`--gpu-limit-gb 108 --gpu-over-secs 0 --gpu-poll-secs 0.5`), which every command ran under:
+    this is their one home (the CLI, its --help, validate.py and the Makefile use it)."""
+    limit_gb: float = 108.0    # GiB
+    over_secs: float = 0.0     # kill once above the limit this long; 0 = at once
+    poll_secs: float = 0.5     # floored at MIN_POLL_SECS
+    grace_secs: float = 2.0    # SIGTERM, then SIGKILL after this; 0 = SIGKILL at once
+    report_secs: float = 30.0  # a memory line at least this often
+    measure: str = "either"    # gpu mode: child | total | either
+    mode: str = "auto"         # auto | gpu | host
+
+    def original_flags(self) -> list[str]:
+        """The three settings of the original's command line, as guard.py flags."""
+        return ["--gpu-limit-gb", f"{self.limit_gb:g}", "--gpu-over-secs", f"{self.over_secs:g}",
+                "--gpu-poll-secs", f"{self.poll_secs:g}"]
+
+
+DEFAULTS = GuardSettings()
+
 USAGE = ("usage: guard.py [--gpu-limit-gb GB] [--gpu-over-secs S] [--gpu-poll-secs S] "
          "[--kill-grace-secs S] [--measure child|total|either] [--mode auto|gpu|host] "
          "[--report-secs S] [--log FILE] (script FILE [ARGS...] | -- COMMAND [ARGS...])")
 
 HELP = USAGE + """
 
-  --gpu-limit-gb GB      memory limit in GiB, float (default 108)
-  --gpu-over-secs S      kill once above the limit for S seconds (default 0 = at once)
-  --gpu-poll-secs S      poll interval, floored at 0.05 (default 0.5)
-  --kill-grace-secs S    SIGTERM, then SIGKILL after S seconds (default 2; 0 = SIGKILL at once)
-  --measure M            gpu mode: child | total | either (default either)
-  --mode M               auto | gpu | host (default auto: gpu where NVML works, host where it
+  --gpu-limit-gb GB      memory limit in GiB, float (default {limit_gb:g})
+  --gpu-over-secs S      kill once above the limit for S seconds (default {over_secs:g} = at once)
+  --gpu-poll-secs S      poll interval, floored at {min_poll:g} (default {poll_secs:g})
+  --kill-grace-secs S    SIGTERM, then SIGKILL after S seconds (default {grace_secs:g}; 0 = SIGKILL at once)
+  --measure M            gpu mode: child | total | either (default {measure})
+  --mode M               auto | gpu | host (default {mode}: gpu where NVML works, host where it
                          is absent, both where it cannot read device memory; host = RSS sum
                          of the child's process tree)
-  --report-secs S        log a memory line at least every S seconds (default 30)
+  --report-secs S        log a memory line at least every S seconds (default {report_secs:g})
   --log FILE             append a one-line summary to FILE
   script FILE ARGS...    run `python FILE ARGS...` with this interpreter
   -- COMMAND ARGS...     run any command
-"""
+""".format(min_poll=MIN_POLL_SECS, **asdict(DEFAULTS))
 
 
 class UsageError(Exception):
@@ -109,8 +132,8 @@ def parse_args(argv):
 
     Hand-rolled rather than argparse: the command after `script`/`--` must be taken verbatim,
     including its own `--flags`, which argparse.REMAINDER gets wrong in corner cases."""
-    a = dict(limit_gb=108.0, limit_text="108", over_secs=0.0, poll_secs=0.5, grace_secs=2.0,
-             report_secs=30.0, measure="either", mode="auto", log=None, cmd=None, help=False)
+    a = dict(asdict(DEFAULTS), limit_text=f"{DEFAULTS.limit_gb:g}", log=None, cmd=None,
+             help=False)
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -312,92 +335,269 @@ def _child_setup(guard_pid):
         os._exit(1)
 
 
-def run_guarded(cmd, limit_gb=108.0, limit_text=None, over_secs=0.0, poll_secs=0.5,
-                grace_secs=2.0, measure="either", mode="auto", report_secs=30.0, log=None,
-                subreaper=False):
-    """Run cmd, polling its memory; returns the guard's exit code (see module doc).
+class Guard:
+    """One guarded run of `cmd`: start it, poll its memory, kill its tree when it stays over the
+    limit, and leave no process of the tree behind whatever happens. run() returns the exit code
+    (module doc).
 
     subreaper=True (the CLI) also reaps orphans with waitpid(-1): only for a process whose
     children are all the guard's, never inside a larger program such as pytest."""
-    limit = limit_gb * GIB
-    limit_text = limit_text or f"{limit_gb:g}"
-    poll_secs = max(poll_secs, MIN_POLL_SECS)
-    t0 = time.monotonic()
-    nv = handles = None
-    if mode != "host":
-        nv, handles = nvml_open()
-        if nv is None:
-            if mode == "gpu":
-                _log(f"--mode gpu but NVML is unavailable ({handles})")
-                return 2
-            _log(f"NVML unavailable ({handles}); host-memory mode: the limit applies to the "
+
+    def __init__(self, cmd, settings: GuardSettings, limit_text=None, log=None, subreaper=False):
+        self.cmd, self.s, self.log_path, self.subreaper = cmd, settings, log, subreaper
+        self.limit = settings.limit_gb * GIB
+        self.limit_text = limit_text or f"{settings.limit_gb:g}"
+        self.poll_secs = max(settings.poll_secs, MIN_POLL_SECS)
+        self.notice = max(NOTICE_MIN_BYTES, NOTICE_FRACTION * self.limit)
+        self.mode = settings.mode
+        self.nv = self.handles = None
+        self.proc = self.pidfd = None
+        self.status = None      # the child's exit code once reaped
+        self.seen = {}          # every descendant ever seen: pid -> starttime
+        self.pending = []       # signals the guard got, in order
+        self.guard_pid = os.getpid()
+        self.reason, self.peak, self.guard_sig = "exited", 0, None
+        self.last_val, self.last_log_t = None, 0.0   # the last memory line logged
+        self.over_since = self.zero_since = None     # when the figure went over / read zero
+        self.warned_zero = False
+
+    def run(self) -> int:
+        self.t0 = time.monotonic()
+        if not self._open_nvml():
+            return 2
+        self.subreaper = self.subreaper and become_subreaper()
+        self._catch_signals()
+        try:
+            failed = self._start()
+            if failed is not None:
+                return failed
+            self._poll()
+        finally:
+            self._cleanup()
+        return self._finish()
+
+    # ------------------------------------------------------------------------ the poll loop
+
+    def _poll(self) -> None:
+        """Until the child exits, the guard is signalled, or the memory stays over the limit."""
+        while True:
+            self._reap()
+            if self.status is not None:
+                return
+            if self.pending:
+                self.guard_sig, self.reason = self.pending[0], "interrupted"
+                self._kill_tree(self.guard_sig, f"guard got {signal.Signals(self.guard_sig).name}")
+                return
+            alive = self._tree()
+            now = time.monotonic()
+            val, line = self._measure(alive, now)
+            self.peak = max(self.peak, val)
+            if (self.last_val is None or abs(val - self.last_val) >= self.notice
+                    or now - self.last_log_t >= self.s.report_secs):
+                _log(line)
+                self.last_val, self.last_log_t = val, now
+            if self._over_for_too_long(val, line, now):
+                self.reason = "killed"
+                self._kill_tree(signal.SIGTERM, "limit exceeded")
+                return
+            self._wait(self.poll_secs, [self.pidfd] if self.pidfd is not None else [])
+
+    def _measure(self, alive, now) -> tuple[int, str]:
+        """(bytes compared with the limit, the memory log line) for the tree as it is now."""
+        val, line = 0, f"PID={self.proc.pid}"
+        if self.mode != "host":
+            u = nvml_usage(self.nv, self.handles, alive)
+            if self.s.measure == "child":
+                val = u["child"]
+            elif self.s.measure == "total":
+                val = u["total"]
+            else:
+                val = max(u["child"], u["total"])
+            line += f" gpu_mem={_mib(u['child'])} total_gpu_mem={_mib(u['total'])}"
+            self._warn_if_nvml_blind(u, now)
+        if self.mode != "gpu":
+            rss = tree_rss_bytes(alive)
+            val = max(val, rss)
+            line += f" rss={_mib(rss)} procs={len(alive)}"
+        return val, line
+
+    def _warn_if_nvml_blind(self, u, now) -> None:
+        # NVML that sees nothing for what is compared: per-process figures of 0 on GB10 (the
+        # original warned too), or container pids that do not match NVML's
+        blind = not u["device_ok"] and not u["nonzero"]
+        if not (blind or (self.s.measure == "child" and u["child"] == 0)):
+            self.zero_since = None
+            return
+        self.zero_since = now if self.zero_since is None else self.zero_since
+        if now - self.zero_since >= ZERO_WARN_SECS and not self.warned_zero:
+            _log(f"WARNING: NVML figures read only zeros for {ZERO_WARN_SECS:g}s so far"
+                 + (" (host RSS still guards)" if self.mode == "gpu+host" else
+                    "; consider --measure total or --mode host"))
+            self.warned_zero = True
+
+    def _over_for_too_long(self, val, line, now) -> bool:
+        """True (logged) once val has been over the limit for over_secs; 0 = at the first poll."""
+        if val <= self.limit:
+            self.over_since = None
+            return False
+        self.over_since = now if self.over_since is None else self.over_since
+        if now - self.over_since >= self.s.over_secs:
+            _log(f"KILL: memory {_mib(val)} > limit {self.limit_text} GB ({_mib(self.limit)}) "
+                 f"for {now - self.over_since:.1f}s ({line})")
+            return True
+        if now == self.over_since:
+            _log(f"over limit ({_mib(val)} > {_mib(self.limit)}); killing in "
+                 f"{self.s.over_secs:g}s unless it drops")
+        return False
+
+    # ------------------------------------------------------------------------ start and end
+
+    def _open_nvml(self) -> bool:
+        """Settle the mode (module doc); False when --mode gpu cannot have NVML."""
+        if self.mode == "host":
+            return True
+        self.nv, self.handles = nvml_open()
+        if self.nv is None:
+            if self.mode == "gpu":
+                _log(f"--mode gpu but NVML is unavailable ({self.handles})")
+                return False
+            _log(f"NVML unavailable ({self.handles}); host-memory mode: the limit applies to the "
                  "RSS sum of the child's process tree")
-            mode = "host"
-        elif mode == "auto":
-            mode = "gpu"
-            if not nvml_usage(nv, handles, {})["device_ok"]:
+            self.mode = "host"
+        elif self.mode == "auto":
+            self.mode = "gpu"
+            if not nvml_usage(self.nv, self.handles, {})["device_ok"]:
                 _log("NVML cannot read device memory (NotSupported: unified memory?); gpu+host "
                      "mode: the limit applies to the larger of the NVML figure and the RSS sum "
                      "of the child's process tree")
-                mode = "gpu+host"
-    subreaper = subreaper and become_subreaper()
+                self.mode = "gpu+host"
+        return True
 
-    # Signals become bytes on a pipe, so the poll's select() wakes at once and no handler
-    # ever runs guard logic re-entrantly. They stay caught until the tree is dead.
-    pending = []
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    old_wakeup = signal.set_wakeup_fd(wake_w)
-    old_handlers = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
-                    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    def _catch_signals(self) -> None:
+        # Signals become bytes on a pipe, so the poll's select() wakes at once and no handler
+        # ever runs guard logic re-entrantly. They stay caught until the tree is dead.
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.old_wakeup = signal.set_wakeup_fd(self.wake_w)
+        self.old_handlers = {s: signal.signal(s, lambda signum, frame: self.pending.append(signum))
+                             for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
-    def wait(secs, fds=()):
+    def _start(self):
+        """Start the child; None, or the exit code when it cannot start (as a shell's)."""
+        guard_pid, cmd = self.guard_pid, self.cmd
+        try:
+            self.proc = subprocess.Popen(cmd, start_new_session=True,
+                                         preexec_fn=lambda: _child_setup(guard_pid))
+        except OSError as e:
+            _log(f"cannot start {_cmd_text(cmd)}: {e}")
+            return 127 if isinstance(e, FileNotFoundError) else 126
+        try:
+            # readable when the child exits: wakes the poll at once
+            self.pidfd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):
+            self.pidfd = None
+        s = self.s
+        _log(f"start guard_pid={guard_pid} child_pid={self.proc.pid} limit={self.limit_text} GB "
+             f"({_mib(self.limit)}) mode={self.mode}"
+             f"{'' if self.mode == 'host' else ' measure=' + s.measure} poll={self.poll_secs:g}s "
+             f"over={s.over_secs:g}s grace={s.grace_secs:g}s cmd={_cmd_text(cmd)}")
+        return None
+
+    def _cleanup(self) -> None:
+        # No orphans, whatever happened (a child that left background processes behind, or an
+        # exception in the guard's own code): the tree dies with the guard.
+        if self.proc is not None:
+            try:
+                self._reap()
+                left = self._tree()
+                if left:
+                    if self.reason == "exited" and self.status is not None:
+                        _log(f"child exited; {len(left)} leftover process(es) {sorted(left)}")
+                    self._kill_tree(signal.SIGTERM, "cleanup")
+                if self.status is None:   # not reaped yet: it was just killed, collect it
+                    try:
+                        self.proc.wait(timeout=KILL_WAIT_SECS)
+                        rc = self.proc.returncode
+                        self.status = rc if rc >= 0 else 128 - rc
+                    except subprocess.TimeoutExpired:
+                        _log(f"WARNING: child {self.proc.pid} did not exit after SIGKILL")
+            finally:
+                if self.pidfd is not None:
+                    os.close(self.pidfd)
+        signal.set_wakeup_fd(self.old_wakeup)
+        for s, h in self.old_handlers.items():
+            signal.signal(s, h)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        if self.nv is not None:
+            try:
+                self.nv.nvmlShutdown()
+            except Exception:
+                pass
+
+    def _finish(self) -> int:
+        """The exit code, the `done` line and the --log line."""
+        if self.reason == "killed":
+            code = 124
+        elif self.reason == "interrupted":
+            code = 128 + self.guard_sig
+        else:
+            code = self.status
+        summary = (f"reason={self.reason} exit={code} peak_mem={_mib(self.peak)} "
+                   f"duration={time.monotonic() - self.t0:.2f}s mode={self.mode}")
+        _log(f"done {summary}")
+        if self.log_path:
+            stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            with open(self.log_path, "a") as f:
+                f.write(f"{stamp} {summary} limit_gb={self.limit_text} cmd={_cmd_text(self.cmd)}\n")
+        return code
+
+    # ------------------------------------------------------------------------ the child's tree
+
+    def _wait(self, secs, fds=()) -> None:
+        """Sleep up to secs; a signal to the guard (or a readable fd: the child exited) wakes it."""
         if secs > 0:
-            ready, _, _ = select.select([wake_r, *fds], [], [], secs)
-            if wake_r in ready:
+            ready, _, _ = select.select([self.wake_r, *fds], [], [], secs)
+            if self.wake_r in ready:
                 try:
-                    os.read(wake_r, 512)
+                    os.read(self.wake_r, 512)
                 except BlockingIOError:
                     pass
 
-    proc = pidfd = None
-    status = None  # child's exit code once reaped
-    seen = {}  # every descendant ever seen: pid -> starttime
-    guard_pid = os.getpid()
-
-    def reap():
-        nonlocal status
+    def _reap(self) -> None:
+        """Collect the child's exit status (and, as subreaper, every orphan's) without waiting."""
         while True:
             try:
-                pid, st = os.waitpid(-1 if subreaper else proc.pid, os.WNOHANG)
+                pid, st = os.waitpid(-1 if self.subreaper else self.proc.pid, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            if pid == proc.pid:
+            if pid == self.proc.pid:
                 status = os.waitstatus_to_exitcode(st)
-                status = -status + 128 if status < 0 else status
-                proc.returncode = status  # keeps Popen from warning it is "still running"
-            if not subreaper:
+                self.status = -status + 128 if status < 0 else status
+                self.proc.returncode = self.status  # keeps Popen from warning it is "still running"
+            if not self.subreaper:
                 return
 
-    def tree():
-        return child_tree_pids(proc.pid, seen, (guard_pid,) if subreaper else ())
+    def _tree(self):
+        return child_tree_pids(self.proc.pid, self.seen,
+                               (self.guard_pid,) if self.subreaper else ())
 
-    def kill_tree(first_sig, why):
+    def _kill_tree(self, first_sig, why) -> None:
         """first_sig to every process of the tree, then SIGKILL after grace_secs; loops until
         nothing of the tree is alive, catching processes forked while it runs."""
-        n_signals = len(pending)
-        deadline = time.monotonic() + grace_secs
+        n_signals = len(self.pending)
+        deadline = time.monotonic() + self.s.grace_secs
         sent = set()
         while True:
-            reap()
-            alive = tree()
+            self._reap()
+            alive = self._tree()
             if not alive:
                 return
             # a second Ctrl-C (or any further signal) while waiting means: no more grace
-            if time.monotonic() >= deadline or len(pending) > n_signals:
+            if time.monotonic() >= deadline or len(self.pending) > n_signals:
                 break
             new = {p: s for p, s in alive.items() if p not in sent}
             if new:
@@ -407,135 +607,22 @@ def run_guarded(cmd, limit_gb=108.0, limit_text=None, over_secs=0.0, poll_secs=0
                 signal_tree(new, first_sig)
                 signal_tree(new, signal.SIGCONT)  # a stopped process cannot act on it
                 sent.update(new)
-            wait(0.02)
+            self._wait(0.02)
         _log(f"SIGKILL to {len(alive)} process(es) {sorted(alive)}")
         deadline = time.monotonic() + KILL_WAIT_SECS
         while alive and time.monotonic() < deadline:
             signal_tree(alive, signal.SIGKILL)
-            wait(0.02)
-            reap()
-            alive = tree()
+            self._wait(0.02)
+            self._reap()
+            alive = self._tree()
         if alive:
             _log(f"WARNING: still alive after SIGKILL: {sorted(alive)}")
 
-    reason, code, peak, guard_sig = "exited", None, 0, None
-    try:
-        try:
-            proc = subprocess.Popen(cmd, start_new_session=True,
-                                    preexec_fn=lambda: _child_setup(guard_pid))
-        except OSError as e:
-            _log(f"cannot start {_cmd_text(cmd)}: {e}")
-            return 127 if isinstance(e, FileNotFoundError) else 126  # as a shell would
-        try:
-            pidfd = os.pidfd_open(proc.pid)  # readable when the child exits: wakes the poll
-        except (AttributeError, OSError):
-            pidfd = None
-        _log(f"start guard_pid={guard_pid} child_pid={proc.pid} limit={limit_text} GB "
-             f"({_mib(limit)}) mode={mode}{'' if mode == 'host' else ' measure=' + measure} "
-             f"poll={poll_secs:g}s over={over_secs:g}s grace={grace_secs:g}s cmd={_cmd_text(cmd)}")
-        notice = max(NOTICE_MIN_BYTES, NOTICE_FRACTION * limit)
-        last_val, last_log_t = None, 0.0
-        over_since = zero_since = None
-        warned_zero = False
-        while True:
-            reap()
-            if status is not None:
-                break
-            if pending:
-                guard_sig = pending[0]
-                reason = "interrupted"
-                kill_tree(guard_sig, f"guard got {signal.Signals(guard_sig).name}")
-                break
-            alive = tree()
-            now = time.monotonic()
-            val, line = 0, f"PID={proc.pid}"
-            if mode != "host":
-                u = nvml_usage(nv, handles, alive)
-                if measure == "child":
-                    val = u["child"]
-                elif measure == "total":
-                    val = u["total"]
-                else:
-                    val = max(u["child"], u["total"])
-                line += f" gpu_mem={_mib(u['child'])} total_gpu_mem={_mib(u['total'])}"
-                # NVML that sees nothing for what is compared: per-process figures of 0 on GB10
-                # (the original warned too), or container pids that do not match NVML's
-                blind = not u["device_ok"] and not u["nonzero"]
-                if blind or (measure == "child" and u["child"] == 0):
-                    zero_since = now if zero_since is None else zero_since
-                    if now - zero_since >= ZERO_WARN_SECS and not warned_zero:
-                        _log(f"WARNING: NVML figures read only zeros for {ZERO_WARN_SECS:g}s so far"
-                             + (" (host RSS still guards)" if mode == "gpu+host" else
-                                "; consider --measure total or --mode host"))
-                        warned_zero = True
-                else:
-                    zero_since = None
-            if mode != "gpu":
-                rss = tree_rss_bytes(alive)
-                val = max(val, rss)
-                line += f" rss={_mib(rss)} procs={len(alive)}"
-            peak = max(peak, val)
-            if last_val is None or abs(val - last_val) >= notice or now - last_log_t >= report_secs:
-                _log(line)
-                last_val, last_log_t = val, now
-            if val > limit:
-                over_since = now if over_since is None else over_since
-                if now - over_since >= over_secs:
-                    reason = "killed"
-                    _log(f"KILL: memory {_mib(val)} > limit {limit_text} GB ({_mib(limit)}) "
-                         f"for {now - over_since:.1f}s ({line})")
-                    kill_tree(signal.SIGTERM, "limit exceeded")
-                    break
-                if now == over_since:
-                    _log(f"over limit ({_mib(val)} > {_mib(limit)}); killing in {over_secs:g}s "
-                         "unless it drops")
-            else:
-                over_since = None
-            wait(poll_secs, [pidfd] if pidfd is not None else [])
-    finally:
-        # No orphans, whatever happened above (a child that left background processes behind,
-        # or an exception in the guard's own code): the tree dies with the guard.
-        if proc is not None:
-            try:
-                reap()
-                left = tree()
-                if left:
-                    if reason == "exited" and status is not None:
-                        _log(f"child exited; {len(left)} leftover process(es) {sorted(left)}")
-                    kill_tree(signal.SIGTERM, "cleanup")
-                if status is None:  # not reaped yet: it was just killed, collect it
-                    try:
-                        proc.wait(timeout=KILL_WAIT_SECS)
-                        status = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-                    except subprocess.TimeoutExpired:
-                        _log(f"WARNING: child {proc.pid} did not exit after SIGKILL")
-            finally:
-                if pidfd is not None:
-                    os.close(pidfd)
-        signal.set_wakeup_fd(old_wakeup)
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        os.close(wake_r)
-        os.close(wake_w)
-        if nv is not None:
-            try:
-                nv.nvmlShutdown()
-            except Exception:
-                pass
-    if reason == "killed":
-        code = 124
-    elif reason == "interrupted":
-        code = 128 + guard_sig
-    else:
-        code = status
-    summary = (f"reason={reason} exit={code} peak_mem={_mib(peak)} "
-               f"duration={time.monotonic() - t0:.2f}s mode={mode}")
-    _log(f"done {summary}")
-    if log:
-        stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        with open(log, "a") as f:
-            f.write(f"{stamp} {summary} limit_gb={limit_text} cmd={_cmd_text(cmd)}\n")
-    return code
+
+def run_guarded(cmd, limit_text=None, log=None, subreaper=False, **settings) -> int:
+    """Run cmd under the guard; `settings` are GuardSettings fields (the rest keep the defaults).
+    Returns the guard's exit code (module doc)."""
+    return Guard(cmd, GuardSettings(**settings), limit_text, log, subreaper).run()
 
 
 def main(argv=None):
@@ -548,7 +635,6 @@ def main(argv=None):
     if a["help"]:
         print(HELP)
         return 0
-    return run_guarded(a["cmd"], limit_gb=a["limit_gb"], limit_text=a["limit_text"],
-                       over_secs=a["over_secs"], poll_secs=a["poll_secs"],
-                       grace_secs=a["grace_secs"], measure=a["measure"], mode=a["mode"],
-                       report_secs=a["report_secs"], log=a["log"], subreaper=True)
+    settings = {f.name: a[f.name] for f in fields(GuardSettings)}
+    return run_guarded(a["cmd"], limit_text=a["limit_text"], log=a["log"], subreaper=True,
+                       **settings)
