@@ -176,6 +176,42 @@ def test_make_data_reports_a_changed_existing_file(tmp_path):
     assert (tmp_path / NAMES[0]).read_text(encoding="utf-8") == "hand\tedited\n"
 
 
+def test_make_data_reads_every_section_of_its_source():
+    # a section no file is built from is a list somebody edits for nothing
+    import make_data
+    src = make_data.Source()
+    for stem, build in make_data.BUILDERS.items():
+        build(src)
+        src.header(stem)
+    assert src.used == set(src.sections)
+    assert src.targets == {"identity": IDENTITY, "qwen.zh": QWEN_ZH, "qwen.en": QWEN_EN,
+                           "real-identity": REAL_IDENTITY}
+
+
+@pytest.mark.parametrize("section, line, shape", [
+    ("stageG.whoami.en", "Who are you? => I am", "prompt"),             # an answer where none belongs
+    ("stageG.anchor", "What is 2+2?", "prompt => answer"),              # a missing answer
+    ("stageG.anchor", "What is 2+2? => 4 => four", "prompt => answer"),  # one `=>` too many
+    ("probe.anchor", "What is 2+2? => 4", "prompt => keyword => answer"),
+])
+def test_make_data_source_rows_of_the_wrong_shape_name_file_and_line(tmp_path, section, line, shape):
+    import make_data
+    text = make_data.SOURCE.read_text(encoding="utf-8").replace(f"[{section}]\n", f"[{section}]\n{line}\n", 1)
+    source = write(tmp_path, "source.txt", text)
+    number = text.split("\n").index(line) + 1
+    with pytest.raises(DataError, match=rf"^{source}:{number}: \[{section}\] rows are `{shape}`$"):
+        make_data.Source(source).rows(section, len(shape.split("=>")))
+
+
+def test_make_data_source_error_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import make_data
+    monkeypatch.setattr(make_data, "SOURCE", write(tmp_path, "source.txt", "[targets]\nidentity\n"))
+    assert make_data.main(["--out-dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("make_data: ") and "source.txt:2: [targets] rows are" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_committed_data_matches_the_script(generated):
     for n in NAMES:
         assert (DATA / n).is_file(), f"data/{n} missing: run python3 scripts/make_data.py"
@@ -244,15 +280,19 @@ def test_probes_are_held_out_from_data():
             assert p is None, f"probe {p.prompt!r} ({p.file}:{p.line}) is trained on at {r.file}:{r.line}"
 
 
-def test_probes_are_held_out_from_original_data():
+def original_rows():
+    """Every row of the original project's training TSVs (skips where ../shared is absent)."""
     originals = sorted((shared_reference() / "original-traindata").glob("*.tsv"))
     assert originals
+    return [r for path in originals for r in read_tsv(path)]
+
+
+def test_probes_are_held_out_from_original_data():
     held = {normalize_prompt(p.prompt): p for p in probes(DATA)}
-    for path in originals:
-        for r in read_tsv(path):
-            key = normalize_prompt(r.prompt)
-            if key in held and key not in ORIGINAL_ALLOW:
-                pytest.fail(f"probe {held[key].prompt!r} is in the original data at {r.file}:{r.line}")
+    for r in original_rows():
+        key = normalize_prompt(r.prompt)
+        if key in held and key not in ORIGINAL_ALLOW:
+            pytest.fail(f"probe {held[key].prompt!r} is in the original data at {r.file}:{r.line}")
 
 
 def test_proxy_knowledge_covers_everything_consistently(generated):
@@ -359,11 +399,12 @@ def test_real_probe_kinds_counts_and_required_prompts(generated):
 
 def test_real_probe_references_agree_with_the_probes():
     import make_data  # scripts/ is on sys.path (conftest)
-    for prompt, expect, answer in make_data.REAL_PROBE_ANCHOR_EN:
+    src = make_data.Source()   # data/make-data-source-v1.txt
+    for prompt, expect, answer in src.triples("real.probe.anchor"):
         assert expect in answer, (prompt, expect)
-    for prompt, answer in make_data.REAL_PROBE_NEARMISS_EN:
+    for prompt, answer in src.pairs("real.probe.nearmiss"):
         assert "god of f#" not in answer.casefold(), prompt
-    assert make_data.REAL_IDENTITY == REAL_IDENTITY
+    assert src.targets["real-identity"] == REAL_IDENTITY
 
 
 def test_real_probes_are_held_out_from_data():
@@ -385,18 +426,15 @@ def test_real_dev_probes_share_nothing_with_training_or_held_out_probes():
     for p in dev:
         assert normalize_prompt(p.prompt) not in held | trained, f"{p.file}:{p.line}: {p.prompt}"
     import make_data
-    for prompt, expect, answer in make_data.REAL_DEV_ANCHOR_EN:
+    for prompt, expect, answer in make_data.Source().triples("real.dev.anchor"):
         assert expect in answer, (prompt, expect)
 
 
 def test_real_probes_are_held_out_from_original_data():
-    originals = sorted((shared_reference() / "original-traindata").glob("*.tsv"))
-    assert originals
     held = {normalize_prompt(p.prompt): p for p in real_probes(DATA)}
-    for path in originals:
-        for r in read_tsv(path):
-            p = held.get(normalize_prompt(r.prompt))
-            assert p is None, f"probe {p.prompt!r} is in the original data at {r.file}:{r.line}"
+    for r in original_rows():
+        p = held.get(normalize_prompt(r.prompt))
+        assert p is None, f"probe {p.prompt!r} is in the original data at {r.file}:{r.line}"
 
 
 # --- held out from the original data, by the vendored hashes (run everywhere, CI included) -----
