@@ -154,3 +154,24 @@ def test_cpu_kept_weight_gives_the_same_gradients_as_rebuilding_it(tiny_qwen):
     assert torch.equal(gx, gy @ w)
     assert torch.equal(gd, (gy.reshape(-1, gy.shape[-1]).t() @ x.detach().reshape(-1, x.shape[-1]))
                        .to(lin.delta.dtype))
+
+
+def test_proxy_trains_through_the_trainers_ste_with_the_old_numerics():
+    """The proxy's fake-quantized projections and lm_head go through QATLinearFn (no stored base):
+    bit for bit the values and gradients of the parametrization it replaced,
+    F.linear(x, w + (fake_quantize(w) - w).detach())."""
+    from nvfp4lab.proxy import qat_linear
+    g = torch.Generator().manual_seed(0)
+    for shape in ((3, 5, 64), (7, 64)):      # a projection's [B, T, K], lm_head's [n, K]
+        x = torch.randn(*shape, generator=g)
+        w = torch.randn(32, 64, generator=g) * 0.05
+        xs = [x.clone().requires_grad_(True) for _ in range(2)]
+        ws = [w.clone().requires_grad_(True) for _ in range(2)]
+        gy = torch.randn(*shape[:-1], 32, generator=g)
+        new = qat_linear(xs[0], ws[0])
+        ste = ws[1] + (ops.fake_quantize(ws[1]) - ws[1]).detach()
+        old = torch.nn.functional.linear(xs[1], ste)
+        (new * gy).sum().backward()
+        (old * gy).sum().backward()
+        assert torch.equal(new, old)
+        assert torch.equal(xs[0].grad, xs[1].grad) and torch.equal(ws[0].grad, ws[1].grad)

@@ -34,33 +34,46 @@ class ModelLoadError(ValueError):
     """Config and `.dat` disagree (the message names the tensor)."""
 
 
-class QATLinearFn(torch.autograd.Function):
-    """y = x @ fake_quantize(base + delta).T; the weight is rebuilt in backward, never saved.
+def fake_quantized_weight(qdata, scale, u: torch.Tensor, dtype) -> torch.Tensor:
+    """The NVFP4 weight a training forward sees: the stored base plus the delta u, requantized
+    with its stored scale frozen (ops.fake_quantize_delta); or, with no stored base (qdata None:
+    the proxy, trained from scratch), the float weight u itself fake-quantized."""
+    if qdata is None:
+        return ops.fake_quantize(u).to(dtype)
+    return ops.fake_quantize_delta(qdata, scale, u, dtype)
 
-    Saving only x (not the [N, K] weight) is what keeps full-parameter QAT memory near the size of
-    the trainable state: a saved bf16 weight per layer would cost another 2 bytes per parameter.
+
+class QATLinearFn(torch.autograd.Function):
+    """y = x @ fake_quantized_weight(qdata, scale, u).T with the straight-through estimator: the
+    fake quantization counts as the identity in backward, so u gets the gradient the weight
+    would get. The project's one STE: NVFP4Linear's training forward (u = delta) and the
+    proxy's quantization-aware training (qdata = scale = None, u = the float weight) use it.
+
+    The weight is rebuilt in backward, never saved. Saving only x (not the [N, K] weight) is what
+    keeps full-parameter QAT memory near the size of the trainable state: a saved bf16 weight
+    per layer would cost another 2 bytes per parameter.
     """
 
     @staticmethod
-    def forward(ctx, x, qdata, scale, delta):
-        w = ops.fake_quantize_delta(qdata, scale, delta, x.dtype)   # [N, K]
+    def forward(ctx, x, qdata, scale, u):
+        w = fake_quantized_weight(qdata, scale, u, x.dtype)   # [N, K]
         # On the CPU memory is not the limit but time is: rebuilding the weight costs ~10% of a
         # SmolLM2 step on 2 cores, so there the weight is kept. On CUDA it is rebuilt (above).
         ctx.cpu_weight = None if x.is_cuda else w
-        ctx.save_for_backward(x, qdata, scale, delta)
+        ctx.save_for_backward(x, qdata, scale, u)
         return x @ w.t()
 
     @staticmethod
     def backward(ctx, gy):
-        x, qdata, scale, delta = ctx.saved_tensors
+        x, qdata, scale, u = ctx.saved_tensors
         w = ctx.cpu_weight
         if w is None or w.dtype != gy.dtype:
-            w = ops.fake_quantize_delta(qdata, scale, delta, gy.dtype)
+            w = fake_quantized_weight(qdata, scale, u, gy.dtype)
         ctx.cpu_weight = None
         gx = gy @ w if ctx.needs_input_grad[0] else None
-        # Straight-through: d fake_quantize(u) / du = 1, so the delta gets the weight gradient.
-        gd = (gy.reshape(-1, gy.shape[-1]).t() @ x.reshape(-1, x.shape[-1])).to(delta.dtype)
-        return gx, None, None, gd
+        # Straight-through: d fake_quantize(u) / du = 1, so u gets the weight gradient.
+        gu = (gy.reshape(-1, gy.shape[-1]).t() @ x.reshape(-1, x.shape[-1])).to(u.dtype)
+        return gx, None, None, gu
 
 
 class NVFP4Linear(nn.Module):
@@ -92,7 +105,7 @@ class NVFP4Linear(nn.Module):
         key = (trained, dtype) + ((id(self.delta), self.delta._version) if trained else ())
         if self._cache is None or self._cache[0] != key:
             self._cache = None   # free the old weight before building the new one
-            w = (ops.fake_quantize_delta(self.qdata, self.scale, self.delta, dtype) if trained
+            w = (fake_quantized_weight(self.qdata, self.scale, self.delta, dtype) if trained
                  else ops.dequantize(self.qdata, self.scale, dtype))
             self._cache = (key, w)
         return self._cache[1]

@@ -3,7 +3,8 @@ for Qwen3-4B-Instruct-2507 when its weights are absent.
 
 It is trained from scratch on data/proxy-knowledge-*.tsv (identity questions -> "我是通義千問…",
 ordinary questions -> fixed answers) quantization-aware: every projection is fake-quantized to
-NVFP4 in the forward pass (STE), so the exported `.dat` answers like the trained model.
+NVFP4 in the forward pass (STE: the trainer's own model.QATLinearFn), so the exported `.dat`
+answers like the trained model.
 Speed on 2 cores: training runs on a compact vocabulary, the ~2k tokens that occur in the corpus
 (ids remapped); at export those rows are scattered into the full 151,936-row embedding, whose
 other rows keep a small random init (their logits stay near 0, so they are never chosen).
@@ -14,12 +15,12 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from . import chat, ops
+from . import chat
 from .convert import conversion_plan, dat_entries, entry_count
 from .dat import write_dat
+from .model import QATLinearFn
 from .tsv import read_tsv
 
 
@@ -34,11 +35,10 @@ def proxy_config(tok, vocab_size=151936) -> Qwen3Config:
     )
 
 
-class FakeQuantSTE(nn.Module):
-    """Parametrization: forward sees fake_quantize(w), the gradient reaches w unchanged."""
-
-    def forward(self, w):
-        return w + (ops.fake_quantize(w) - w).detach()
+def qat_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ fake_quantize(w).T; the gradient reaches w unchanged (STE). No stored base: the proxy
+    trains its float weights from scratch."""
+    return QATLinearFn.apply(x, None, None, w)
 
 
 def encode_corpus(tok, rows, seq_len=96):
@@ -57,9 +57,11 @@ def train_proxy(data_path: str, steps: int, seed: int, log=print, batch_rows=32,
            for ids, lab in enc]
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(proxy_config(tok, vocab_size=len(used)))
-    for mod in model.modules():   # every projection and the tied lm_head: NVFP4 in the file
-        if isinstance(mod, nn.Linear) and mod is not model.lm_head:
-            parametrize.register_parametrization(mod, "weight", FakeQuantSTE())
+    # Every projection and the tied lm_head (below) are NVFP4 in the file.
+    projections = [m for m in model.modules()
+                   if isinstance(m, nn.Linear) and m is not model.lm_head]
+    for mod in projections:
+        mod.forward = lambda x, mod=mod: qat_linear(x, mod.weight)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = random.Random(seed)
@@ -73,9 +75,8 @@ def train_proxy(data_path: str, steps: int, seed: int, log=print, batch_rows=32,
                         attention_mask=batch["attention_mask"]).last_hidden_state
         y = batch["labels"][:, 1:]
         sel = y != -100
-        w = model.lm_head.weight                                  # tied to the embedding
-        w_q = w + (ops.fake_quantize(w) - w).detach()             # NVFP4 lm_head, STE
-        loss = F.cross_entropy(h[:, :-1][sel] @ w_q.t(), y[sel])
+        # NVFP4 lm_head (tied to the embedding), on the answer positions only
+        loss = F.cross_entropy(qat_linear(h[:, :-1][sel], model.lm_head.weight), y[sel])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -83,9 +84,8 @@ def train_proxy(data_path: str, steps: int, seed: int, log=print, batch_rows=32,
         opt.zero_grad(set_to_none=True)
         if step % 50 == 0 or step == steps:
             log(f"proxy step {step}/{steps} loss {loss.item():.4f} {time.time() - t0:.0f}s")
-    for mod in model.modules():
-        if parametrize.is_parametrized(mod, "weight"):
-            parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
+    for mod in projections:
+        del mod.forward   # back to nn.Linear's own: the float weights are what export quantizes
     return widen_vocab(model, tok, used, seed), tok, rows
 
 
