@@ -7,7 +7,6 @@ answers exactly (greedy), and records its probe answers as the reference for lat
 """
 import argparse
 import os
-import shutil
 import sys
 import time
 
@@ -16,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from nvfp4lab import devlog, paths  # noqa: E402
-from nvfp4lab.dat import read_dat  # noqa: E402
+from nvfp4lab.dat import AtomicFile, read_dat  # noqa: E402
 from nvfp4lab.generate import greedy_answers  # noqa: E402
 from nvfp4lab.model import load_model  # noqa: E402
 from nvfp4lab.proxy import export_proxy, train_proxy  # noqa: E402
@@ -40,25 +39,19 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     # Build into a temp dir, then swap it in: a half-built proxy is never left behind.
-    tmp = args.out_dir.rstrip("/") + f".tmp.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    model.config.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    dat_path = os.path.join(tmp, "proxy-base.dat")
-    export_proxy(model, dat_path)
-
-    # Check the exported file through the same loader every stage uses.
-    nv = load_model(read_dat(dat_path), tmp, "cpu", torch.float32)
-    answers = greedy_answers(nv, tok, [r.prompt for r in rows], 48)
-    exact = sum(a == r.target for a, r in zip(answers, rows))
-    probe_answers = greedy_answers(nv, tok, [q.prompt for q in probes], 48)
-    with open(os.path.join(tmp, "base-probes.tsv"), "w", encoding="utf-8") as f:
-        for q, a in zip(probes, probe_answers):
-            f.write(f"{q.kind}\t{q.prompt}\t{a}\n")
-    if os.path.isdir(args.out_dir):
-        shutil.rmtree(args.out_dir)
-    os.replace(tmp, args.out_dir)
+    with AtomicFile(args.out_dir, directory=True) as tmp:
+        model.config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        dat_path = os.path.join(tmp, "proxy-base.dat")
+        export_proxy(model, dat_path)
+        # Check the exported file through the same loader every stage uses.
+        nv = load_model(read_dat(dat_path), tmp, "cpu", torch.float32)
+        answers = greedy_answers(nv, tok, [r.prompt for r in rows], 48)
+        exact = sum(a == r.target for a, r in zip(answers, rows))
+        probe_answers = greedy_answers(nv, tok, [q.prompt for q in probes], 48)
+        with open(os.path.join(tmp, "base-probes.tsv"), "w", encoding="utf-8") as f:
+            for q, a in zip(probes, probe_answers):
+                f.write(f"{q.kind}\t{q.prompt}\t{a}\n")
     secs = time.time() - t0
     msg = (f"proxy: {exact}/{len(rows)} corpus rows answered exactly after NVFP4 export; "
            f"{secs:.0f}s; -> {args.out_dir}/proxy-base.dat")

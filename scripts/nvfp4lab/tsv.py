@@ -7,7 +7,6 @@ Every problem is a DataError whose one-line message starts with `file:line`, so 
 thousand-line file is found in one look.
 """
 import os
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -154,27 +153,18 @@ def render_tsv(rows: Iterable, header_comment: str | None = None, path="<rows>")
 
 
 def write_new_tsv(path, rows: Iterable, header_comment: str | None = None) -> int:
-    """Write a NEW data file; returns the number of data rows (comments not counted). Never overwrites: old data stays as it
-    was trained on, and a changed recipe must get a new file name."""
+    """Write a NEW data file, atomically (dat.AtomicFile); returns the number of data rows
+    (comments not counted). Never overwrites: old data stays as it was trained on, and a changed
+    recipe must get a new file name."""
     path = Path(path)
     rows = list(rows)
     if path.exists():
         raise DataError(f"{path}: already exists; refusing to overwrite (use a new version suffix)")
     data = render_tsv(rows, header_comment, path)
-    # temp file in the same directory, so os.replace is a rename on one filesystem: a reader
-    # sees either no file or the whole file, never half of one
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; data files are meant to be read by all
-        if path.exists():  # someone raced us between the check above and now
+    from .dat import AtomicFile   # here: dat loads torch, which reading data files never needs
+    with AtomicFile(path) as f:
+        f.write(data)
+        os.fchmod(f.fileno(), 0o644)   # data files are read by all, whatever the umask
+        if path.exists():   # someone raced us between the check above and now
             raise DataError(f"{path}: appeared while writing; refusing to overwrite")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return sum(1 for r in rows if not isinstance(r, str))
