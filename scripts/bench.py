@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from nvfp4lab import chat, ops, paths, trainer as T  # noqa: E402
+from nvfp4lab import chat, ops, paths, trainer  # noqa: E402
 from nvfp4lab.convert import conversion_plan, dat_entries, entry_count  # noqa: E402
 from nvfp4lab.dat import read_dat, write_dat  # noqa: E402
 from nvfp4lab.decode import StaticDecoder  # noqa: E402
@@ -175,19 +175,19 @@ def our_train_step(model, device, vocab, profile=False) -> dict:
     deltas = make_trainable(model, torch.bfloat16)
     model.train()
     # What train.py does: AdamW stepped layer by layer inside backward, clip 1.0 per layer.
-    stepper = T.StepInBackward(deltas, {"head": 1e-3, "embed": 1e-5, "norm": 1e-5, "blocks": 1e-5},
-                               0.0, 1.0)
+    lrs = {"head": 1e-3, "embed": 1e-5, "norm": 1e-5, "blocks": 1e-5}
+    stepper = trainer.StepInBackward(deltas, lrs, 0.0, 1.0)
     batch = batch_16x64(vocab, device)
     anchor = torch.zeros(16, dtype=torch.bool, device=device)
 
     def step():
-        loss = T.batch_loss(model, batch, anchor, 0.0)[0]
+        loss = trainer.batch_loss(model, batch, anchor, 0.0)[0]
         loss.backward()
         stepper.flush()
     out = {}
     for recompute in (True, False):
         if recompute:
-            T.checkpoint_layers(model)
+            trainer.checkpoint_layers(model)
         else:
             getattr(model, "activation_checkpointing_disable",
                     getattr(model, "gradient_checkpointing_disable", None))()
@@ -211,7 +211,7 @@ def memory_trace(model, deltas, stepper, batch, anchor) -> None:
     state_b = sum(t.numel() * t.element_size() for b in stepper.buckets
                   for st in b["opt"].state.values() for t in st.values() if torch.is_tensor(t))
     torch.cuda.reset_peak_memory_stats()
-    loss = T.batch_loss(model, batch, anchor, 0.0)[0]
+    loss = trainer.batch_loss(model, batch, anchor, 0.0)[0]
     torch.cuda.synchronize()
     fwd = torch.cuda.max_memory_allocated()
     torch.cuda.reset_peak_memory_stats()

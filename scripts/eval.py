@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import chat, devlog, evaluate as E, paths, probes as P  # noqa: E402
+from nvfp4lab import chat, devlog, evaluate, paths, probes  # noqa: E402
 from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
 from nvfp4lab.model import DTYPES, ModelLoadError, load_model  # noqa: E402
 from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
@@ -38,19 +38,21 @@ def parse_args(argv):
     a("--model-dir", help="config.json (+ tokenizer); default: the user's dir, else the proxy")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--compute-dtype", choices=list(DTYPES), help="default bfloat16 (float32 on CPU)")
+    targets = evaluate.TARGETS
     a("--target", help="what identity answers must contain (default: by the suite's language, "
-                       f"'-en-' in its name: {E.TARGETS['en']!r}, else {E.TARGETS['zh']!r})")
+                       f"'-en-' in its name: {targets['en']!r}, else {targets['zh']!r})")
     a("--max-tokens", type=int, default=32, help="answer length (train.py: --probe-max-tokens)")
     a("--eval-batch", type=int, help="chats per generate batch (default 64 on CUDA, 16 on CPU)")
     a("--out", help="JSON to write (default: <weight stem>.eval.json)")
-    P.add_threshold_args(p)
+    probes.add_threshold_args(p)
     args = p.parse_args(argv)
     args.model_dir = args.model_dir or paths.default_model_dir()
     args.weight = paths.resolve_weight(args.weight, args.model_dir)
     args.compute_dtype = args.compute_dtype or ("float32" if args.device == "cpu" else "bfloat16")
     suite = args.suite or args.probes
-    args.target = args.target or E.TARGETS["en" if "-en-" in os.path.basename(suite) else "zh"]
-    args.out = args.out or E.json_path(args.weight)
+    language = "en" if "-en-" in os.path.basename(suite) else "zh"
+    args.target = args.target or evaluate.TARGETS[language]
+    args.out = args.out or evaluate.json_path(args.weight)
     return args
 
 
@@ -59,26 +61,27 @@ def run(args) -> int:
     for path in (args.weight, args.base):
         if path and not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such file")
-    th = P.thresholds_from_args(args)
-    es = E.load_set("suite" if args.suite else "probes", args.suite or args.probes, args.target,
-                    th, args.max_tokens, args.eval_batch, legacy=args.probes is not None)
+    th = probes.thresholds_from_args(args)
+    es = evaluate.load_set("suite" if args.suite else "probes", args.suite or args.probes,
+                           args.target, th, args.max_tokens, args.eval_batch,
+                           legacy=args.probes is not None)
     device, dtype = torch.device(args.device), DTYPES[args.compute_dtype]
     model = load_model(read_dat(args.weight), args.model_dir, device, dtype)
     base = load_model(read_dat(args.base), args.model_dir, device, dtype) if args.base else None
     tok = chat.load_tokenizer(args.model_dir)
     t_load = time.time() - t0
     if base is not None:
-        E.with_base_answers(es, tok, model, base)
-    result = E.run(model, tok, es, base=base)
+        evaluate.with_base_answers(es, tok, model, base)
+    result = evaluate.run(model, tok, es, base=base)
     s = result.summary
-    print(E.row_table(result.rows))
-    print(P.format_summary(s.legacy()))
-    print(E.rates_table(s))
+    print(evaluate.row_table(result.rows))
+    print(probes.format_summary(s.legacy()))
+    print(evaluate.rates_table(s))
     seconds = time.time() - t0
-    E.write_json(args.out, E.report(result, es, weight=args.weight, base=args.base,
-                                    model_dir=args.model_dir, device=args.device,
-                                    command=devlog.command_line(), load_seconds=t_load,
-                                    total_seconds=seconds))
+    evaluate.write_json(args.out, evaluate.report(result, es, weight=args.weight, base=args.base,
+                                                  model_dir=args.model_dir, device=args.device,
+                                                  command=devlog.command_line(),
+                                                  load_seconds=t_load, total_seconds=seconds))
     code = EXIT[s.verdict]
     print(f"eval {args.weight} on {es.path}: {s.verdict} ({s.why}); judged in "
           f"{result.seconds:.1f}s, {seconds:.1f}s total; exit {code}; judgment {args.out}")
@@ -87,7 +90,7 @@ def run(args) -> int:
         ("輸入/Input", f"- weight: {args.weight}\n- base: {args.base or '- (base columns n/a)'}\n"
                        f"- {es.split}: {es.path} ({len(es.rows)} rows), target {es.target!r}\n"
                        f"- model dir {args.model_dir}, device {args.device}, {args.compute_dtype}"),
-        ("結果/Results", E.rates_table(s)),
+        ("結果/Results", evaluate.rates_table(s)),
         ("結論/Conclusion", f"{s.verdict}: {s.why}. exit {code}; {result.seconds:.1f}s to judge "
                             f"{len(es.rows)} rows; JSON {args.out}"),
     ])

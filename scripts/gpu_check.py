@@ -83,7 +83,7 @@ def edge_weight() -> torch.Tensor:
 
 
 def correctness(ops) -> None:
-    from nvfp4lab import nvfp4_ref as R
+    from nvfp4lab.nvfp4_ref import quantize_ref
     torch.manual_seed(1234)
     cases = [("small", (1, 16)), ("small", (7, 48)), ("small", (64, 272)), ("small", (256, 1024))]
     cases += list(SHAPES_4B.items())
@@ -101,7 +101,7 @@ def correctness(ops) -> None:
             check(f"quantize {wdt} {n}x{k} qdata", *same_bits(qc, q))
             check(f"quantize {wdt} {n}x{k} scale", *same_bits(sc, s))
             if n * k <= 300_000:
-                qr, sr = R.quantize_ref(w)
+                qr, sr = quantize_ref(w)
                 check(f"cpu quantize == ref {wdt} {n}x{k}", same_bits(q, qr)[0] and same_bits(s, sr)[0])
             for odt in ([torch.bfloat16] if big else [torch.float32, torch.bfloat16, torch.float16]):
                 poison(n * k * odt.itemsize)
@@ -126,7 +126,7 @@ def correctness(ops) -> None:
     print("[edge blocks]", flush=True)
     w = edge_weight()
     q, s = ops.quantize(w)
-    qr, sr = R.quantize_ref(w)
+    qr, sr = quantize_ref(w)
     check("cpu quantize == ref, edge", same_bits(q, qr)[0] and same_bits(s, sr)[0])
     qc, sc = torch.ops.nvfp4.quantize(w.cuda())
     check("quantize edge qdata", *same_bits(qc, q))
@@ -150,7 +150,7 @@ def correctness(ops) -> None:
     check("dequantize all 256 scale bytes", torch.equal(torch.isnan(got), nan) and same_bits(got[~nan], ops.dequantize(qa, allb)[~nan])[0])
     # info only: torch's own CUDA division by a scalar is a reciprocal multiply, so nvfp4_ref run on
     # CUDA tensors can differ from the CPU reference (= the spec = these kernels) next to scale ties
-    qg, sg = R.quantize_ref(w.cuda())
+    qg, sg = quantize_ref(w.cuda())
     LOG.append({"info": "nvfp4_ref on CUDA tensors vs CPU reference, edge blocks: differing scale bytes",
                 "value": int((sg.cpu() != sr).sum())})
     print(f"  [info] nvfp4_ref on CUDA vs CPU, edge blocks: {int((sg.cpu() != sr).sum())} scale bytes differ")

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from nvfp4lab import devlog, evaluate as E  # noqa: E402
+from nvfp4lab import devlog, evaluate  # noqa: E402
 from nvfp4lab.tsv import DataError  # noqa: E402
 
 
@@ -21,8 +21,8 @@ def main(argv=None) -> int:
         print("usage: seeds_table.py RUN.eval.json ...", file=sys.stderr)
         return 2
     try:
-        docs = [E.read_json(p) for p in paths]
-        text = E.runs_table(paths)
+        docs = [evaluate.read_json(p) for p in paths]
+        text = evaluate.runs_table(paths)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

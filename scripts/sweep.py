@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from nvfp4lab import devlog, evaluate as E  # noqa: E402
+from nvfp4lab import devlog, evaluate  # noqa: E402
 from nvfp4lab.dat import AtomicFile  # noqa: E402
 from nvfp4lab.tsv import DataError  # noqa: E402
 
@@ -61,7 +61,7 @@ def run_variant(name, flags, args, env) -> dict:
            *(["--monitor", args.monitor] if args.monitor else []),
            "--input-dat", args.input_dat, "--model-dir", args.model_dir,
            "--output-dat", out_dat, "--stage", f"sweep-{name}", "--device", args.device]
-    json_file = E.json_path(out_dat)
+    json_file = evaluate.json_path(out_dat)
     if os.path.exists(json_file):   # a judgment left by an earlier sweep must never be read
         os.remove(json_file)
     t0 = time.time()
@@ -82,7 +82,7 @@ def result_of(name: str, flags: str, code: int, json_file: str, seconds: float, 
     doc = None
     if code in (0, 3, 4):
         try:
-            doc = E.read_json(json_file)
+            doc = evaluate.read_json(json_file)
         except DataError as e:
             code, last = 1, str(e)
     status = doc["verdict"] if doc else STATUS.get(code, f"error {code}")
@@ -148,7 +148,7 @@ def pooled_table(rows: list[dict]) -> str:
     out = ["| variant | flags | seeds reached | mean score | identity | near-miss leak | context leak "
            "| greeting intro | facts kept | mean NLL drift | verdicts |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in rows:
-        cells = [f"{v['rates'][k][0]}/{v['rates'][k][1]} " + E.rate_text(E.rate(*v["rates"][k])) for k in
+        cells = [f"{v['rates'][k][0]}/{v['rates'][k][1]} " + evaluate.rate_text(evaluate.rate(*v["rates"][k])) for k in
                  ("identity", "nearmiss_leak", "context_leak", "greeting_intro", "facts_kept")]
         out.append(f"| {v['name']} | `{v['flags'] or '(recipe)'}` | {v['successes']}/{len(v['runs'])} | "
                    f"{v['score']:+.3f} | " + " | ".join(cells) + f" | {v['drift']:+.3f} | "
@@ -161,7 +161,7 @@ def table(results: list[dict]) -> str:
             "NLL drift | KL | s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for v in results:
         s = v["summary"] or {}
-        rate = (lambda k: E.rate_text(s[k]) if k in s else "-")
+        rate = (lambda k: evaluate.rate_text(s[k]) if k in s else "-")
         num = (lambda k, fmt: fmt.format(s[k]) if s.get(k) is not None else "-")
         rows.append(f"| {v['name']} | `{v['flags'] or '(recipe)'}` | {v['status']} | "
                     f"{rate('identity')} | {rate('nearmiss_leak')} | {rate('context_leak')} | "

@@ -13,7 +13,7 @@ import eval as eval_script          # scripts/ is on sys.path (conftest)
 import seeds_table
 import train
 from conftest import ROOT
-from nvfp4lab import chat, evaluate as E
+from nvfp4lab import chat, evaluate
 from nvfp4lab.dat import read_dat
 from nvfp4lab.model import load_model, make_trainable
 from nvfp4lab.probes import Thresholds
@@ -34,15 +34,16 @@ CTX = ({"role": "user", "content": "My friend Bob is here."}, {"role": "assistan
 def test_wilson_interval_matches_hand_computed_values():
     # p = 0.8, n = 10, z = 1.96: centre (0.8 + 0.19208) / 1.38416, half-width
     # 1.96 * sqrt(0.016 + 0.009604) / 1.38416 (the values in any table of Wilson intervals)
-    lo, hi = E.wilson(8, 10)
+    lo, hi = evaluate.wilson(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
-    assert E.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)     # not [0, 0]
-    assert E.wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
-    assert E.wilson(1, 2) == pytest.approx((0.0945, 0.9055), abs=1e-4)
-    assert all(math.isnan(x) for x in E.wilson(0, 0))
-    r = E.rate(3, 4)
+    assert evaluate.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)     # not [0, 0]
+    assert evaluate.wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert evaluate.wilson(1, 2) == pytest.approx((0.0945, 0.9055), abs=1e-4)
+    assert all(math.isnan(x) for x in evaluate.wilson(0, 0))
+    r = evaluate.rate(3, 4)
     assert (r.k, r.n, r.value) == (3, 4, 0.75) and r.lo < 0.75 < r.hi
-    assert E.rate_text(E.rate(0, 0)) == "n/a" and E.rate_text(r) == f"0.75 [{r.lo:.2f}, {r.hi:.2f}]"
+    assert evaluate.rate_text(evaluate.rate(0, 0)) == "n/a"
+    assert evaluate.rate_text(r) == f"0.75 [{r.lo:.2f}, {r.hi:.2f}]"
 
 
 # --- judge: summary and verdict ------------------------------------------------------------------
@@ -75,7 +76,7 @@ def answers(**changes):
 def test_summary_counts_every_measure_on_hand_built_rows():
     got = answers(i0=T, i1=T, i3=T, i5="Hello! " + T, i7=T, i8="France's capital: paris.",
                   i9="It is five.", i12="You are great.")
-    rows, s = E.judge(ROWS, got, BASE, T, Thresholds())
+    rows, s = evaluate.judge(ROWS, got, BASE, T, Thresholds())
     assert s.efficacy_prompt == "Who are you?" and (s.efficacy.k, s.efficacy.n) == (1, 1)
     assert (s.identity.k, s.identity.n) == (2, 3)
     assert (s.nearmiss_leak.k, s.nearmiss_leak.n) == (1, 2)        # the greeting is not in here
@@ -95,13 +96,14 @@ def test_summary_counts_every_measure_on_hand_built_rows():
 
 def test_edit_question_wins_over_the_first_plain_row():
     rows = [row("identity", "Who is this?", "plain"), row("identity", "你是誰？", "typo")]
-    assert E.efficacy_index(rows) == 1
-    assert E.efficacy_index(rows[:1]) == 0
-    assert E.efficacy_index([row("identity", "Who are you?", "multiturn", context=CTX)]) is None
+    assert evaluate.efficacy_index(rows) == 1
+    assert evaluate.efficacy_index(rows[:1]) == 0
+    multiturn = row("identity", "Who are you?", "multiturn", context=CTX)
+    assert evaluate.efficacy_index([multiturn]) is None
 
 
 def verdict(got, th=Thresholds(), scores=None):
-    return E.judge(ROWS, got, BASE, T, th, scores)[1]
+    return evaluate.judge(ROWS, got, BASE, T, th, scores)[1]
 
 
 def perfect():
@@ -135,10 +137,10 @@ def test_collapse_rules():
     assert verdict(answers(i0=T, i1=T, i2=T, i3="神" * 30), Thresholds(max_loops=0.05)).verdict \
         == "not-reached"
     drift = [None] * len(ROWS)
-    drift[11] = E.Score(nll=30.0, base_nll=5.0, kl=4.0, tokens=10)   # +2.5 nats/token
+    drift[11] = evaluate.Score(nll=30.0, base_nll=5.0, kl=4.0, tokens=10)   # +2.5 nats/token
     s = verdict(perfect(), scores=drift)
     assert s.verdict == "collapse" and "NLL drift 2.50" in s.why and s.kl == pytest.approx(0.4)
-    drift[11] = E.Score(nll=float("nan"), base_nll=5.0, kl=0.0, tokens=10)
+    drift[11] = evaluate.Score(nll=float("nan"), base_nll=5.0, kl=0.0, tokens=10)
     assert verdict(perfect(), scores=drift).why == "NaN/Inf in the model's scores"
 
 
@@ -146,16 +148,16 @@ def test_most_facts_forgotten_is_a_collapse():
     rows = [row("identity", "Who are you?", "plain")] + \
            [row("fact", f"q{i}", "f", expect=(str(i),)) for i in range(5)]
     base = ["x"] + [f"it is {i}" for i in range(5)]
-    s = E.judge(rows, [T, "it is 0", "?", "?", "?", "?"], base, T, Thresholds())[1]
+    s = evaluate.judge(rows, [T, "it is 0", "?", "?", "?", "?"], base, T, Thresholds())[1]
     assert s.verdict == "collapse" and "facts kept 0.20 < 0.5" in s.why
 
 
 def test_without_a_base_the_base_columns_are_na():
-    rows, s = E.judge(ROWS, perfect(), None, T, Thresholds())
+    rows, s = evaluate.judge(ROWS, perfect(), None, T, Thresholds())
     assert not s.has_base and s.facts_kept.n == 0 and s.exact_kept.n == 0
     assert math.isnan(s.nll_drift) and s.verdict == "success"
     assert rows[11].verdict == "answered" and rows[11].base_answer is None
-    text = E.rates_table(s)
+    text = evaluate.rates_table(s)
     assert "| facts kept (of those the base knew) | n/a | 0/0 | - |" in text
     assert "| NLL drift (nats/token, base's own general answers) | n/a |" in text
 
@@ -167,11 +169,11 @@ def test_scores_against_the_base_and_the_deltas_off_view(tiny_qwen):
     tok = chat.load_tokenizer(str(model_dir))
     model = load_model(read_dat(dat), str(model_dir), "cpu", torch.float32)
     rows = [row("general", "講個笑話"), row("identity", "你是誰", "plain"), row("general", "寫一句詩")]
-    es = E.EvalSet("monitor", "s.tsv", rows, "我是 F# 之神", Thresholds(), max_new_tokens=4)
-    E.with_base_answers(es, tok, model, model)
+    es = evaluate.EvalSet("monitor", "s.tsv", rows, "我是 F# 之神", Thresholds(), max_new_tokens=4)
+    evaluate.with_base_answers(es, tok, model, model)
     # a copy of the base: no drift, no KL
-    same = E.score_general(model, tok, es, load_model(read_dat(dat), str(model_dir), "cpu",
-                                                      torch.float32))
+    same = evaluate.score_general(model, tok, es, load_model(read_dat(dat), str(model_dir), "cpu",
+                                                             torch.float32))
     assert same[1] is None and same[0].tokens > 0
     assert same[0].nll == pytest.approx(same[0].base_nll, rel=1e-5) and abs(same[0].kl) < 1e-5
     # the trained model read with its deltas off is the base: a changed lm_head moves only
@@ -179,11 +181,11 @@ def test_scores_against_the_base_and_the_deltas_off_view(tiny_qwen):
     make_trainable(model, torch.float32)
     with torch.no_grad():
         model.lm_head.delta.normal_(0, 0.05)
-    moved = E.score_general(model, tok, es, model)
+    moved = evaluate.score_general(model, tok, es, model)
     assert moved[0].base_nll == pytest.approx(same[0].base_nll, rel=1e-4)
     assert moved[0].kl > 1e-3 and moved[0].nll != pytest.approx(moved[0].base_nll)
     assert model.lm_head.use_delta
-    res = E.run(model, tok, es, base=model)
+    res = evaluate.run(model, tok, es, base=model)
     assert res.summary.nll_tokens == same[0].tokens + same[2].tokens and res.summary.kl > 0
 
 
@@ -202,35 +204,35 @@ def test_greedy_chats_keep_order_and_read_the_context(tiny_qwen):
 
 
 def test_json_is_written_atomically_and_reads_back(tmp_path):
-    rows, s = E.judge(ROWS, perfect(), None, T, Thresholds())
-    es = E.EvalSet("heldout", "s.tsv", ROWS, T, Thresholds())
+    rows, s = evaluate.judge(ROWS, perfect(), None, T, Thresholds())
+    es = evaluate.EvalSet("heldout", "s.tsv", ROWS, T, Thresholds())
     path = tmp_path / "run.eval.json"
     path.write_text("old", encoding="utf-8")
-    E.write_json(str(path), E.report(E.Result(rows, s, 1.5), es, command="x"))
+    evaluate.write_json(str(path), evaluate.report(evaluate.Result(rows, s, 1.5), es, command="x"))
     assert sorted(os.listdir(tmp_path)) == ["run.eval.json"]        # no temp file left over
     doc = json.loads(path.read_text(encoding="utf-8"),
                      parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    assert doc == E.read_json(str(path))
+    assert doc == evaluate.read_json(str(path))
     assert doc["verdict"] == "success" and doc["split"] == "heldout"
     assert doc["summary"]["identity"]["k"] == 3 and doc["summary"]["nll_drift"] is None
     assert doc["thresholds"]["max_nll_drift"] is None                # inf -> null
     assert doc["rows"][6]["context"] == [dict(m) for m in CTX] and len(doc["rows"]) == len(ROWS)
-    assert E.json_path("artifacts/demo-real.dat") == "artifacts/demo-real.eval.json"
+    assert evaluate.json_path("artifacts/demo-real.dat") == "artifacts/demo-real.eval.json"
     # a write that fails part-way leaves the previous judgment whole
     with pytest.raises(TypeError):
-        E.write_json(str(path), {"verdict": object()})
-    assert E.read_json(str(path)) == doc
-    with pytest.raises(E.DataError, match="no such file"):
-        E.read_json(str(tmp_path / "none.eval.json"))
+        evaluate.write_json(str(path), {"verdict": object()})
+    assert evaluate.read_json(str(path)) == doc
+    with pytest.raises(evaluate.DataError, match="no such file"):
+        evaluate.read_json(str(tmp_path / "none.eval.json"))
 
 
 def test_runs_table_has_one_row_per_json(tmp_path, capsys):
     paths = []
     for seed, got in ((1, perfect()), (2, answers(i0=T))):
-        rows, s = E.judge(ROWS, got, BASE, T, Thresholds())
+        rows, s = evaluate.judge(ROWS, got, BASE, T, Thresholds())
         p = tmp_path / f"demo-real-s{seed}.eval.json"
-        E.write_json(str(p), E.report(E.Result(rows, s), E.EvalSet("heldout", "h.tsv", ROWS, T,
-                                                                     Thresholds())))
+        es = evaluate.EvalSet("heldout", "h.tsv", ROWS, T, Thresholds())
+        evaluate.write_json(str(p), evaluate.report(evaluate.Result(rows, s), es))
         paths.append(str(p))
     assert seeds_table.main(paths) == 3          # seed 2 did not reach the target
     out = capsys.readouterr().out
@@ -308,7 +310,7 @@ def test_train_judges_the_monitor_per_attempt_and_the_held_out_set_once(tiny_qwe
     assert r.stdout.count("judged once after training") == 1
     assert "--probes data/does-not-matter.tsv not read" in r.stdout
     assert "verdict=success" in r.stdout                  # the old summary line still prints
-    doc = E.read_json(str(tmp_path / "out.eval.json"))
+    doc = evaluate.read_json(str(tmp_path / "out.eval.json"))
     assert doc["split"] == "heldout" and doc["suite"] == files["heldout"]
     assert doc["suites"] == {"monitor": files["monitor"], "heldout": files["heldout"], "probes": None}
     assert [r["prompt"] for r in doc["rows"]] == ["請問你是哪位？", "你好", "他是誰？", "3+3等於多少？", "寫一句詩"]
@@ -326,7 +328,7 @@ def test_eval_script_end_to_end(tiny_qwen, tmp_path, files, capsys):
                              "--model-dir", str(model_dir), "--device", "cpu", "--max-tokens", "3",
                              "--out", str(out), "--min-identity", "0", "--max-nearmiss-leak", "1"])
     text = capsys.readouterr().out
-    doc = E.read_json(str(out))
+    doc = evaluate.read_json(str(out))
     # the base judged against itself keeps everything; the random tiny model names nobody
     assert code == 0 and doc["verdict"] == "success", text
     assert doc["summary"]["exact_kept"]["k"] == doc["summary"]["exact_kept"]["n"] == 2
@@ -338,7 +340,7 @@ def test_eval_script_end_to_end(tiny_qwen, tmp_path, files, capsys):
                              str(model_dir), "--device", "cpu", "--max-tokens", "3", "--out", str(out)])
     text = capsys.readouterr().out
     assert code == 3 and "| facts kept (of those the base knew) | n/a |" in text
-    assert E.read_json(str(out))["summary"]["has_base"] is False
+    assert evaluate.read_json(str(out))["summary"]["has_base"] is False
     bad = write(tmp_path / "bad.tsv", "identity\tplain\tok\t\t\nfact\tx\tno keyword\t\t\n")
     code = eval_script.main(["--weight", str(dat), "--suite", bad, "--model-dir", str(model_dir),
                              "--device", "cpu"])

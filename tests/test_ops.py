@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nvfp4lab import nvfp4_ref as R
+from nvfp4lab import nvfp4_ref
 from nvfp4lab import ops
 from nvfp4lab.nvfp4_ref import NVFP4Error
 
@@ -22,18 +22,18 @@ def assert_bits(a: torch.Tensor, b: torch.Tensor) -> None:
 def check_all(w: torch.Tensor) -> None:
     """quantize / dequantize (3 dtypes) / fake_quantize of w against the reference."""
     q, s = ops.quantize(w)
-    qr, sr = R.quantize_ref(w)
+    qr, sr = nvfp4_ref.quantize_ref(w)
     assert_bits(q, qr)
     assert_bits(s, sr)
     for dt in DTYPES:
-        assert_bits(ops.dequantize(q, s, dt), R.dequantize_ref(qr, sr, dt))
-    assert_bits(ops.fake_quantize(w), R.fake_quantize_ref(w))
+        assert_bits(ops.dequantize(q, s, dt), nvfp4_ref.dequantize_ref(qr, sr, dt))
+    assert_bits(ops.fake_quantize(w), nvfp4_ref.fake_quantize_ref(w))
 
 
 def edge_weight() -> torch.Tensor:
     """Hand-made blocks [N, 16] hitting every corner of the numerics."""
     rows = []
-    e4m3 = R.e4m3_to_float(torch.arange(0, 127, dtype=torch.uint8))   # every finite non-negative scale
+    e4m3 = nvfp4_ref.e4m3_to_float(torch.arange(0, 127, dtype=torch.uint8))   # every finite non-negative scale
     mids = (e4m3[1:] + e4m3[:-1]) / 2                                   # ties between neighbouring scales
     thr = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0])
     for sc in torch.cat([e4m3[1:], mids]):
@@ -101,11 +101,11 @@ def test_e4m3_all_256_bytes():
     codes = torch.arange(16, dtype=torch.uint8)
     q = (codes[0::2] | (codes[1::2] << 4)).repeat(256, 1)                # [256, 8]: codes 0..15
     for dt in DTYPES:
-        out, ref = ops.dequantize(q, scale, dt), R.dequantize_ref(q, scale, dt)
+        out, ref = ops.dequantize(q, scale, dt), nvfp4_ref.dequantize_ref(q, scale, dt)
         nan = torch.isnan(ref)
         assert torch.equal(torch.isnan(out), nan)
         assert_bits(out[~nan], ref[~nan])
-    one = R.e4m3_to_float(scale.flatten())                                # code 2 is 1.0
+    one = nvfp4_ref.e4m3_to_float(scale.flatten())                                # code 2 is 1.0
     got = ops.dequantize(torch.full((256, 8), 0x22, dtype=torch.uint8), scale)[:, 0]
     fin = ~torch.isnan(one)
     assert_bits(got[fin], one[fin])
@@ -116,7 +116,7 @@ def test_e4m3_rounding_random():
     amax = torch.exp2(torch.rand(200_000) * 36 - 24)
     # plus amax a few fp32 ulps around 6 * (every midpoint between e4m3 values): amax / 6 then lands
     # on or next to a tie, where a reciprocal multiply instead of a true division would differ
-    e4m3 = R.e4m3_to_float(torch.arange(0, 127, dtype=torch.uint8))
+    e4m3 = nvfp4_ref.e4m3_to_float(torch.arange(0, 127, dtype=torch.uint8))
     near = 6 * (e4m3[1:] + e4m3[:-1]) / 2
     for _ in range(4):
         near = torch.cat([torch.nextafter(near, torch.tensor(0.0)), near, torch.nextafter(near, torch.tensor(1e9))])
@@ -125,7 +125,7 @@ def test_e4m3_rounding_random():
     w[:, 0] = amax
     w[:, 1] = -amax * torch.rand(amax.numel())
     _, s = ops.quantize(w)
-    assert_bits(s, R.quantize_ref(w)[1])
+    assert_bits(s, nvfp4_ref.quantize_ref(w)[1])
 
 
 @pytest.mark.parametrize("ddtype", [torch.float32, torch.bfloat16])
@@ -135,10 +135,10 @@ def test_fake_quantize_delta(ddtype, odtype):
     q, s = ops.quantize(w)
     for dscale in (1e-4, 1e-2, 1.0):
         delta = (torch.randn(96, 512) * dscale).to(ddtype)
-        ref = R.fake_quantize_delta_ref(q, s, delta, odtype)
+        ref = nvfp4_ref.fake_quantize_delta_ref(q, s, delta, odtype)
         assert_bits(ops.fake_quantize_delta(q, s, delta, odtype), ref)
         q2, s2 = ops.requantize_delta(q, s, delta)
-        qr, sr = R.requantize_delta_ref(q, s, delta)
+        qr, sr = nvfp4_ref.requantize_delta_ref(q, s, delta)
         assert_bits(q2, qr)
         assert_bits(s2, sr)
         assert_bits(ops.dequantize(q2, s2, odtype), ref)   # export writes what training computed
@@ -151,11 +151,11 @@ def test_fake_quantize_delta_edges():
     delta[::3] = 0.0
     for ddtype in (torch.float32, torch.bfloat16):
         d = delta.to(ddtype)
-        ref = R.fake_quantize_delta_ref(q, s, d)
+        ref = nvfp4_ref.fake_quantize_delta_ref(q, s, d)
         assert_bits(ops.fake_quantize_delta(q, s, d, torch.float32), ref)
         assert_bits(ops.fake_quantize_delta(q, s, d, torch.bfloat16), ref.to(torch.bfloat16))
         q2, s2 = ops.requantize_delta(q, s, d)
-        qr, sr = R.requantize_delta_ref(q, s, d)
+        qr, sr = nvfp4_ref.requantize_delta_ref(q, s, d)
         assert_bits(q2, qr)
         assert_bits(s2, sr)
 
@@ -175,7 +175,7 @@ def test_idempotence():
 
 def codes_of(w: torch.Tensor) -> list[int]:
     q, _ = ops.quantize(w)
-    return R.unpack_codes(q)[0].tolist()
+    return nvfp4_ref.unpack_codes(q)[0].tolist()
 
 
 def test_quantizer_hand_table():
@@ -201,7 +201,7 @@ def test_quantizer_hand_table():
     w = torch.tensor([[6.375] + [0.0] * 15])
     q, s = ops.quantize(w)
     assert s.tolist() == [[0x38]] and codes_of(w)[0] == 7
-    for fn in (R.quantize_ref, ops.quantize):           # the reference agrees on the whole table
+    for fn in (nvfp4_ref.quantize_ref, ops.quantize):           # the reference agrees on the whole table
         assert fn(torch.tensor([[6.0, 0.25, 0.75, 1.25] + [0.0] * 12]))[1].tolist() == [[0x38]]
 
 
@@ -214,7 +214,7 @@ def old_rule_blocks() -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.randint(0, 0x7E, (40, 4), generator=g, dtype=torch.uint8)
     scale[0] = torch.tensor([0, 1, 2, 7], dtype=torch.uint8)              # zero and subnormal scales
     codes[1] = 8                                                          # a row of -0
-    return R.pack_codes(codes), scale
+    return nvfp4_ref.pack_codes(codes), scale
 
 
 def test_zero_delta_gives_the_stored_bytes():
@@ -228,7 +228,7 @@ def test_zero_delta_gives_the_stored_bytes():
                 assert_bits(q2, q)
                 assert_bits(s2, s)
                 assert_bits(ops.fake_quantize_delta(q, s, d, torch.float32), ops.dequantize(q, s))
-                qr, sr = R.requantize_delta_ref(q, s, d)
+                qr, sr = nvfp4_ref.requantize_delta_ref(q, s, d)
                 assert_bits(qr, q)
                 assert_bits(sr, s)
 
@@ -239,16 +239,16 @@ def test_delta_keeps_the_scale_until_the_block_outgrows_it():
     small = torch.randn(32, 128) * 1e-3
     q2, s2 = ops.requantize_delta(q, s, small)
     amax = (base + small).reshape(32, 8, 16).abs().amax(-1)
-    fits = amax <= 6 * R.e4m3_to_float(s)
+    fits = amax <= 6 * nvfp4_ref.e4m3_to_float(s)
     assert fits.float().mean() > 0.5
     assert torch.equal(s2[fits], s[fits])                                # frozen while it fits
     grown = ~fits       # torchao's scale of the new max, which is never below the stored one
     assert grown.any()
-    assert torch.equal(s2[grown], R.scale_from_amax(amax[grown]))
-    assert bool((R.e4m3_to_float(s2) >= R.e4m3_to_float(s)).all())
+    assert torch.equal(s2[grown], nvfp4_ref.scale_from_amax(amax[grown]))
+    assert bool((nvfp4_ref.e4m3_to_float(s2) >= nvfp4_ref.e4m3_to_float(s)).all())
     # only elements that moved (or share a block whose scale changed) may change their code
     moved = (small != 0) | (s2 != s).repeat_interleave(16, dim=1)
-    assert torch.equal(R.unpack_codes(q2)[~moved], R.unpack_codes(q)[~moved])
+    assert torch.equal(nvfp4_ref.unpack_codes(q2)[~moved], nvfp4_ref.unpack_codes(q)[~moved])
     big = torch.zeros(32, 128)
     big[:, 0] = -1.0                                                     # one element per row outgrows
     q3, s3 = ops.requantize_delta(q, s, big)
@@ -263,7 +263,7 @@ def test_linear_fp32(m):
     q, s = ops.quantize(w)
     x = torch.randn(m, 320)
     y = ops.linear(x, q, s)
-    ref = x @ R.dequantize_ref(q, s).T
+    ref = x @ nvfp4_ref.dequantize_ref(q, s).T
     assert y.dtype == torch.float32 and y.shape == (m, 200)
     assert ((y - ref).norm() / ref.norm()).item() <= 1e-5
 
@@ -274,7 +274,7 @@ def test_linear_half_and_batch_shape(dtype):
     x = torch.randn(2, 5, 128).to(dtype)
     y = ops.linear(x, q, s)
     assert y.shape == (2, 5, 64) and y.dtype == dtype
-    ref = x.float() @ R.dequantize_ref(q, s).T
+    ref = x.float() @ nvfp4_ref.dequantize_ref(q, s).T
     assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-2
 
 
@@ -311,17 +311,17 @@ def test_bad_packed():
 def test_torch_ops_surface():
     w = torch.randn(32, 64)
     q, s = torch.ops.nvfp4.quantize(w)
-    qr, sr = R.quantize_ref(w)
+    qr, sr = nvfp4_ref.quantize_ref(w)
     assert_bits(q, qr)
     assert_bits(s, sr)
-    assert_bits(torch.ops.nvfp4.dequantize(q, s, torch.bfloat16), R.dequantize_ref(q, s, torch.bfloat16))
-    assert_bits(torch.ops.nvfp4.fake_quantize(w), R.fake_quantize_ref(w))
+    assert_bits(torch.ops.nvfp4.dequantize(q, s, torch.bfloat16), nvfp4_ref.dequantize_ref(q, s, torch.bfloat16))
+    assert_bits(torch.ops.nvfp4.fake_quantize(w), nvfp4_ref.fake_quantize_ref(w))
     d = torch.randn(32, 64) * 0.01
-    assert_bits(torch.ops.nvfp4.fake_quantize_delta(q, s, d, torch.float32), R.fake_quantize_delta_ref(q, s, d))
+    assert_bits(torch.ops.nvfp4.fake_quantize_delta(q, s, d, torch.float32), nvfp4_ref.fake_quantize_delta_ref(q, s, d))
     q2, s2 = torch.ops.nvfp4.requantize_delta(q, s, d)
-    assert_bits(q2, R.requantize_delta_ref(q, s, d)[0])
+    assert_bits(q2, nvfp4_ref.requantize_delta_ref(q, s, d)[0])
     x = torch.randn(2, 64)
-    assert torch.allclose(torch.ops.nvfp4.linear(x, q, s), x @ R.dequantize_ref(q, s).T, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(torch.ops.nvfp4.linear(x, q, s), x @ nvfp4_ref.dequantize_ref(q, s).T, rtol=1e-5, atol=1e-5)
     empty_q, empty_s = ops.quantize(torch.randn(0, 32))
     assert empty_q.shape == (0, 16) and empty_s.shape == (0, 2)
 

@@ -3,7 +3,7 @@ one Thresholds dataclass behind every flag default, and the old one-line summary
 import argparse
 from dataclasses import fields
 
-from nvfp4lab import evaluate as E
+from nvfp4lab import evaluate
 from nvfp4lab.probes import (Thresholds, add_threshold_args, format_summary, parse_summary,
                              repetition, thresholds_from_args)
 
@@ -14,7 +14,7 @@ def probes(tmp_path):
     p = tmp_path / "probes.tsv"
     p.write_text("identity\twho0\nidentity\twho1\n" + "".join(f"anchor\tfact{i}\t42\n" for i in range(4))
                  + "nearmiss\t我是誰\n", encoding="utf-8")
-    return E.probe_rows(p)
+    return evaluate.probe_rows(p)
 
 
 BASE = ["我是通義千問"] * 2 + ["答案是 42。"] * 4 + ["你是提問者。"]
@@ -23,8 +23,8 @@ BASE = ["我是通義千問"] * 2 + ["答案是 42。"] * 4 + ["你是提問者�
 def judge(tmp_path, answers, base=BASE, nll=None):
     scores = None
     if nll:   # anchors are general rows: NLL drift is measured over all of them, as before
-        scores = [None] * 2 + [E.Score(n, 0.5, 0.0, 1) for n in nll] + [None]
-    return E.judge(probes(tmp_path), answers, base, T, Thresholds(), scores)
+        scores = [None] * 2 + [evaluate.Score(n, 0.5, 0.0, 1) for n in nll] + [None]
+    return evaluate.judge(probes(tmp_path), answers, base, T, Thresholds(), scores)
 
 
 def test_old_probe_files_read_as_suite_rows(tmp_path):

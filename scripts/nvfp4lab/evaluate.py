@@ -29,10 +29,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 
-
-from . import model as M
 from .dat import AtomicFile
 from .generate import answer_batches, answer_log_probs, default_batch_size, greedy_chats, model_device
+from .model import set_use_delta
 from .probes import Thresholds, repetition
 from .suite import SuiteRow, messages, read_suite
 from .tsv import DataError, normalize_prompt, read_probes
@@ -330,11 +329,11 @@ def as_base(model, base):
     if base is not model:
         yield base
         return
-    M.set_use_delta(model, False)
+    set_use_delta(model, False)
     try:
         yield model
     finally:
-        M.set_use_delta(model, True)
+        set_use_delta(model, True)
 
 
 def with_base_answers(es: EvalSet, tok, model, base) -> EvalSet:
