@@ -6,6 +6,7 @@
 #                                                  # 1 2 3 on DEV
 #   bash scripts/device_method_study.sh final      # the chosen variant: one timed make demo-real
 #                                                  # (+ both runners), then 5 seeds on held-out
+#                                                  # (SINGLE=0: the 5 seeds only)
 # The converted SmolLM2 (126 MiB) travels in parts (split -b 58M) copied to ~/smol in earlier
 # calls; it is joined into artifacts/smollm2/ here. Logs, JSON judgments and the DevLog entries
 # come back under $OUT (results.tgz); DevLog entries are appended to doc/DevLog.md by hand.
@@ -60,9 +61,11 @@ study)
 final)
   FLAGS=$(cat ~/chosen.flags)
   echo "chosen flags: $FLAGS"
-  timed make --no-print-directory demo-real DEVICE=cuda REAL_RECIPE=data/stages/method-study-en.args \
-      TRAIN_FLAGS="$FLAGS" DEMO_REAL_OUT=artifacts/v3.dat > artifacts/v3-single.log 2>&1
-  grep -v '^\[guard\] PID=' artifacts/v3-single.log | tail -n 30
+  if [ "${SINGLE:-1}" = 1 ]; then   # SINGLE=0: only the seeds (the single run's wall time is known)
+    timed make --no-print-directory demo-real DEVICE=cuda REAL_RECIPE=data/stages/method-study-en.args \
+        TRAIN_FLAGS="$FLAGS" DEMO_REAL_OUT=artifacts/v3.dat > artifacts/v3-single.log 2>&1
+    grep -v '^\[guard\] PID=' artifacts/v3-single.log | tail -n 30
+  fi
   timed make --no-print-directory demo-real DEVICE=cuda SEEDS="1 2 3 4 5" REAL_RECIPE=data/stages/method-study-en.args \
       TRAIN_FLAGS="$FLAGS" DEMO_REAL_OUT=artifacts/v3.dat > artifacts/v3-seeds.log 2>&1
   grep -v '^\[guard\] PID=' artifacts/v3-seeds.log | tail -n 20
