@@ -2,14 +2,19 @@
 
 The judge itself is evaluate.py (suites: data/suite-*.tsv; the old probe files
 data/probes-*.tsv are read into the same rows). What stays here is what both the trainer and
-scripts/eval.py share: ONE Thresholds dataclass (argparse reads its defaults from it, so a
-default lives in one place), the repetition measure, and the `verdict=... identity_hit=...` line
-older tools and tests parse.
+scripts/eval.py share: ONE Thresholds dataclass (each field holds its default and its flag's
+help, and add_threshold_args makes the flags from it, so a default lives in one place), the
+repetition measure, and the `verdict=... identity_hit=...` line older tools and tests parse.
 """
 import argparse
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+
+
+def bound(default: float, help: str):
+    """A Thresholds field: its default and the help of its flag."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -19,54 +24,45 @@ class Thresholds:
     Defaults: the old ones where the measure existed before; the new measures (efficacy, context
     leak, greeting self-intro, loops) default to permissive bounds, so a recipe opts into them.
     """
-    min_efficacy: float = 0.0        # the canonical edit prompt (evaluate.efficacy_row) answered
-    min_identity: float = 0.9        # identity hit rate (generalisation to paraphrases)
-    max_nearmiss_leak: float = 0.2   # near-miss prompts answered with the identity
-    max_context_leak: float = 1.0    # context-nearmiss prompts answered with the identity
-    max_greeting_intro: float = 1.0  # greetings answered with the identity (self-intro)
-    min_facts: float = 0.9           # fact rows the base answered right: still right
-    min_anchor_exact: float = 0.0    # ordinary rows with the base's exact greedy answer (0 = not judged)
-    max_nll_drift: float = math.inf  # mean per-token NLL rise of the base's own general answers
-    max_loops: float = 1.0           # share of answers that became loops (see max_repetition)
-    max_repetition: float = 0.5      # repeated-n-gram share added over the base's answer = a loop
+    # evaluate.efficacy_row
+    min_efficacy: float = bound(0.0, "the canonical edit prompt of the set answered with the "
+                                     "target (0 or 1)")
+    # identity hit rate (generalisation to paraphrases)
+    min_identity: float = bound(0.9, "identity hit rate needed")
+    max_nearmiss_leak: float = bound(0.2, "near-miss prompts (who am I ...) answered with the "
+                                          "identity, at most")
+    max_context_leak: float = bound(1.0, "context-nearmiss prompts (a chat about someone else) "
+                                         "answered with the identity, at most")
+    max_greeting_intro: float = bound(1.0, "greetings answered with the identity, at most")
+    min_facts: float = bound(0.9, "fact rows the base got right that are still right")
+    min_anchor_exact: float = bound(0.0, "ordinary rows with the base's exact greedy answer "
+                                         "(0 = not judged)")
+    max_nll_drift: float = bound(math.inf, "rise of the mean per-token NLL of the base's own "
+                                           "general answers")
+    max_loops: float = bound(1.0, "share of answers that became loops, at most")
+    max_repetition: float = bound(0.5, "repeated-n-gram share an answer adds over the base's own "
+                                       "answer to the same prompt: above it the answer is a loop")
     # "Forgot everything else" is a collapse too (the original's Stage H answered "之" to
     # everything: fragments, not the whole target): most known facts lost, or the base's own
     # answers became far less likely.
-    collapse_facts: float = 0.5      # facts kept below this (with >= 4 fact rows)
-    collapse_nll_drift: float = 2.0  # mean NLL rise (nats/token) of the base's general answers
+    collapse_facts: float = bound(0.5, "facts kept below this (>= 4 fact rows) = collapse")
+    # mean NLL rise in nats/token
+    collapse_nll_drift: float = bound(2.0, "NLL drift above this = collapse")
     # Looping is a collapse when it is systematic ("神神神" everywhere), not when one answer of a
     # small chaotic model flips into a loop: SmolLM2-135M under NVFP4 does that after 20 steps at
     # an LR that leaves its NLL unchanged (sweep logs, 2026-11-24).
-    collapse_loops: float = 0.2      # share of answers that became loops
-
-
-THRESHOLD_HELP = {
-    "min_efficacy": "the canonical edit prompt of the set answered with the target (0 or 1)",
-    "min_identity": "identity hit rate needed",
-    "max_nearmiss_leak": "near-miss prompts (who am I ...) answered with the identity, at most",
-    "max_context_leak": "context-nearmiss prompts (a chat about someone else) answered with the "
-                        "identity, at most",
-    "max_greeting_intro": "greetings answered with the identity, at most",
-    "min_facts": "fact rows the base got right that are still right",
-    "min_anchor_exact": "ordinary rows with the base's exact greedy answer (0 = not judged)",
-    "max_nll_drift": "rise of the mean per-token NLL of the base's own general answers",
-    "max_loops": "share of answers that became loops, at most",
-    "max_repetition": "repeated-n-gram share an answer adds over the base's own answer to the "
-                      "same prompt: above it the answer is a loop",
-    "collapse_facts": "facts kept below this (>= 4 fact rows) = collapse",
-    "collapse_nll_drift": "NLL drift above this = collapse",
-    "collapse_loops": "more than this share of answers became loops = collapse",
-}
+    collapse_loops: float = bound(0.2, "more than this share of answers became loops = collapse")
 
 
 def add_threshold_args(parser: argparse.ArgumentParser) -> None:
-    """--min-identity ... --collapse-loops, defaults taken from Thresholds."""
+    """--min-efficacy ... --collapse-loops: one flag per Thresholds field, with its default and help."""
     for f in fields(Thresholds):
         parser.add_argument("--" + f.name.replace("_", "-"), type=float, default=f.default,
-                            help=f"{THRESHOLD_HELP[f.name]} (default {f.default})")
+                            help=f"{f.metadata['help']} (default {f.default})")
 
 
 def thresholds_from_args(args) -> Thresholds:
+    """The parsed threshold flags, by field name."""
     return Thresholds(**{f.name: getattr(args, f.name) for f in fields(Thresholds)})
 
 
