@@ -5,7 +5,7 @@ import os
 import pytest
 
 import sweep  # scripts/ is on sys.path (conftest)
-from nvfp4lab import evaluate as E
+from nvfp4lab import evaluate
 
 
 def test_variants_file_parses_names_and_flags(tmp_path):
@@ -25,8 +25,8 @@ def test_bad_variants_file_names_the_line(tmp_path, text, where):
 
 
 def summary(identity=(9, 10), leak=(0, 10), facts=(9, 10), drift=0.0):
-    return E.jsonable({"identity": E.rate(*identity), "nearmiss_leak": E.rate(*leak),
-                       "context_leak": E.rate(0, 4), "facts_kept": E.rate(*facts),
+    return evaluate.jsonable({"identity": evaluate.rate(*identity), "nearmiss_leak": evaluate.rate(*leak),
+                       "context_leak": evaluate.rate(0, 4), "facts_kept": evaluate.rate(*facts),
                        "nll_drift": drift, "kl": 0.01})
 
 
