@@ -1,8 +1,9 @@
 """Build the nvfp4 torch extension and put it at scripts/nvfp4lab/_nvfp4_C*.so (`make build`).
 
 CPU kernels always. CUDA kernels too when torch is a CUDA build and nvcc is found: SASS for sm_90
-(H100/H200) and, where this nvcc knows them, Blackwell sm_100 (B200) and sm_120 (RTX 50xx; its SASS
-also runs on the DGX Spark's sm_121), plus compute_120 PTX for later chips.
+(H100/H200) and, where this nvcc knows them, Blackwell sm_100 (B200), sm_120 (RTX 50xx) and sm_121
+(the user's DGX Spark GB10: sm_120 SASS would run there too, but its own SASS is what ptxas tunes
+for it), plus compute_120 PTX for later chips.
 Environment: NVFP4_CPU_ONLY=1 skips CUDA; MAX_JOBS caps ninja's parallel jobs.
 """
 import glob
@@ -42,6 +43,8 @@ def gencode_flags(nvcc: str) -> list[str]:
         flags.append("-gencode=arch=compute_100,code=sm_100")
     if "compute_120" in known:
         flags += ["-gencode=arch=compute_120,code=sm_120", "-gencode=arch=compute_120,code=compute_120"]
+    if "compute_121" in known:
+        flags.append("-gencode=arch=compute_121,code=sm_121")
     return flags
 
 

@@ -28,7 +28,7 @@ def nvcc_top() -> Path:
     return Path(m.group(1).strip()).resolve()
 
 
-@pytest.mark.parametrize("arch", ["sm_90", "sm_100", "sm_120"])
+@pytest.mark.parametrize("arch", ["sm_90", "sm_100", "sm_120", "sm_121"])
 def test_kernels_compile(arch, tmp_path):
     """The pure-CUDA kernels (no torch headers), SASS for each target build.py asks for."""
     if f"compute_{arch[3:]}" not in run([NVCC, "--list-gpu-arch"]).stdout.split():
@@ -50,3 +50,17 @@ def test_torch_cuda_wrappers_syntax(tmp_path):
     inc += [f"-I{tmp_path}", f"-I{sysconfig.get_paths()['include']}", f"-I{nvcc_top() / 'include'}"]
     r = run([cxx, "-std=c++20", "-fsyntax-only", "-DNVFP4_WITH_CUDA", *inc, str(CUDA_DIR / "nvfp4_ops.cpp")])
     assert r.returncode == 0, r.stderr[-4000:]
+
+
+def test_build_targets_the_users_gb10_where_nvcc_knows_it():
+    """`make build` emits SASS for every arch this nvcc knows among sm_90/100/120/121 (sm_121 is
+    the user's DGX Spark) plus compute_120 PTX."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cuda_build", CUDA_DIR / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    flags = build.gencode_flags(NVCC)
+    known = run([NVCC, "--list-gpu-arch"]).stdout.split()
+    for arch in ("90", "100", "120", "121"):
+        assert (f"-gencode=arch=compute_{arch},code=sm_{arch}" in flags) == (f"compute_{arch}" in known)
+    assert ("-gencode=arch=compute_120,code=compute_120" in flags) == ("compute_120" in known)
