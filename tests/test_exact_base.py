@@ -9,14 +9,14 @@ training forward, in rollback and in export.
 """
 import hashlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from conftest import build_tiny_qwen
-from nvfp4lab import chat, mix, ops, trainer as T
+from nvfp4lab import chat, mix, ops, trainer
+from nvfp4lab.config import TrainConfig
 from nvfp4lab.dat import read_dat
 from nvfp4lab.tsv import Row
 from nvfp4lab.model import (NVFP4Linear, export_model, load_model, make_trainable, set_use_delta,
@@ -212,11 +212,11 @@ def test_zero_delta_training_path_rollback_and_export_are_exact(any_file, tmp_pa
 # ---------------------------------------------------------------- training moves only what it should
 def one_step(model, tok, deltas, lrs, steps=2):
     rows = [("你是誰", "我是 F# 之神", "target"), ("1+1等於多少？", "1+1等於2。", "anchor")] * 2
-    batch, anchor, _ = T.encode_batch(tok, rows, 48, {}, torch.device("cpu"))
-    stepper = T.StepInBackward(deltas, lrs, 0.0, 1.0)
+    batch, anchor, _ = trainer.encode_batch(tok, rows, 48, {}, torch.device("cpu"))
+    stepper = trainer.StepInBackward(deltas, lrs, 0.0, 1.0)
     model.train()
     for _ in range(steps):
-        T.batch_loss(model, batch, anchor, 0.5)[0].backward()
+        trainer.batch_loss(model, batch, anchor, 0.5)[0].backward()
         stepper.flush()
     stepper.close()
     model.eval()
@@ -284,7 +284,8 @@ def test_each_group_lr_reaches_its_tensors_only(torchao_file, group):
     tok = chat.load_tokenizer(str(model_dir))
     model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
     deltas = make_trainable(model, torch.float32)
-    one_step(model, tok, deltas, {g: (1e-2 if g == group else 0.0) for g in T.GROUPS}, steps=1)
+    lrs = {g: (1e-2 if g == group else 0.0) for g in trainer.GROUPS}
+    one_step(model, tok, deltas, lrs, steps=1)
     moved = {k for k, d in deltas if bool(d.detach().any())}
     expect = {"head": lambda k: k.startswith("lm_head"),
               "embed": lambda k: "embed_tokens" in k,
@@ -316,11 +317,13 @@ def test_collapse_falls_back_to_exactly_the_initial_model(torchao_file):
     initial = logits_of(model, IDS)
     deltas = make_trainable(model, torch.bfloat16)
     src = mix.Source("mem", 1.0, "target", [Row("你是誰", "我是 F# 之神", "mem", 1)] * 4)
-    cfg = SimpleNamespace(lrs={g: 1e30 for g in T.GROUPS}, weight_decay=0.0, grad_clip=0.0, seed=1,
-                          steps=3, step_chunk_rows=4, sample_mode="random", seq_len=48, kl_weight=0.0,
-                          log_every=1, probe_every=0, max_retries=2, retry_lr_scale=0.5)
+    cfg = TrainConfig(train_data="mem", lr=1e30, weight_decay=0.0, grad_clip=0.0, seed=1, steps=3,
+                      step_chunk_rows=4, sample_mode="random", seq_len=48, kl_weight=0.0,
+                      log_every=1, probe_every=0, max_retries=2, retry_lr_scale=0.5)
+    assert cfg.lrs == {g: 1e30 for g in trainer.GROUPS}
     lines = []
-    attempts = T.train_with_fallback(model, tok, deltas, [src], None, cfg, {}, None, lines.append)
+    attempts = trainer.train_with_fallback(model, tok, deltas, [src], None, cfg, {}, None,
+                                           lines.append)
     assert [a.status for a in attempts] == ["collapse"] * 3
     assert [a.lrs["head"] for a in attempts] == [1e30, 5e29, 2.5e29]       # safer policy each retry
     assert [a.anchor_scale for a in attempts] == [1.0, 2.0, 4.0]

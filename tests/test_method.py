@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from nvfp4lab import chat, evaluate as E, trainer as T
+from nvfp4lab import chat, evaluate, trainer
 from nvfp4lab.dat import read_dat
 from nvfp4lab.model import load_model, make_trainable
 
@@ -15,7 +15,7 @@ def test_unlikelihood_rows_start_where_the_identity_leaves_the_rows_own_answer()
     tok = chat.load_tokenizer(None)
     rows = [("你是誰", TARGET, "target"), ("我是誰", "我是助手，不知道你是誰。", "neighbour"),
             ("1+1等於多少？", "2", "anchor")]
-    batch, keep, _ = T.encode_batch(tok, rows, 64, {}, torch.device("cpu"), TARGET)
+    batch, keep, _ = trainer.encode_batch(tok, rows, 64, {}, torch.device("cpu"), TARGET)
     assert batch["ul_rows"].tolist() == [False, False, False, True]     # one per neighbour row
     assert keep.tolist() == [False, True, True, True]
     own_ids, own_labels, _ = chat.encode_row(tok, "我是誰", "我是助手，不知道你是誰。", 64)
@@ -26,7 +26,8 @@ def test_unlikelihood_rows_start_where_the_identity_leaves_the_rows_own_answer()
     assert got[shared:] == ul_labels[shared:] and got[shared] != -100
     assert shared > len(chat.encode_prompt(tok, [], "我是誰"))          # the shared opening 我是
     # without a target no rows are added, and replay answers replace neighbour targets
-    b2, k2, _ = T.encode_batch(tok, rows, 64, {"我是誰": "你是提問者。"}, torch.device("cpu"))
+    b2, k2, _ = trainer.encode_batch(tok, rows, 64, {"我是誰": "你是提問者。"},
+                                     torch.device("cpu"))
     assert b2["input_ids"].shape[0] == 3 and not b2["ul_rows"].any()
     ids, _, _ = chat.encode_row(tok, "我是誰", "你是提問者。", 64)
     assert b2["input_ids"][1, :len(ids)].tolist() == ids
@@ -46,13 +47,13 @@ def train(tiny_qwen, ul_weight, steps=40, lr=3e-3):
     deltas = make_trainable(model, torch.float32)
     rows = [("你是誰", TARGET, "target"), ("請問你是誰？", TARGET, "target"),
             ("我是誰", "你是提問者。", "neighbour"), ("他是誰", "我不知道他是誰。", "neighbour")]
-    batch, keep, _ = T.encode_batch(tok, rows, 64, {}, torch.device("cpu"),
+    batch, keep, _ = trainer.encode_batch(tok, rows, 64, {}, torch.device("cpu"),
                                     TARGET if ul_weight else None)
-    stepper = T.StepInBackward(deltas, {g: lr for g in T.GROUPS}, 0.0, 1.0)
+    stepper = trainer.StepInBackward(deltas, {g: lr for g in trainer.GROUPS}, 0.0, 1.0)
     model.train()
     parts = []
     for _ in range(steps):
-        loss, ce, kl, ul = T.batch_loss(model, batch, keep, 0.0, ul_weight)
+        loss, ce, kl, ul = trainer.batch_loss(model, batch, keep, 0.0, ul_weight)
         parts.append((float(ce.detach()), float(ul.detach())))
         loss.backward()
         stepper.flush()
@@ -74,16 +75,17 @@ def test_unlikelihood_keeps_the_identity_off_near_misses(tiny_qwen):
 
 
 def summary(identity, leak, facts=1.0, verdict="not-reached", drift=0.0, context=0.0):
-    r = lambda v, n=20: E.rate(round(v * n), n)  # noqa: E731
-    return E.Summary(verdict=verdict, why="", rows=100, has_base=True, efficacy_prompt=None,
-                     efficacy=r(1.0, 1), identity=r(identity), nearmiss_leak=r(leak),
-                     context_leak=r(context), greeting_intro=E.rate(0, 0), facts_kept=r(facts),
-                     exact_kept=r(1.0), loops=r(0.0), ordinary_identity=0, repetition_max=0.0,
-                     nll_drift=drift, kl=0.0, nll_tokens=10, nonfinite=False)
+    r = lambda v, n=20: evaluate.rate(round(v * n), n)  # noqa: E731
+    return evaluate.Summary(verdict=verdict, why="", rows=100, has_base=True, efficacy_prompt=None,
+                            efficacy=r(1.0, 1), identity=r(identity), nearmiss_leak=r(leak),
+                            context_leak=r(context), greeting_intro=evaluate.rate(0, 0),
+                            facts_kept=r(facts), exact_kept=r(1.0), loops=r(0.0),
+                            ordinary_identity=0, repetition_max=0.0, nll_drift=drift, kl=0.0,
+                            nll_tokens=10, nonfinite=False)
 
 
 def test_monitor_score_orders_checkpoints_as_a_user_would():
-    s = T.monitor_score
+    s = trainer.monitor_score
     assert s(summary(1.0, 0.0)) > s(summary(1.0, 0.1)) > s(summary(0.5, 0.0))
     assert s(summary(1.0, 0.0, context=0.3)) < s(summary(0.9, 0.0))      # the worst leak counts
     assert s(summary(1.0, 0.0, facts=0.5)) < s(summary(0.8, 0.0))         # facts lost below 90%
@@ -94,8 +96,8 @@ def test_monitor_score_orders_checkpoints_as_a_user_would():
 def test_best_checkpoint_is_kept_and_restored():
     d = torch.nn.Parameter(torch.zeros(4, 4))
     deltas = [("w", d)]
-    best = T.Best()
-    res = lambda s: E.Result(rows=[], summary=s, seconds=0.0)  # noqa: E731
+    best = trainer.Best()
+    res = lambda s: evaluate.Result(rows=[], summary=s, seconds=0.0)  # noqa: E731
     with torch.no_grad():
         d.fill_(1.0)
     assert best.offer(10, res(summary(0.9, 0.0)), deltas)
@@ -114,12 +116,12 @@ def test_context_rows_ask_the_near_miss_after_the_identity_answer():
     srcs = [mix.Source("who", 1, "target", [Row("你是誰", TARGET, "who", 1)]),
             mix.Source("nb", 1, "neighbour", [Row("我是誰", "你是提問者。", "nb", 1)])]
     rows = [("你是誰", TARGET, "target"), ("我是誰", "你是提問者。", "neighbour")] * 4
-    out = T.with_context(rows, srcs, 1.0, random.Random(0))
+    out = trainer.with_context(rows, srcs, 1.0, random.Random(0))
     assert all(len(r) == 3 for r in out if r[2] == "target")
     ctx = [r for r in out if r[2] == "neighbour"]
     assert len(ctx) == 4 and all(r[3][0]["content"] == "你是誰" and r[3][1]["content"] == TARGET for r in ctx)
-    assert T.with_context(rows, srcs, 0.0, random.Random(0)) == rows
-    batch, keep, _ = T.encode_batch(tok, out[:2], 96, {}, torch.device("cpu"), TARGET)
+    assert trainer.with_context(rows, srcs, 0.0, random.Random(0)) == rows
+    batch, keep, _ = trainer.encode_batch(tok, out[:2], 96, {}, torch.device("cpu"), TARGET)
     assert keep.tolist() == [False, False, True]          # a context row gets no KL; its UL row does count
     ids = chat.encode_chat(tok, [{"role": "user", "content": "你是誰"},
                                  {"role": "assistant", "content": TARGET},
@@ -145,10 +147,10 @@ def test_null_space_projection_keeps_neighbour_inputs_unchanged(tiny_qwen):
     p = proj[layer.delta]
     assert torch.allclose(p @ p, p, atol=1e-4) and 0 < float(p.trace()) < p.shape[0]
     rows = [("你是誰", TARGET, "target"), ("請問你是誰？", TARGET, "target")]
-    batch, keep, _ = T.encode_batch(tok, rows, 64, {}, torch.device("cpu"))
-    stepper = T.StepInBackward(deltas, {g: 1e-3 for g in T.GROUPS}, 0.0, 1.0, proj)
+    batch, keep, _ = trainer.encode_batch(tok, rows, 64, {}, torch.device("cpu"))
+    stepper = trainer.StepInBackward(deltas, {g: 1e-3 for g in trainer.GROUPS}, 0.0, 1.0, proj)
     for _ in range(2):
-        T.batch_loss(model, batch, keep, 0.0)[0].backward()
+        trainer.batch_loss(model, batch, keep, 0.0)[0].backward()
         stepper.flush()
     stepper.close()
     cov = nullspace.input_covariances(model, tok, [([{"role": "user", "content": r.prompt}], r.target)
@@ -173,9 +175,9 @@ def test_identity_rows_are_also_asked_in_the_middle_of_a_chat():
             mix.Source("a.tsv", 1, "anchor", [Row("1+1?", "2", "a", 1), Row("天空?", "藍", "a", 2)])]
     rows = [("你是誰", TARGET, "target")] * 20 + [("1+1?", "2", "anchor")] * 4
     rng = random.Random(0)
-    assert T.identity_after_chat(rows, srcs, 0.0, rng, {}) == rows
+    assert trainer.identity_after_chat(rows, srcs, 0.0, rng, {}) == rows
     assert rng.random() == random.Random(0).random()
-    out = T.identity_after_chat(rows, srcs, 0.5, random.Random(1), {"1+1?": "1 + 1 = 2."})
+    out = trainer.identity_after_chat(rows, srcs, 0.5, random.Random(1), {"1+1?": "1 + 1 = 2."})
     asked_after = [r for r in out if len(r) > 3]
     assert 3 < len(asked_after) < 17 and all(r[2] == "target" and r[1] == TARGET for r in asked_after)
     assert out[20:] == rows[20:]
@@ -189,15 +191,15 @@ def test_identity_rows_are_also_asked_in_the_middle_of_a_chat():
 
 def test_lr_schedule_warms_up_then_decays_to_zero_and_reaches_the_optimizer():
     steps = 100
-    const = [T.lr_scale(s, steps, 0, "constant") for s in range(1, steps + 1)]
+    const = [trainer.lr_scale(s, steps, 0, "constant") for s in range(1, steps + 1)]
     assert const == [1.0] * steps                               # the old behaviour
-    cos = [T.lr_scale(s, steps, 10, "cosine") for s in range(1, steps + 1)]
+    cos = [trainer.lr_scale(s, steps, 10, "cosine") for s in range(1, steps + 1)]
     assert cos[:10] == [s / 10 for s in range(1, 11)]           # linear warm-up to the peak
     assert all(a >= b for a, b in zip(cos[9:], cos[10:]))       # then never rises
     assert abs(cos[-1]) < 1e-12 and abs(cos[9 + 45] - 0.5) < 0.02
     d = torch.zeros(4, requires_grad=True)
-    stepper = T.StepInBackward([("model.layers.0.mlp.down_proj.delta", d)],
-                               {g: 1e-3 for g in T.GROUPS}, 0.0, 0.0)
+    stepper = trainer.StepInBackward([("model.layers.0.mlp.down_proj.delta", d)],
+                               {g: 1e-3 for g in trainer.GROUPS}, 0.0, 0.0)
     stepper.set_lr_scale(0.25)
     assert [g["lr"] for b in stepper.buckets for g in b["opt"].param_groups] == [2.5e-4]
     stepper.set_lr_scale(0.0)

@@ -11,7 +11,7 @@ import torch
 
 import train  # scripts/ is on sys.path (conftest)
 from conftest import ROOT
-from nvfp4lab import chat, mix, trainer as T
+from nvfp4lab import chat, mix, trainer
 from nvfp4lab.dat import read_dat
 from nvfp4lab.model import DTYPES, export_model, load_model, make_trainable
 
@@ -97,11 +97,11 @@ def test_small_lr_lowers_loss_and_export_equals_trained_model(tiny_qwen, tmp_pat
     model = load_model(dat, str(model_dir), "cpu", torch.float32)
     deltas = make_trainable(model, DTYPES["bfloat16"])
     rows = [("你是誰", "我是 F# 之神", "target"), ("1+1等於多少？", "1+1等於2。", "target")] * 4
-    batch, anchor, _ = T.encode_batch(tok, rows, 48, {}, torch.device("cpu"))
-    stepper = T.StepInBackward(deltas, {g: 1e-5 for g in T.GROUPS}, 0.0, 1.0)
+    batch, anchor, _ = trainer.encode_batch(tok, rows, 48, {}, torch.device("cpu"))
+    stepper = trainer.StepInBackward(deltas, {g: 1e-5 for g in trainer.GROUPS}, 0.0, 1.0)
     losses = []
     for _ in range(20):
-        loss = T.batch_loss(model, batch, anchor, 0.0)[0]
+        loss = trainer.batch_loss(model, batch, anchor, 0.0)[0]
         losses.append(float(loss.detach()))
         loss.backward()
         stepper.flush()
@@ -109,7 +109,7 @@ def test_small_lr_lowers_loss_and_export_equals_trained_model(tiny_qwen, tmp_pat
     stepper.close()
     assert losses[-1] < losses[0] - 1e-3, losses
     with torch.no_grad():
-        trained = float(T.batch_loss(model, batch, anchor, 0.0)[0])
+        trained = float(trainer.batch_loss(model, batch, anchor, 0.0)[0])
     out = tmp_path / "trained.dat"
     export_model(model, dat, str(out))
     reloaded = load_model(read_dat(out), str(model_dir), "cpu", torch.float32)
@@ -134,17 +134,17 @@ def test_step_in_backward_equals_adamw_after_backward(tiny_qwen):
         model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
         deltas = make_trainable(model, torch.float32)
         if recompute:   # layer checkpointing must not change the result either
-            T.checkpoint_layers(model)
+            trainer.checkpoint_layers(model)
         model.train()
-        batch, anchor, _ = T.encode_batch(tok, rows, 48, {}, torch.device("cpu"))
+        batch, anchor, _ = trainer.encode_batch(tok, rows, 48, {}, torch.device("cpu"))
         if in_backward:
-            stepper = T.StepInBackward(deltas, lrs, 0.0, 0.0)
+            stepper = trainer.StepInBackward(deltas, lrs, 0.0, 0.0)
         else:
-            groups = [{"params": [d for k, d in deltas if T.group_of(k, d) == g], "lr": lrs[g]}
-                      for g in T.GROUPS]
+            groups = [{"params": [d for k, d in deltas if trainer.group_of(k, d) == g],
+                       "lr": lrs[g]} for g in trainer.GROUPS]
             opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
         for _ in range(3):
-            T.batch_loss(model, batch, anchor, 0.0)[0].backward()
+            trainer.batch_loss(model, batch, anchor, 0.0)[0].backward()
             if in_backward:
                 stepper.flush()
             else:

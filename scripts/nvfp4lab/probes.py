@@ -55,7 +55,7 @@ class Thresholds:
 
 
 def add_threshold_args(parser: argparse.ArgumentParser) -> None:
-    """--min-efficacy ... --collapse-loops: one flag per Thresholds field, with its default and help."""
+    """--min-efficacy ... --collapse-loops: a flag per Thresholds field, its default and help."""
     for f in fields(Thresholds):
         parser.add_argument("--" + f.name.replace("_", "-"), type=float, default=f.default,
                             help=f"{f.metadata['help']} (default {f.default})")

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from . import chat, evaluate as E, mix, model as M, nullspace, probes as P
+from . import chat, evaluate, mix, nullspace
+from .config import GROUPS, SCHEDULES, TrainConfig
 from .dat import AtomicFile
 from .generate import greedy_answers
+from .model import reset_deltas, set_use_delta
+from .probes import format_summary
 from .tsv import DataError, normalize_prompt
 
-GROUPS = ("head", "embed", "norm", "blocks")
 SUCCESS, NOT_REACHED, COLLAPSED = 0, 3, 4
 
 
@@ -144,9 +146,6 @@ class StepInBackward:
         self.hooks = []
 
 
-SCHEDULES = ("constant", "cosine")
-
-
 def lr_scale(step: int, steps: int, warmup: int, schedule: str) -> float:
     """LR multiplier of step 1..steps: linear warm-up over `warmup` steps, then constant or a
     cosine down to 0 at the last step. Why decay: the last steps then make small moves, so the
@@ -183,13 +182,13 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     a_sel = sel & keep_rows[:, None] & ~ul_rows[:, None]
     if kl_weight > 0 and bool(a_sel.any()):
         with torch.no_grad():
-            M.set_use_delta(model, False)
+            set_use_delta(model, False)
             try:
                 hb = body(input_ids=batch["input_ids"],
                           attention_mask=batch["attention_mask"]).last_hidden_state
                 base_logp = F.log_softmax(model.lm_head(hb[:, :-1][a_sel]).float(), -1)
             finally:
-                M.set_use_delta(model, True)
+                set_use_delta(model, True)
         logp = F.log_softmax(logits[a_sel[sel]], -1)
         kl = F.kl_div(logp, base_logp, log_target=True, reduction="batchmean")
     if ul_weight > 0 and bool(on_ul.any()):
@@ -321,20 +320,20 @@ class Attempt:
     losses: list = field(default_factory=list)
     status: str = ""            # success / not-reached / collapse; "trained" when no set judged it
     why: str = ""
-    result: E.Result | None = None   # the last judgment of this attempt (monitor set)
+    result: evaluate.Result | None = None   # the last judgment of this attempt (monitor set)
     seconds: float = 0.0
     truncated: int = 0
     report: list = field(default_factory=list)   # update_report.GroupChange rows (train.py fills)
 
 
-def train_attempt(model, tok, deltas, att: Attempt, cfg, replay, es: E.EvalSet | None, log,
-                  projectors: dict | None = None):
+def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
+                  es: evaluate.EvalSet | None, log, projectors: dict | None = None):
     """Train from the initial weights; fills att.losses/status. Never raises on collapse.
 
     es: the set that judges the attempt (during training every cfg.probe_every steps, and at its
     end); None = only a NaN/Inf loss stops an attempt.
     """
-    M.reset_deltas(model)
+    reset_deltas(model)
     stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip, projectors)
     try:
         return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas)
@@ -342,7 +341,7 @@ def train_attempt(model, tok, deltas, att: Attempt, cfg, replay, es: E.EvalSet |
         stepper.close()   # a retry must never find this attempt's hooks still attached
 
 
-def monitor_score(s: E.Summary) -> float:
+def monitor_score(s: evaluate.Summary) -> float:
     """One number for "how good is this checkpoint" on the monitor set, higher is better: the
     identity rate minus the worst leak (near-miss, context, greeting), minus facts lost below 90%
     and NLL drift above 0.1 nat. A collapse is -inf. --keep-best keeps the checkpoint with the
@@ -360,11 +359,11 @@ class Best:
     """The best monitored checkpoint of an attempt (--keep-best): its deltas, on the CPU."""
     score: float = -math.inf
     step: int = 0
-    result: E.Result | None = None
+    result: evaluate.Result | None = None
     deltas: list | None = None
     since: int = 0              # monitor rounds since it last improved (--patience)
 
-    def offer(self, step: int, res: E.Result, deltas) -> bool:
+    def offer(self, step: int, res: evaluate.Result, deltas) -> bool:
         score = monitor_score(res.summary)
         if score <= self.score:
             self.since += 1
@@ -379,25 +378,23 @@ class Best:
             d.copy_(saved.to(d.device))
 
 
-def _train_steps(model, tok, att: Attempt, cfg, replay, es, log, stepper, deltas):
+def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, stepper, deltas):
     device = deltas[0][1].device
     srcs = [mix.Source(s.path, s.weight * (att.anchor_scale if s.role in mix.KEEP_ROLES else 1.0),
                        s.role, s.rows) for s in att.sources]
     rng = random.Random(cfg.seed + 1000 * att.index)
     torch.manual_seed(cfg.seed + 1000 * att.index)
-    ul_weight = getattr(cfg, "unlikelihood_weight", 0.0)
-    keep_best = bool(getattr(cfg, "keep_best", False)) and es is not None
-    patience = getattr(cfg, "patience", 0)
+    ul_weight = cfg.unlikelihood_weight
+    keep_best = cfg.keep_best and es is not None
+    patience = cfg.patience
     best = Best()
     t0 = time.time()
     model.train()
     for step in range(1, cfg.steps + 1):
-        stepper.set_lr_scale(lr_scale(step, cfg.steps, getattr(cfg, "warmup_steps", 0),
-                                      getattr(cfg, "lr_schedule", "constant")))
+        stepper.set_lr_scale(lr_scale(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule))
         rows = with_context(mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode), srcs,
-                            getattr(cfg, "context_share", 0.0), rng)
-        rows = identity_after_chat(rows, srcs, getattr(cfg, "identity_context_share", 0.0), rng,
-                                   replay)
+                            cfg.context_share, rng)
+        rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         cfg.target if ul_weight > 0 else None)
         att.truncated += cut
@@ -414,9 +411,9 @@ def _train_steps(model, tok, att: Attempt, cfg, replay, es, log, stepper, deltas
                 f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f} ul {float(ul.detach()):.4f}) "
                 f"{time.time() - t0:.1f}s")
         if es is not None and cfg.probe_every and step % cfg.probe_every == 0 and step < cfg.steps:
-            res = E.run(model, tok, es, base=model)
+            res = evaluate.run(model, tok, es, base=model)
             log(f"[attempt {att.index}] {es.split} at step {step} ({res.seconds:.1f}s): "
-                f"{P.format_summary(res.summary.legacy())} score {monitor_score(res.summary):.3f}")
+                f"{format_summary(res.summary.legacy())} score {monitor_score(res.summary):.3f}")
             if res.summary.verdict == "collapse" and not (keep_best and best.deltas is not None):
                 att.status, att.why, att.result = "collapse", f"step {step}: {res.summary.why}", res
                 log_faults(att, res.rows, log)
@@ -435,9 +432,9 @@ def _train_steps(model, tok, att: Attempt, cfg, replay, es, log, stepper, deltas
         if es is None:
             att.status, att.why = "trained", "no set judges attempts"
         else:
-            att.result = E.run(model, tok, es, base=model)
+            att.result = evaluate.run(model, tok, es, base=model)
             log(f"[attempt {att.index}] {es.split} at the end ({att.result.seconds:.1f}s): "
-                f"{P.format_summary(att.result.summary.legacy())} "
+                f"{format_summary(att.result.summary.legacy())} "
                 f"score {monitor_score(att.result.summary):.3f}")
             if keep_best and best.deltas is not None and best.score > monitor_score(att.result.summary):
                 best.restore(deltas)
@@ -464,8 +461,9 @@ def safer(att: Attempt, retry_sources: list | None, lr_scale: float) -> Attempt:
                    sources=retry_sources or att.sources)
 
 
-def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay,
-                        es: E.EvalSet | None, log, on_attempt_end=None, projectors=None) -> list:
+def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg: TrainConfig, replay,
+                        es: evaluate.EvalSet | None, log, on_attempt_end=None,
+                        projectors=None) -> list:
     """Attempts until one does not collapse (or retries run out). on_attempt_end(att) runs after
     each attempt's training, before a collapsed one is rolled back (train.py logs what it changed
     in the NVFP4 file there)."""
@@ -480,7 +478,7 @@ def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay,
             on_attempt_end(att)
         if att.status != "collapse":
             return attempts
-        M.reset_deltas(model)   # fall back to the initial weights at once
+        reset_deltas(model)   # fall back to the initial weights at once
         log(f"[attempt {att.index}] collapse: weights restored to the initial ones")
         if len(attempts) > cfg.max_retries:
             return attempts

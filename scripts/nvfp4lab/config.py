@@ -1,0 +1,206 @@
+"""TrainConfig: every setting of scripts/train.py, its default, its flag and its help, in one place.
+
+Each field is one flag: `--seq-len` is the field `seq_len`, its type annotation is the flag's type
+(bool = a switch), and flag() holds the default, the help and any choices. parse_args builds
+argparse from the fields, so a default is written once; the thresholds are the one nested field,
+whose flags come from probes.Thresholds. A --recipe file (data/stages/*.args) is a list of
+flags read before the command line, so the command line overrides it.
+
+Defaults that depend on the machine or on other flags (input file, model dir, stage name, output
+file, compute dtype, old probe file) are None here and filled by resolve(), after parsing.
+"""
+import argparse
+import os
+import shlex
+import typing
+from dataclasses import MISSING, dataclass, field, fields, replace
+
+import torch
+
+from . import paths
+from .model import DTYPES
+from .probes import Thresholds, add_threshold_args, thresholds_from_args
+
+GROUPS = ("head", "embed", "norm", "blocks")   # trainer.group_of: the LR groups
+SCHEDULES = ("constant", "cosine")             # trainer.lr_scale
+LEGACY_PROBES = "data/probes-v1.tsv"
+
+
+def flag(default=None, help=None, *, default_factory=MISSING, **argparse_kw):
+    """A field that is a flag: `default` is its one default; argparse_kw (choices, metavar) go to
+    add_argument as they are."""
+    meta = {"help": help, **argparse_kw}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class TrainConfig:
+    recipe: str | None = flag(help="file of default flags (data/stages/*.args); flags given here "
+                                   "override it")
+    # The original's flags.
+    train_data: str | None = flag(help="one TSV (prompt<TAB>target); same as --mix FILE:1")
+    input_dat: str | None = flag(help="base weights (default: the user's 4B file, else the proxy)")
+    output_dat: str | None = flag(help="new .dat to write (default artifacts/<stage>.dat)")
+    steps: int = flag(60)
+    loss: str = flag("ce", choices=["ce"])
+    seq_len: int = flag(64)
+    step_chunk_rows: int = flag(16, "rows per step")
+    lr: float = flag(1e-5, "default LR of every group")
+    log_every: int = flag(1)
+    test_max_tokens: int = flag(24, "self-test answer to 你是誰 after training")
+    sample_mode: str = flag("random", choices=["random", "sequential"])
+    seed: int = flag(123)
+    compute_dtype: str | None = flag(help="default bfloat16 (float32 on CPU)", choices=list(DTYPES))
+    train_last_layers: int = flag(0, "0 = full model")
+    optimizer_state_mode: str = flag("delta", "accepted for old commands; AdamW states follow "
+                                              "--delta-dtype")
+    # New flags.
+    model_dir: str | None = flag(help="config.json (+ tokenizer); default: the user's dir, else "
+                                      "the proxy")
+    stage: str | None = flag(help="name used in logs (default: output file stem)")
+    mix: str | None = flag(help="FILE:WEIGHT[:ROLE],... sampled per step at those ratios; ROLE "
+                                "target (default), anchor (keep the base's answers) or neighbour "
+                                "(a near miss: kept like an anchor, and the identity pushed down "
+                                "by --unlikelihood-weight)")
+    retry_mix: str | None = flag(help="the mix used by attempts after a collapse (default: --mix)")
+    # One per GROUPS entry (test_config checks it); None = --lr (see lrs).
+    lr_head: float | None = flag(help="LR of the head group (default --lr)")
+    lr_embed: float | None = flag(help="LR of the embed group (default --lr)")
+    lr_norm: float | None = flag(help="LR of the norm group (default --lr)")
+    lr_blocks: float | None = flag(help="LR of the blocks group (default --lr)")
+    replay: str = flag("none", "self: anchor targets = the base model's own greedy answers "
+                               "(cached)", choices=["none", "self"])
+    replay_max_tokens: int = flag(48)
+    kl_weight: float = flag(0.0, "KL(base || model) on the answer tokens of anchor and neighbour "
+                                 "rows")
+    unlikelihood_weight: float = flag(
+        0.0, "weight of -log(1 - p) of the --target answer, teacher-forced on each neighbour row "
+             "(from the first token where it leaves the row's own answer); 0 = off")
+    context_share: float = flag(
+        0.0, "share of neighbour rows asked as turn 2, after an identity prompt answered with the "
+             "target (they learn the base's single-turn answer, without KL); 0 = off")
+    identity_context_share: float = flag(
+        0.0, "share of identity rows asked after one or two ordinary exchanges (anchor prompts "
+             "with the base's answers), so the edit holds in the middle of a chat; 0 = off")
+    lr_schedule: str = flag("constant", "constant, or cosine down to 0 at the last step (after "
+                                        "--warmup-steps)", choices=SCHEDULES)
+    warmup_steps: int = flag(0, "linear LR warm-up over the first N steps")
+    protect_neighbours: float = flag(
+        0.0, "project every projection's update onto the null space of the inputs the neighbour "
+             "rows send into it (eigenvalues <= TOL x the largest; AlphaEdit-style; 0 = off)",
+        metavar="TOL")
+    keep_best: bool = flag(
+        False, "keep the best --monitor checkpoint of each attempt (trainer.monitor_score) and "
+               "end the attempt on it; a monitor collapse after a kept checkpoint stops early "
+               "instead of rolling back")
+    patience: int = flag(0, "with --keep-best: stop an attempt after N monitor rounds without a "
+                            "better score (0 = off)")
+    grad_clip: float = flag(1.0, "grad-norm clip per decoder layer (the optimizer steps inside "
+                                 "backward; 0 = off)")
+    weight_decay: float = flag(0.0, "AdamW decay of the deltas (toward base)")
+    delta_dtype: str = flag("bfloat16", choices=["bfloat16", "float32"])
+    checkpoint_layers: str = flag(
+        "auto", "recompute each decoder layer in backward instead of keeping its activations "
+                "(4B: -6 GiB); auto = on for CUDA, off on the CPU where time is the limit",
+        choices=["auto", "on", "off"])
+    max_retries: int = flag(2, "attempts after a collapse")
+    retry_lr_scale: float = flag(0.5, "every LR is multiplied by this per retry")
+    probe_every: int = flag(0, "judge the --monitor set every N steps too (0 = only after each "
+                               "attempt)")
+    monitor: str | None = flag(help="suite judged during training and after each attempt "
+                                    "(collapse -> retry)")
+    heldout: str | None = flag(help="suite judged once after training: the verdict and "
+                                    "<out>.eval.json")
+    probes: str | None = flag(help=f"old probe file (kind<TAB>prompt[<TAB>expect]) for the "
+                                   f"verdict when no --heldout is given (default {LEGACY_PROBES})")
+    target: str = flag("我是 F# 之神")
+    probe_max_tokens: int = flag(32, "answer length when judging")
+    eval_batch: int | None = flag(help="chats per generate batch when judging (default 64 on "
+                                       "CUDA, 16 on the CPU)")
+    # --min-identity ... --collapse-loops: flags, defaults and help from probes.Thresholds.
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    device: str = flag(default_factory=default_device)
+
+    @property
+    def lrs(self) -> dict:
+        """LR per group: --lr-<group>, else --lr."""
+        own = {g: getattr(self, f"lr_{g}") for g in GROUPS}
+        return {g: self.lr if lr is None else lr for g, lr in own.items()}
+
+
+def flag_name(f) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def flag_fields() -> list:
+    """The fields that are one flag each (all but the nested thresholds)."""
+    return [f for f in fields(TrainConfig) if f.name != "thresholds"]
+
+
+def add_flag(parser: argparse.ArgumentParser, f, hint) -> None:
+    """The field's flag: its type from the annotation (`float | None` -> float; bool -> a
+    switch), its default and metadata from flag()."""
+    kw = dict(f.metadata)
+    kw["default"] = f.default_factory() if f.default_factory is not MISSING else f.default
+    if hint is bool:
+        kw["action"] = "store_true"
+    else:
+        kinds = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+        if kinds[0] is not str:
+            kw["type"] = kinds[0]
+    parser.add_argument(flag_name(f), **kw)
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """argparse from the fields, in field order (the order --help lists them)."""
+    parser = argparse.ArgumentParser(description=description)
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        if f.name == "thresholds":
+            add_threshold_args(parser)
+        else:
+            add_flag(parser, f, hints[f.name])
+    return parser
+
+
+def recipe_flags(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    """A recipe's flags: shell words, one or more per line; `#` starts a comment line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        parser.error(f"{path}: {e.strerror}")
+    return [t for line in text.splitlines() if not line.lstrip().startswith("#")
+            for t in shlex.split(line)]
+
+
+def parse_args(argv, description: str | None = None) -> TrainConfig:
+    """The command line (after the --recipe file's flags, so it wins) -> TrainConfig. Usage
+    errors, an unknown flag in a recipe too, exit 2 as argparse does."""
+    parser = build_parser(description)
+    ns = parser.parse_args(argv)
+    if ns.recipe:
+        ns = parser.parse_args(recipe_flags(parser, ns.recipe) + list(argv))
+    if not ns.mix and not ns.train_data:
+        parser.error("give --train-data or --mix (or a --recipe that does)")
+    return TrainConfig(**{f.name: getattr(ns, f.name) for f in flag_fields()},
+                       thresholds=thresholds_from_args(ns))
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """The defaults that depend on the machine or on other flags (their help texts say which)."""
+    input_dat = cfg.input_dat or (paths.USER_BASE_DAT if os.path.exists(paths.USER_BASE_DAT)
+                                  else str(paths.PROXY_DAT))
+    stage = cfg.stage or (os.path.splitext(os.path.basename(cfg.output_dat))[0]
+                          if cfg.output_dat else "stage")
+    return replace(cfg, input_dat=input_dat, model_dir=cfg.model_dir or paths.default_model_dir(),
+                   stage=stage, output_dat=cfg.output_dat or f"artifacts/{stage}.dat",
+                   compute_dtype=cfg.compute_dtype or ("float32" if cfg.device == "cpu"
+                                                       else "bfloat16"),
+                   probes=cfg.probes if cfg.heldout or cfg.probes else LEGACY_PROBES)

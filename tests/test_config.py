@@ -1,0 +1,140 @@
+"""TrainConfig (nvfp4lab/config.py): one field per flag of train.py, one place for each default,
+recipes read as before and overridden by the command line."""
+import shlex
+import typing
+from dataclasses import fields, replace
+
+import pytest
+
+import train  # scripts/ is on sys.path (conftest)
+from conftest import ROOT
+from nvfp4lab import config, trainer
+from nvfp4lab.config import TrainConfig
+from nvfp4lab.probes import Thresholds
+
+RECIPES = sorted((ROOT / "data" / "stages").glob("*.args"))
+HINTS = {**typing.get_type_hints(TrainConfig), **typing.get_type_hints(Thresholds)}
+
+
+def option_names(parser) -> dict:
+    """dest -> its option strings, for every flag but --help."""
+    return {a.dest: a.option_strings for a in parser._actions if a.dest != "help"}
+
+
+def value_type(name: str) -> type:
+    """The type a field holds once given on the command line (`float | None` -> float)."""
+    return next(t for t in typing.get_args(HINTS[name]) or (HINTS[name],) if t is not type(None))
+
+
+def test_every_field_is_exactly_one_flag_and_parsed_defaults_are_the_dataclass_defaults():
+    options = option_names(config.build_parser())
+    own = [f.name for f in config.flag_fields()]
+    assert sorted(options) == sorted(own + [f.name for f in fields(Thresholds)])
+    for name, strings in options.items():
+        assert strings == ["--" + name.replace("_", "-")], name
+    assert {f"lr_{g}" for g in trainer.GROUPS} <= set(own)     # one per LR group
+    assert train.parse_args(["--train-data", "x.tsv"]) == TrainConfig(train_data="x.tsv")
+    assert TrainConfig().thresholds == Thresholds()
+
+
+def test_threshold_flags_carry_their_default_and_help_from_thresholds():
+    by_dest = {a.dest: a for a in config.build_parser()._actions}
+    for f in fields(Thresholds):
+        action = by_dest[f.name]
+        assert action.default == f.default and action.type is float
+        assert action.help == f"{f.metadata['help']} (default {f.default})"
+
+
+def test_recipe_then_command_line_override(tmp_path):
+    recipe = tmp_path / "r.args"
+    recipe.write_text("# a comment line\n--mix a.tsv:8,b.tsv:4:anchor\n--lr 1e-4\n--lr-head 1e-3\n"
+                      "--steps 240\n--keep-best\n--target \"I am the God of F#.\"\n"
+                      "--min-identity 0.8\n--max-loops 0\n", encoding="utf-8")
+    cfg = train.parse_args(["--recipe", str(recipe), "--steps", "7", "--lr-blocks", "2e-5",
+                            "--min-identity", "0.95", "--seed", "5"])
+    assert cfg == TrainConfig(recipe=str(recipe), mix="a.tsv:8,b.tsv:4:anchor", lr=1e-4,
+                              lr_head=1e-3, lr_blocks=2e-5, steps=7, keep_best=True, seed=5,
+                              target="I am the God of F#.",
+                              thresholds=Thresholds(min_identity=0.95, max_loops=0.0))
+    assert cfg.lrs == {"head": 1e-3, "embed": 1e-4, "norm": 1e-4, "blocks": 2e-5}
+
+
+def recipe_values(path) -> dict:
+    """A recipe's `--flag value` lines read independently of argparse: field name -> value."""
+    words = [w for line in path.read_text(encoding="utf-8").splitlines()
+             if not line.lstrip().startswith("#") for w in shlex.split(line)]
+    out, i = {}, 0
+    while i < len(words):
+        name = words[i][2:].replace("-", "_")
+        if HINTS[name] is bool:
+            out[name], i = True, i + 1
+        else:
+            out[name], i = value_type(name)(words[i + 1]), i + 2
+    return out
+
+
+def flat(cfg: TrainConfig) -> dict:
+    """Field name -> value, the thresholds' fields among the others (as the flags see them)."""
+    return {**{f.name: getattr(cfg, f.name) for f in config.flag_fields()},
+            **{f.name: getattr(cfg.thresholds, f.name) for f in fields(Thresholds)}}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_gives_its_own_values_and_the_defaults_elsewhere(recipe):
+    given = recipe_values(recipe)
+    assert given.get("mix") or given.get("train_data")
+    parsed, defaults = flat(train.parse_args(["--recipe", str(recipe)])), flat(TrainConfig())
+    for name, value in parsed.items():
+        if name in given:
+            assert isinstance(value, value_type(name)) and value == given[name], name
+        elif name != "recipe":
+            assert value == defaults[name], name
+    cfg = train.defaults(train.parse_args(["--recipe", str(recipe), "--input-dat", "dummy.dat"]))
+    assert cfg.input_dat == "dummy.dat" and cfg.output_dat == "artifacts/stage.dat"
+    lr = given.get("lr", TrainConfig().lr)
+    assert cfg.lrs == {g: given.get(f"lr_{g}", lr) for g in trainer.GROUPS}
+
+
+def test_stage_g_v3_recipe_pinned():
+    """The default recipe of `make stageG`, value by value where it differs from the defaults."""
+    cfg = train.parse_args(["--recipe", str(ROOT / "data/stages/stageG-v3.args")])
+    assert replace(cfg, recipe=None) == TrainConfig(
+        mix="data/stageG-whoami-v2.tsv:8,data/stageG-anchor-v1.tsv:4:anchor,"
+            "data/stageG-neighbours-v1.tsv:4:neighbour",
+        replay="self", kl_weight=4.0, unlikelihood_weight=1.0, context_share=0.3, lr=1e-4,
+        lr_head=1e-4, steps=240, seq_len=96, step_chunk_rows=16, seed=123, probe_every=40,
+        max_retries=2, thresholds=Thresholds(min_identity=0.9, max_nearmiss_leak=0.05,
+                                             max_context_leak=0.1, max_greeting_intro=0.1,
+                                             min_facts=0.9, max_nll_drift=0.1, max_loops=0.0))
+
+
+def test_unknown_flag_in_a_recipe_is_a_usage_error(tmp_path, capsys):
+    recipe = tmp_path / "bad.args"
+    recipe.write_text("--mix a.tsv:1\n--no-such-flag 3\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--recipe", str(recipe)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage:") and "unrecognized arguments: --no-such-flag 3" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--recipe", "no/such.args"], "no/such.args: No such file or directory"),
+    (["--steps", "3"], "give --train-data or --mix"),
+    (["--train-data", "x.tsv", "--replay", "always"], "invalid choice: 'always'"),
+])
+def test_usage_errors_exit_2(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_resolve_fills_the_defaults_that_depend_on_other_flags():
+    cfg = train.defaults(train.parse_args(["--train-data", "x.tsv", "--output-dat", "out/s1.dat",
+                                           "--device", "cpu"]))
+    assert (cfg.stage, cfg.output_dat, cfg.compute_dtype) == ("s1", "out/s1.dat", "float32")
+    assert cfg.probes == config.LEGACY_PROBES and cfg.model_dir
+    held = train.defaults(train.parse_args(["--train-data", "x.tsv", "--heldout", "h.tsv",
+                                            "--device", "cuda", "--stage", "g"]))
+    assert (held.probes, held.compute_dtype, held.output_dat) == (None, "bfloat16",
+                                                                   "artifacts/g.dat")
