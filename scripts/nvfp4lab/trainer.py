@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import chat, evaluate, mix, nullspace
-from .config import GROUPS, SCHEDULES, TrainConfig
+from .config import GROUPS, TrainConfig
 from .dat import AtomicFile
 from .generate import greedy_answers
 from .model import reset_deltas, set_use_delta
