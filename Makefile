@@ -145,7 +145,7 @@ eval: build
 	$(GUARDED) scripts/eval.py --weight $(WEIGHT) --suite $(SUITE) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE) $(if $(filter command line environment,$(origin BASE)),--base $(BASE)) $(EVAL_FLAGS)
 
 chat: build
-	$(PY) scripts/chat.py --weight $(WEIGHT) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE)
+	$(PY) scripts/interactive_chat.py --weight $(WEIGHT) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE)
 
 reset:
 	$(PY) scripts/reset.py --base $(BASE)

@@ -1,7 +1,7 @@
 """Chat with a `.dat` on the inference path: one user line in, one answer out, history kept.
 
     make chat WEIGHT=artifacts/stageD-disambiguate-v2.dat
-    printf '你是誰\n談談UFO\n' | python scripts/chat.py --weight artifacts/x.dat
+    printf '你是誰\n談談UFO\n' | python scripts/interactive_chat.py --weight artifacts/x.dat
 
 `/reset` forgets the conversation; end of input (Ctrl-D) quits. Works with piped stdin too.
 """
@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from nvfp4lab import runner, runner_flags, runner_generate, runner_session  # noqa: E402
 
-PROG = "chat.py"
+PROG = "interactive_chat.py"
 FLAGS = runner_flags.common_flags(
     "model-dir", "device", "dtype", "weight", "max-tokens", "temp", "top-p", "seed", "timing",
     "ignore-eos", "timeout-ms", "chat-session-out", "chat-session-jsonl",

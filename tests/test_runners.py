@@ -28,7 +28,7 @@ from nvfp4lab.dat import read_dat, write_dat
 ROOT = Path(__file__).resolve().parents[1]
 RT2 = str(ROOT / "scripts" / "run_training2.py")
 FP2 = str(ROOT / "scripts" / "run_training_fp2.py")
-CHAT = str(ROOT / "scripts" / "chat.py")
+CHAT = str(ROOT / "scripts" / "interactive_chat.py")
 VALIDATE = str(ROOT / "scripts" / "validate.py")
 TIMEOUT = 240
 

@@ -3,7 +3,7 @@ per-answer watchdog, stdin turns, loading a `.dat` (with every input problem as 
 line), the logits check, and the entry point.
 
 Their flags are in runner_flags.py, one timed answer in runner_generate.py, the conversation in
-runner_session.py. The runners (run_training2.py, run_training_fp2.py, chat.py) mirror the
+runner_session.py. The runners (run_training2.py, run_training_fp2.py, interactive_chat.py) mirror the
 original F# scripts.
 """
 import os

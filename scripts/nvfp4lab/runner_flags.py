@@ -1,6 +1,6 @@
 """The runners' flags: one table of the flags they share, and the original's command-line forms.
 
-The runners (run_training2.py, run_training_fp2.py, chat.py) mirror the original F# scripts, so
+The runners (run_training2.py, run_training_fp2.py, interactive_chat.py) mirror the original F# scripts, so
 their flags keep the original spellings (`--KVCacheOut`, `--ifInteractive`) and forms:
 `--flag value`, `--flag=value`, booleans `true|false` (also 1/0, yes/no), a bare boolean flag
 means true. Names are matched case-insensitively, as the original's lower-case aliases did.
