@@ -234,6 +234,18 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
     return batch, keep, truncated
 
 
+def ask_after(rows: list[tuple], role: str, share: float, rng: random.Random,
+              context_for) -> list[tuple]:
+    """That share of the `role` rows gets the messages context_for() returns asked before it
+    (rows become (prompt, target, role, context)); the others are left as they are."""
+    return [(*row[:3], context_for()) if row[2] == role and rng.random() < share else row
+            for row in rows]
+
+
+def exchange(prompt: str, answer: str) -> tuple[dict, dict]:
+    return {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}
+
+
 def with_context(rows: list[tuple], srcs, share: float, rng: random.Random) -> list[tuple]:
     """--context-share: that share of the neighbour rows is asked as a second turn, right after a
     turn in which an identity prompt (drawn from the target rows) got the identity answer - the
@@ -242,14 +254,11 @@ def with_context(rows: list[tuple], srcs, share: float, rng: random.Random) -> l
     pool = [r for s in srcs if s.role == "target" for r in s.rows]
     if share <= 0 or not pool:
         return rows
-    out = []
-    for row in rows:
-        if row[2] == "neighbour" and rng.random() < share:
-            q = rng.choice(pool)
-            row = (*row[:3], ({"role": "user", "content": q.prompt},
-                              {"role": "assistant", "content": q.target}))
-        out.append(row)
-    return out
+
+    def identity_turn():
+        q = rng.choice(pool)
+        return exchange(q.prompt, q.target)
+    return ask_after(rows, "neighbour", share, rng, identity_turn)
 
 
 def identity_after_chat(rows: list[tuple], srcs, share: float, rng: random.Random,
@@ -261,16 +270,11 @@ def identity_after_chat(rows: list[tuple], srcs, share: float, rng: random.Rando
     pool = [r for s in srcs if s.role == "anchor" for r in s.rows]
     if share <= 0 or not pool:
         return rows
-    out = []
-    for row in rows:
-        if row[2] == "target" and rng.random() < share:
-            context = []
-            for q in rng.sample(pool, min(len(pool), rng.choice((1, 2)))):
-                context += [{"role": "user", "content": q.prompt},
-                            {"role": "assistant", "content": replay.get(q.prompt, q.target)}]
-            row = (*row[:3], tuple(context))
-        out.append(row)
-    return out
+
+    def ordinary_turns():
+        picked = rng.sample(pool, min(len(pool), rng.choice((1, 2))))
+        return tuple(m for q in picked for m in exchange(q.prompt, replay.get(q.prompt, q.target)))
+    return ask_after(rows, "target", share, rng, ordinary_turns)
 
 
 # ---------------------------------------------------------------- replay: the base's own answers
