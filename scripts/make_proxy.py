@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from nvfp4lab import devlog, paths  # noqa: E402
-from nvfp4lab.dat import AtomicFile, read_dat  # noqa: E402
+from nvfp4lab.atomic import AtomicFile  # noqa: E402
+from nvfp4lab.dat import read_dat  # noqa: E402
 from nvfp4lab.generate import greedy_answers  # noqa: E402
 from nvfp4lab.model import load_model  # noqa: E402
 from nvfp4lab.proxy import export_proxy, train_proxy  # noqa: E402

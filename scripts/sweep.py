@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from nvfp4lab import devlog, evaluate  # noqa: E402
-from nvfp4lab.dat import AtomicFile  # noqa: E402
+from nvfp4lab.atomic import AtomicFile  # noqa: E402
 from nvfp4lab.tsv import DataError  # noqa: E402
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")

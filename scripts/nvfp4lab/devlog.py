@@ -9,7 +9,7 @@ import shlex
 import sys
 
 from . import paths
-from .dat import AtomicFile
+from .atomic import AtomicFile
 
 ARTIFACT_HEADER = """# 檔案說明清單
 

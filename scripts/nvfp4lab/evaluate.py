@@ -29,7 +29,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 
-from .dat import AtomicFile
+from .atomic import AtomicFile
 from .generate import answer_batches, answer_log_probs, default_batch_size, greedy_chats, model_device
 from .model import set_use_delta
 from .probes import Thresholds, repetition

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from . import chat, evaluate, mix, nullspace
 from .config import GROUPS, TrainConfig
-from .dat import AtomicFile
+from .atomic import AtomicFile
 from .generate import greedy_answers
 from .model import reset_deltas, set_use_delta
 from .probes import format_summary

@@ -11,6 +11,8 @@ import unicodedata
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
+from .atomic import AtomicFile
+
 PROBE_KINDS = ("identity", "anchor", "nearmiss")
 
 
@@ -153,7 +155,7 @@ def render_tsv(rows: Iterable, header_comment: str | None = None, path="<rows>")
 
 
 def write_new_tsv(path, rows: Iterable, header_comment: str | None = None) -> int:
-    """Write a NEW data file, atomically (dat.AtomicFile); returns the number of data rows
+    """Write a NEW data file, atomically (atomic.AtomicFile); returns the number of data rows
     (comments not counted). Never overwrites: old data stays as it was trained on, and a changed
     recipe must get a new file name."""
     path = Path(path)
@@ -161,7 +163,6 @@ def write_new_tsv(path, rows: Iterable, header_comment: str | None = None) -> in
     if path.exists():
         raise DataError(f"{path}: already exists; refusing to overwrite (use a new version suffix)")
     data = render_tsv(rows, header_comment, path)
-    from .dat import AtomicFile   # here: dat loads torch, which reading data files never needs
     with AtomicFile(path) as f:
         f.write(data)
         os.fchmod(f.fileno(), 0o644)   # data files are read by all, whatever the umask
