@@ -72,5 +72,4 @@ final)
   pack artifacts/*.eval.json artifacts/*.log
   ;;
 esac
-cp "$NVFP4LAB_DEVLOG" "$OUT/DevLog.md" 2>/dev/null
 exit 0

@@ -212,11 +212,13 @@ def main(argv=None) -> int:
     for v in results:
         print(f"[{v['name']}] {v['status']} {v['seconds']:.0f}s: {v['last']}", flush=True)
     print(table(results))
+    pooled_text = ""
     if seeds:
         rows = pooled(results)
         best = max(rows, key=pooled_key)
         best = {**best, "status": "success" if best["successes"] * 2 > len(seeds) else "not-reached"}
-        print(pooled_table(rows))
+        pooled_text = pooled_table(rows)
+        print(pooled_text)
     else:
         best = max(results, key=rank_key)
     print(f"chosen: {best['name']} {best['flags']}")
@@ -229,7 +231,7 @@ def main(argv=None) -> int:
                       "then facts kept, then lower NLL drift; numbers from each variant's "
                       "sweep-NAME.eval.json."),
         ("指令/Command", devlog.code(devlog.command_line())),
-        ("結果/Results", table(results) + ("\n\n" + pooled_table(pooled(results)) if seeds else "")),
+        ("結果/Results", table(results) + ("\n\n" + pooled_text if seeds else "")),
         ("結論/Conclusion", f"chosen: {best['name']} (`{best['flags'] or '(recipe)'}`), "
                             f"{best['status']}; {time.time() - t0:.0f}s for {len(results)} variants, "
                             f"{args.jobs} at once; flags in {args.chosen}"),

@@ -196,7 +196,7 @@ def neighbour_projectors(cfg: TrainConfig, model, tok, sources, replay, log) -> 
                                                 cfg.protect_neighbours)
     free = sum(int(round(float(p.trace()))) for p in projectors.values())
     log(f"protect-neighbours: {len(projectors)} projections, {free} free input directions in all "
-        f"(tolerance {cfg.protect_neighbours:g}, {min(len(rows), 256)} neighbour rows)")
+        f"(tolerance {cfg.protect_neighbours:g}, {min(len(rows), nullspace.MAX_ROWS)} neighbour rows)")
     return projectors
 
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, is_dataclass
 
 from .atomic import AtomicFile
 from .generate import answer_batches, answer_log_probs, default_batch_size, greedy_chats, model_device
-from .model import set_use_delta
+from .model import deltas_off
 from .probes import Thresholds, repetition
 from .suite import SuiteRow, messages, read_suite
 from .tsv import DataError, normalize_prompt, read_probes
@@ -329,11 +329,8 @@ def as_base(model, base):
     if base is not model:
         yield base
         return
-    set_use_delta(model, False)
-    try:
+    with deltas_off(model):
         yield model
-    finally:
-        set_use_delta(model, True)
 
 
 def with_base_answers(es: EvalSet, tok, model, base) -> EvalSet:

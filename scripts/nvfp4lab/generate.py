@@ -9,7 +9,7 @@ a batch pads little.
 """
 import torch
 
-from .chat import collate, encode_answer, encode_chat, end_tokens
+from .chat import collate, encode_answer, encode_chat, end_tokens, pad_token_id
 from .model import cached_weights
 
 
@@ -67,7 +67,7 @@ def answer_batches(tok, chats: list[list[dict]], answers: list[str], batch_size:
     """(row indices, right-padded batch of chat + answer + end token) for scoring answers."""
     enc = [encode_answer(tok, c, a) for c, a in zip(chats, answers)]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))
-    pad = end_tokens(tok).pad
+    pad = pad_token_id(tok)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         yield idx, {k: v.to(device) for k, v in collate([enc[j] for j in idx], pad).items()}

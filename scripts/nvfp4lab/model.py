@@ -311,6 +311,17 @@ def set_use_delta(model: nn.Module, on: bool) -> None:
             mod.use_delta = on
 
 
+@contextmanager
+def deltas_off(model: nn.Module):
+    """`with deltas_off(model):` the frozen base inside, the trained weights again after (also on
+    an exception)."""
+    set_use_delta(model, False)
+    try:
+        yield model
+    finally:
+        set_use_delta(model, True)
+
+
 @torch.no_grad()
 def reset_deltas(model: nn.Module) -> None:
     """Back to the initial weights: every delta to zero."""

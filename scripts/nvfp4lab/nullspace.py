@@ -14,7 +14,7 @@ study (doc/METHOD.md), not assumed.
 import torch
 
 from . import chat
-from .model import NVFP4Linear, set_use_delta
+from .model import NVFP4Linear, deltas_off
 
 
 @torch.no_grad()
@@ -29,13 +29,12 @@ def input_covariances(model, tok, messages_and_answers, seq_len: int, device) ->
     for mod in model.modules():
         if isinstance(mod, NVFP4Linear) and mod.delta is not None:
             hooks.append(mod.register_forward_hook(hook))
-    set_use_delta(model, False)
     try:
-        for messages, answer in messages_and_answers:
-            ids, _ = chat.encode_answer(tok, messages, answer)
-            model(input_ids=torch.tensor([ids[:seq_len]], device=device))
+        with deltas_off(model):
+            for messages, answer in messages_and_answers:
+                ids, _ = chat.encode_answer(tok, messages, answer)
+                model(input_ids=torch.tensor([ids[:seq_len]], device=device))
     finally:
-        set_use_delta(model, True)
         for h in hooks:
             h.remove()
     return cov
@@ -49,8 +48,11 @@ def null_projector(k: torch.Tensor, rel_tol: float) -> torch.Tensor:
     return (u @ u.t()).float()
 
 
+MAX_ROWS = 256   # neighbour chats whose inputs make the covariances (enough for a 2560-wide input)
+
+
 def neighbour_projectors(model, tok, rows, replay: dict, seq_len: int, rel_tol: float,
-                         max_rows: int = 256, skip_head: bool = True) -> dict:
+                         max_rows: int = MAX_ROWS, skip_head: bool = True) -> dict:
     """{delta parameter: P} for the projections (lm_head left free unless skip_head=False:
     its input is the final hidden state, where the identity itself has to be told apart)."""
     device = next(model.parameters()).device

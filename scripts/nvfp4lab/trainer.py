@@ -22,7 +22,7 @@ from . import chat, evaluate, mix, nullspace
 from .config import GROUPS, TrainConfig
 from .atomic import AtomicFile
 from .generate import greedy_answers
-from .model import reset_deltas, set_use_delta
+from .model import deltas_off, reset_deltas
 from .probes import format_summary
 from .tsv import DataError, normalize_prompt
 
@@ -181,14 +181,10 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     ul = torch.zeros((), device=ce.device)
     a_sel = sel & keep_rows[:, None] & ~ul_rows[:, None]
     if kl_weight > 0 and bool(a_sel.any()):
-        with torch.no_grad():
-            set_use_delta(model, False)
-            try:
-                hb = body(input_ids=batch["input_ids"],
-                          attention_mask=batch["attention_mask"]).last_hidden_state
-                base_logp = F.log_softmax(model.lm_head(hb[:, :-1][a_sel]).float(), -1)
-            finally:
-                set_use_delta(model, True)
+        with torch.no_grad(), deltas_off(model):
+            hb = body(input_ids=batch["input_ids"],
+                      attention_mask=batch["attention_mask"]).last_hidden_state
+            base_logp = F.log_softmax(model.lm_head(hb[:, :-1][a_sel]).float(), -1)
         logp = F.log_softmax(logits[a_sel[sel]], -1)
         kl = F.kl_div(logp, base_logp, log_target=True, reduction="batchmean")
     if ul_weight > 0 and bool(on_ul.any()):
