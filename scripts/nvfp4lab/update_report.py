@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
-from .model import trainable_deltas
+from .model import trainable_deltas, updated_tensors
 
 
 @dataclass
@@ -45,9 +45,11 @@ def group_name(key: str) -> str:
 
 @torch.no_grad()
 def update_report(model, dat) -> list[GroupChange]:
-    """Per group, how many stored codes / scales / dense elements the export would change."""
+    """Per group, how many stored codes / scales / dense elements the export would change: the
+    entries model.updated_tensors would write, compared with the base file's."""
+    new = updated_tensors(model, dat)
     groups: dict[str, GroupChange] = {}
-    for key, delta in trainable_deltas(model):
+    for key, _ in trainable_deltas(model):
         g = groups.setdefault(group_name(key), GroupChange(group_name(key)))
         g.tensors += 1
         prefix = dat.stored_prefix(key)
@@ -55,19 +57,17 @@ def update_report(model, dat) -> list[GroupChange]:
             q, s = dat.nvfp4_pair(prefix)
             g.elements += q.numel() * 2
             g.blocks += s.numel()
-            if not bool(delta.any()):
-                continue
-            q2, s2 = ops.requantize_delta(q.to(delta.device), s.to(delta.device), delta.detach())
-            # Values, not code bytes: +0 and -0 (codes 0 and 8) are the same weight, and so is a code
-            # halved in a block whose scale doubled.
-            g.changed += int((ops.dequantize(q2.cpu(), s2.cpu()) != ops.dequantize(q, s)).sum())
-            g.scales_changed += int((s2.cpu() != s).sum())
+            if prefix + ".qdata" in new:
+                q2, s2 = new[prefix + ".qdata"], new[prefix + ".scale"]
+                # Values, not code bytes: +0 and -0 (codes 0 and 8) are the same weight, and so
+                # is a code halved in a block whose scale doubled.
+                g.changed += int((ops.dequantize(q2, s2) != ops.dequantize(q, s)).sum())
+                g.scales_changed += int((s2 != s).sum())
         else:
             base = dat.tensor(key)
             g.elements += base.numel()
-            if bool(delta.any()):
-                new = (base.to(delta.device, torch.float32) + delta.detach().float()).to(base.dtype)
-                g.changed += int((new.cpu() != base).sum())
+            if key in new:
+                g.changed += int((new[key] != base).sum())
     order = lambda name: (name != "embed", name.startswith("layer"),   # noqa: E731
                           int(name.split()[1]) if name.startswith("layer") else 0, name == "head")
     return sorted(groups.values(), key=lambda g: order(g.group))
