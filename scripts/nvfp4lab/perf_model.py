@@ -565,9 +565,7 @@ class Settings:
     seq_len: int = 64
     head_rows: int | None = None
     decode_kernels: int = DECODE_STEP_KERNELS
-    prefill_kernels: int | None = None          # None: prefill_kernels(shape)
     train_kernels: int = TRAIN_STEP_KERNELS
-    train_ckpt_kernels: int | None = None       # None: train_kernels(shape, True)
     machines: list = field(default_factory=lambda: ["h200", "gb10"])
 
 
@@ -578,10 +576,9 @@ def report(s: Shape, st: Settings, oh: Overheads | None = None,
     machines = machines or MACHINES
     works = {
         "decode_step": decode_step(s, st.context_tokens, "nvfp4", st.decode_kernels),
-        "prefill": prefill(s, st.prefill_tokens, "nvfp4", st.prefill_kernels or prefill_kernels(s)),
+        "prefill": prefill(s, st.prefill_tokens, "nvfp4", prefill_kernels(s)),
         "train_step_checkpoint": train_step(s, st.rows, st.seq_len, st.head_rows, True,
-                                            kernels=st.train_ckpt_kernels
-                                            or st.train_kernels + prefill_kernels(s)),
+                                            kernels=st.train_kernels + prefill_kernels(s)),
         "train_step": train_step(s, st.rows, st.seq_len, st.head_rows, False,
                                  kernels=st.train_kernels),
     }
