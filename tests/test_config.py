@@ -122,6 +122,9 @@ def test_unknown_flag_in_a_recipe_is_a_usage_error(tmp_path, capsys):
     (["--recipe", "no/such.args"], "no/such.args: No such file or directory"),
     (["--steps", "3"], "give --train-data or --mix"),
     (["--train-data", "x.tsv", "--replay", "always"], "invalid choice: 'always'"),
+    (["--train-data", "x.tsv", "--sparse-share", "1"], "--sparse-share 1: a share of the values"),
+    (["--train-data", "x.tsv", "--sparse-share", "0.01", "--sparse-at", "60", "--steps", "60"],
+     "1 <= STEP < --steps (60)"),
 ])
 def test_usage_errors_exit_2(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:

@@ -95,6 +95,11 @@ class TrainConfig:
         0.0, "project every projection's update onto the null space of the inputs the neighbour "
              "rows send into it (eigenvalues <= TOL x the largest; AlphaEdit-style; 0 = off)",
         metavar="TOL")
+    sparse_share: float = flag(
+        0.0, "after --sparse-at steps only this share of the NVFP4 and 2-D values, those that "
+             "moved furthest in their block's scale, may differ from the base; the rest go back "
+             "to it (nvfp4lab/sparse.py; 0 = off)", metavar="SHARE")
+    sparse_at: int = flag(60, "the step after which --sparse-share chooses its values")
     keep_best: bool = flag(
         False, "keep the best --monitor checkpoint of each attempt (trainer.monitor_score) and "
                "end the attempt on it; a monitor collapse after a kept checkpoint stops early "
@@ -189,6 +194,11 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         ns = parser.parse_args(recipe_flags(parser, ns.recipe) + list(argv))
     if not ns.mix and not ns.train_data:
         parser.error("give --train-data or --mix (or a --recipe that does)")
+    if not 0.0 <= ns.sparse_share < 1.0:
+        parser.error(f"--sparse-share {ns.sparse_share:g}: a share of the values, 0 <= SHARE < 1")
+    if ns.sparse_share > 0 and not 1 <= ns.sparse_at < ns.steps:
+        parser.error(f"--sparse-at {ns.sparse_at}: the values are chosen after a step of the run, "
+                     f"1 <= STEP < --steps ({ns.steps})")
     return TrainConfig(**{f.name: getattr(ns, f.name) for f in flag_fields()},
                        thresholds=thresholds_from_args(ns))
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from . import chat, evaluate, mix, nullspace
+from . import chat, evaluate, mix, nullspace, sparse
 from .config import GROUPS, TrainConfig
 from .atomic import AtomicFile
 from .generate import greedy_answers
@@ -97,6 +97,7 @@ class StepInBackward:
                  projectors: dict | None = None):
         self.grad_clip = grad_clip
         self.projectors = projectors or {}   # --protect-neighbours: delta <- delta @ P per step
+        self.frozen = {}                     # --sparse-share: delta <- 0 where frozen, per step
         buckets: dict[str, list] = {}
         for key, d in deltas:
             buckets.setdefault(bucket_of(key), []).append((key, d))
@@ -133,6 +134,8 @@ class StepInBackward:
         b["opt"].zero_grad(set_to_none=True)
         if self.projectors:
             nullspace.project_(b["params"], self.projectors)
+        if self.frozen:
+            sparse.apply_(b["params"], self.frozen)
         b["ready"] = 0
 
     def flush(self) -> None:
@@ -406,6 +409,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
             break
         loss.backward()     # the optimizer steps inside, layer by layer
         stepper.flush()
+        if cfg.sparse_share > 0 and step == cfg.sparse_at:
+            keep_only_the_largest_moves(model, stepper, cfg.sparse_share, att, step, log)
         if step % cfg.log_every == 0 or step == cfg.steps:
             log(f"[attempt {att.index}] step {step}/{cfg.steps} loss {value:.4f} "
                 f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f} ul {float(ul.detach()):.4f}) "
@@ -444,6 +449,17 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
             att.status, att.why = att.result.summary.verdict, att.result.summary.why
             log_faults(att, att.result.rows, log)
     return att
+
+
+def keep_only_the_largest_moves(model, stepper, share: float, att: Attempt, step: int,
+                                log) -> None:
+    """--sparse-share: from now on only the values that moved furthest may differ from the base
+    (sparse.py says why); all other deltas are zeroed now and after every optimizer step."""
+    stepper.frozen = sparse.choose_frozen(model, share)
+    sparse.apply_(list(stepper.frozen), stepper.frozen)
+    kept, total = sparse.kept_share(stepper.frozen)
+    log(f"[attempt {att.index}] step {step}: sparse update, {kept} of {total} values stay "
+        f"trainable ({kept / total:.2%}); the rest are back at the base")
 
 
 def log_faults(att: Attempt, rows: list, log) -> None:
