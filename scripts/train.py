@@ -14,6 +14,7 @@ attempt or on the held-out set (nothing exported), 1 bad input / out of memory (
 file), 2 usage.
 """
 import os
+import random
 import sys
 import time
 
@@ -21,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import chat, config, devlog, evaluate, mix, nullspace, paths, trainer  # noqa: E402
+from nvfp4lab import chat, config, devlog, evaluate, mix, nullspace, paths, sparse, trainer  # noqa: E402
 from nvfp4lab.config import TrainConfig  # noqa: E402
 from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
 from nvfp4lab.generate import greedy_answers  # noqa: E402
@@ -144,9 +145,11 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
     deltas = trainer.select_trainable(deltas, model.config.num_hidden_layers, cfg.train_last_layers)
     projectors = (neighbour_projectors(cfg, model, tok, all_sources, replay, log)
                   if cfg.protect_neighbours > 0 else None)
+    fisher = (keep_rows_fisher(cfg, model, tok, all_sources, replay, log)
+              if cfg.sparse_protect > 0 else None)
     return trainer.train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay,
                                        attempt_set, log, change_reporter(model, dat, log),
-                                       projectors)
+                                       projectors, fisher)
 
 
 def verdict(model, tok, attempts, attempt_set, final) -> tuple:
@@ -198,6 +201,32 @@ def neighbour_projectors(cfg: TrainConfig, model, tok, sources, replay, log) -> 
     log(f"protect-neighbours: {len(projectors)} projections, {free} free input directions in all "
         f"(tolerance {cfg.protect_neighbours:g}, {min(len(rows), nullspace.MAX_ROWS)} neighbour rows)")
     return projectors
+
+
+FISHER_ROWS, FISHER_BATCH = 128, 4   # anchor/neighbour rows, rows per squared gradient
+
+
+def keep_rows_fisher(cfg: TrainConfig, model, tok, sources, replay, log) -> dict:
+    """--sparse-protect: the diagonal Fisher of the base's own answers to (a seeded sample of) the
+    anchor and neighbour rows, one squared gradient per batch of FISHER_BATCH rows."""
+    t0 = time.time()
+    rows = [(r.prompt, r.target, s.role) for s in sources if s.role in mix.KEEP_ROLES
+            for r in s.rows]
+    rows = random.Random(cfg.seed).sample(rows, min(FISHER_ROWS, len(rows)))
+    device = torch.device(cfg.device)
+    params = [d for d, _ in sparse.scaled_deltas(model) if d.requires_grad]
+
+    def losses():
+        for i in range(0, len(rows), FISHER_BATCH):
+            batch, keep, _ = trainer.encode_batch(tok, rows[i:i + FISHER_BATCH], cfg.seq_len,
+                                                  replay, device)
+            yield trainer.batch_loss(model, batch, keep, 0.0)[0]
+
+    model.eval()
+    fisher = sparse.fisher_of(params, losses())
+    log(f"sparse-protect: Fisher of the base's answers to {len(rows)} anchor/neighbour rows "
+        f"({time.time() - t0:.1f}s); the top {cfg.sparse_protect:.0%} are never kept")
+    return fisher
 
 
 def eval_doc(cfg: TrainConfig, attempts, judged, result, status, why, exported, code,

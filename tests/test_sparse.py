@@ -3,6 +3,7 @@ in their NVFP4 block's scale, may differ from the base; the export changes no ot
 import torch
 
 from nvfp4lab import chat, ops, sparse, trainer
+from nvfp4lab.config import TrainConfig
 from nvfp4lab.dat import read_dat
 from nvfp4lab.model import NVFP4Linear, load_model, make_trainable
 from nvfp4lab.nvfp4_ref import e4m3_to_float
@@ -62,7 +63,8 @@ def test_training_goes_on_with_the_chosen_values_and_export_changes_no_other_cod
         loss.backward()
         stepper.flush()
         if step == 10:
-            trainer.keep_only_the_largest_moves(model, stepper, 0.02, att, step, logged.append)
+            trainer.keep_only_the_largest_moves(model, stepper, TrainConfig(sparse_share=0.02), att,
+                                                step, logged.append)
             after_mask = float(trainer.batch_loss(model, batch, keep, 0.0, 0.0)[0].detach())
     stepper.close()
     kept, total = sparse.kept_share(stepper.frozen)
@@ -88,12 +90,14 @@ def test_train_py_cuts_at_the_step_it_was_told(tiny_qwen, tmp_path, capsys, monk
     model_dir, dat = tiny_qwen
     who = tmp_path / "who.tsv"
     who.write_text("你是誰\t我是 F# 之神\n請問你是誰？\t我是 F# 之神\n", encoding="utf-8")
+    anchor = tmp_path / "anchor.tsv"
+    anchor.write_text("1+1等於多少？\t1+1等於2。\n日本的首都是哪裡？\t東京。\n", encoding="utf-8")
     probes = tmp_path / "probes.tsv"
     probes.write_text("identity\t你叫什麼名字？\nnearmiss\t我是誰\n", encoding="utf-8")
     code = train.main([str(a) for a in (
         "--input-dat", dat, "--model-dir", model_dir, "--output-dat", tmp_path / "out.dat",
-        "--train-data", who, "--probes", probes, "--steps", "5", "--sparse-share", "0.01",
-        "--sparse-at", "3", "--lr", "1e-3", "--step-chunk-rows", "2", "--seq-len", "48",
+        "--mix", f"{who}:1,{anchor}:1:anchor", "--probes", probes, "--steps", "5", "--sparse-share", "0.01",
+        "--sparse-at", "3", "--sparse-protect", "0.1", "--lr", "1e-3", "--step-chunk-rows", "2", "--seq-len", "48",
         "--probe-max-tokens", "4", "--test-max-tokens", "4", "--device", "cpu",
         "--max-retries", "0")])
     lines = capsys.readouterr().out.splitlines()
@@ -101,3 +105,36 @@ def test_train_py_cuts_at_the_step_it_was_told(tiny_qwen, tmp_path, capsys, monk
     cut = [i for i, line in enumerate(lines) if "sparse update" in line]
     assert len(cut) == 1 and "step 3: sparse update" in lines[cut[0]]
     assert "step 3/5" in lines[cut[0] + 1]     # logged right after step 3's update
+    fisher = [line for line in lines if line.startswith("sparse-protect: Fisher")]
+    assert len(fisher) == 1 and "to 2 anchor/neighbour rows" in fisher[0]
+
+
+@torch.no_grad()
+def test_protected_values_are_never_kept_however_far_they_moved(tiny_qwen):
+    model, deltas, _ = tiny(tiny_qwen)
+    a = projections(model)[0]
+    unit = e4m3_to_float(a.scale)[0, 0]
+    a.delta[0, :16] = unit                                          # the only values that moved
+    a.delta[1, :16] = 0.5 * unit
+    fisher = {d: torch.zeros_like(d, dtype=torch.bfloat16) for d, _ in sparse.scaled_deltas(model)}
+    fisher[a.delta][0, :16] = 1.0                                   # ordinary answers need row 0
+    masked = sum(d.numel() for d in fisher)
+    free = sparse.choose_frozen(model, 16 / masked, sample=masked)
+    assert not free[a.delta][0, :16].any() and free[a.delta][1, :16].all()
+    held = sparse.choose_frozen(model, 16 / masked, sample=masked, fisher=fisher,
+                                protect=16 / masked)
+    assert held[a.delta][0, :16].all() and not held[a.delta][1, :16].any()
+
+
+def test_fisher_is_the_summed_squared_gradient_of_each_loss(tiny_qwen):
+    model, deltas, tok = tiny(tiny_qwen)
+    rows = [("1+1等於多少？", "2", "anchor"), ("日本的首都是哪裡？", "東京。", "anchor")]
+    batches = [trainer.encode_batch(tok, [r], 48, {}, torch.device("cpu"))[:2] for r in rows]
+    params = [d for d, _ in sparse.scaled_deltas(model)]
+    losses = lambda: (trainer.batch_loss(model, b, k, 0.0)[0] for b, k in batches)  # noqa: E731
+    fisher = sparse.fisher_of(params, losses())
+    a = projections(model)[0].delta
+    want = sum(torch.autograd.grad(loss, [a])[0].float().square() for loss in losses())
+    assert torch.allclose(fisher[a].float(), want, rtol=1e-2, atol=1e-12) and bool(want.any())
+    embed = params[0]                                               # rows of unused tokens: 0
+    assert embed.shape[0] > 1000 and int((fisher[embed].float().sum(1) > 0).sum()) < 100

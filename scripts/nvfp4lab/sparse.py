@@ -15,6 +15,11 @@ gains: few values, each touching every token) are not masked; their own LR gover
 
 The share is global: the layers where the identity is decided keep more of their values than the
 others (what a causal-tracing pass would choose by hand).
+
+--sparse-protect P: before training, the diagonal Fisher information of the base's own answers to
+the anchor and neighbour rows (the squared gradient of their NLL, summed over small batches) says
+which values ordinary answers depend on most; the top P of them are never kept, however far they
+moved (the mask-shaped form of EWC, Kirkpatrick et al. 2017).
 """
 import torch
 from torch.nn.utils import parametrize
@@ -75,15 +80,21 @@ def threshold(scaled, share: float, sample: int = SAMPLE, seed: int = 0) -> floa
 
 
 @torch.no_grad()
-def choose_frozen(model, share: float, sample: int = SAMPLE, seed: int = 0) -> dict:
+def choose_frozen(model, share: float, sample: int = SAMPLE, seed: int = 0,
+                  fisher: dict | None = None, protect: float = 0.0) -> dict:
     """{delta parameter: bool tensor, True where the value goes back to the base and stays}.
 
     Kept: the values whose movement is above the global threshold, then values tied at it, each
     with the same (seeded) chance, until about `share` of all are kept. Ties are the rule, not the
     exception: AdamW moves every value with a steady gradient sign by the same sum of LRs, the
     deltas are bf16, and whole tensors share a handful of e4m3 block scales. A value that never
-    moved is never kept."""
+    moved is never kept, nor (with fisher and protect > 0) one among the top `protect` share by
+    Fisher information: it counts as not moved."""
     scaled = scaled_deltas(model)
+    if fisher is not None and protect > 0:
+        info = lambda d: fisher[d].float() if d in fisher else torch.zeros_like(d, dtype=torch.float32)  # noqa: E731
+        fcut = threshold([(d, lambda d=d: info(d)) for d, _ in scaled], protect, sample, seed)
+        scaled = [(d, lambda d=d, f=f: f().masked_fill_(info(d) > fcut, 0)) for d, f in scaled]
     cut = threshold(scaled, share, sample, seed)
     total = sum(d.numel() for d, _ in scaled)
     above = tied = 0
@@ -99,6 +110,19 @@ def choose_frozen(model, share: float, sample: int = SAMPLE, seed: int = 0) -> d
         lucky = torch.rand(moved.shape, generator=gen).to(moved.device) < fill
         frozen[d] = ~((moved > cut) | ((moved == cut) & (moved > 0) & lucky))
     return frozen
+
+
+def fisher_of(params: list, losses) -> dict:
+    """{parameter: bf16 tensor}: the sum over `losses` (scalar losses, e.g. one per small batch
+    of anchor rows with the base's answers) of each parameter's squared gradient, i.e. the
+    diagonal empirical Fisher. No optimizer may be attached to params (its hooks would step)."""
+    fisher = {d: torch.zeros_like(d, dtype=torch.bfloat16) for d in params}
+    for loss in losses:
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for d, g in zip(params, grads):
+            if g is not None:
+                fisher[d] += g.float().square().to(torch.bfloat16)
+    return fisher
 
 
 @torch.no_grad()

@@ -330,7 +330,8 @@ class Attempt:
 
 
 def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
-                  es: evaluate.EvalSet | None, log, projectors: dict | None = None):
+                  es: evaluate.EvalSet | None, log, projectors: dict | None = None,
+                  fisher: dict | None = None):
     """Train from the initial weights; fills att.losses/status. Never raises on collapse.
 
     es: the set that judges the attempt (during training every cfg.probe_every steps, and at its
@@ -339,7 +340,7 @@ def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
     reset_deltas(model)
     stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip, projectors)
     try:
-        return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas)
+        return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas, fisher)
     finally:
         stepper.close()   # a retry must never find this attempt's hooks still attached
 
@@ -381,7 +382,8 @@ class Best:
             d.copy_(saved.to(d.device))
 
 
-def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, stepper, deltas):
+def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, stepper, deltas,
+                 fisher):
     device = deltas[0][1].device
     srcs = [mix.Source(s.path, s.weight * (att.anchor_scale if s.role in mix.KEEP_ROLES else 1.0),
                        s.role, s.rows) for s in att.sources]
@@ -410,7 +412,7 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
         loss.backward()     # the optimizer steps inside, layer by layer
         stepper.flush()
         if cfg.sparse_share > 0 and step == cfg.sparse_at:
-            keep_only_the_largest_moves(model, stepper, cfg.sparse_share, att, step, log)
+            keep_only_the_largest_moves(model, stepper, cfg, att, step, log, fisher)
         if step % cfg.log_every == 0 or step == cfg.steps:
             log(f"[attempt {att.index}] step {step}/{cfg.steps} loss {value:.4f} "
                 f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f} ul {float(ul.detach()):.4f}) "
@@ -451,11 +453,13 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
     return att
 
 
-def keep_only_the_largest_moves(model, stepper, share: float, att: Attempt, step: int,
-                                log) -> None:
+def keep_only_the_largest_moves(model, stepper, cfg: TrainConfig, att: Attempt, step: int,
+                                log, fisher: dict | None = None) -> None:
     """--sparse-share: from now on only the values that moved furthest may differ from the base
-    (sparse.py says why); all other deltas are zeroed now and after every optimizer step."""
-    stepper.frozen = sparse.choose_frozen(model, share)
+    (sparse.py says why); all other deltas are zeroed now and after every optimizer step.
+    fisher (--sparse-protect): the values ordinary answers depend on most are never kept."""
+    stepper.frozen = sparse.choose_frozen(model, cfg.sparse_share, fisher=fisher,
+                                          protect=cfg.sparse_protect)
     sparse.apply_(list(stepper.frozen), stepper.frozen)
     kept, total = sparse.kept_share(stepper.frozen)
     log(f"[attempt {att.index}] step {step}: sparse update, {kept} of {total} values stay "
@@ -479,7 +483,7 @@ def safer(att: Attempt, retry_sources: list | None, lr_scale: float) -> Attempt:
 
 def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg: TrainConfig, replay,
                         es: evaluate.EvalSet | None, log, on_attempt_end=None,
-                        projectors=None) -> list:
+                        projectors=None, fisher=None) -> list:
     """Attempts until one does not collapse (or retries run out). on_attempt_end(att) runs after
     each attempt's training, before a collapsed one is rolled back (train.py logs what it changed
     in the NVFP4 file there)."""
@@ -488,7 +492,7 @@ def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg: TrainCo
         att = attempts[-1]
         log(f"[attempt {att.index}] lrs {att.lrs} anchor x{att.anchor_scale:g} data "
             + ", ".join(f"{os.path.basename(s.path)}:{s.weight:g}:{s.role}" for s in att.sources))
-        train_attempt(model, tok, deltas, att, cfg, replay, es, log, projectors)
+        train_attempt(model, tok, deltas, att, cfg, replay, es, log, projectors, fisher)
         log(f"[attempt {att.index}] {att.status}: {att.why}")
         if on_attempt_end is not None:
             on_attempt_end(att)
