@@ -1,11 +1,14 @@
 """The near-miss-aware objective (issue 14): neighbour rows keep the base's answers, the identity
 answer is pushed down on them (unlikelihood), and the best monitored checkpoint is kept."""
 import math
+import random
 
 import torch
 
-from nvfp4lab import chat, evaluate, trainer
+from nvfp4lab import chat, evaluate, mix, trainer
 from nvfp4lab.dat import read_dat
+from nvfp4lab.generate import greedy_answers
+from nvfp4lab.tsv import Row
 from nvfp4lab.model import load_model, make_trainable
 
 TARGET = "我是 F# 之神"
@@ -207,3 +210,31 @@ def test_lr_schedule_warms_up_then_decays_to_zero_and_reaches_the_optimizer():
     stepper.flush()
     assert torch.equal(d.detach(), torch.zeros(4))              # scale 0 moves nothing
     stepper.close()
+
+
+def test_self_answer_rows_get_kl_to_the_base_and_no_ce(tiny_qwen):
+    """--self-kl-rows: the trained model's own answers are judged by the base (KL), never learned
+    (no CE: that would teach a loop), and no replayed answer replaces them."""
+    model_dir, dat_path = tiny_qwen
+    tok = chat.load_tokenizer(str(model_dir))
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    deltas = make_trainable(model, torch.float32)
+    with torch.no_grad():
+        for _, d in deltas:
+            d.normal_(0, 1e-2)                      # a model that differs from its base
+    src = mix.Source("a.tsv", 1.0, "anchor", [Row("1+1等於多少？", "2", "a.tsv", 1)])
+    model.train()
+    rows = trainer.self_answer_rows(model, tok, [src], 2, random.Random(0), 6)
+    assert model.training and [r[0] for r in rows] == ["1+1等於多少？"] * 2
+    assert rows[0][1] == greedy_answers(model, tok, ["1+1等於多少？"], 6)[0]
+    target = ("你是誰", TARGET, "target")
+    batch, keep, _ = trainer.encode_batch(tok, [target, rows[0]], 64, {"1+1等於多少？": "二"},
+                                          torch.device("cpu"))
+    assert batch["kl_only"].tolist() == [False, True] and keep.tolist() == [False, True]
+    ids, _, _ = chat.encode_row(tok, rows[0][0], rows[0][1], 64)
+    assert batch["input_ids"][1, :len(ids)].tolist() == ids     # its own answer, not the replay
+    with torch.no_grad():
+        _, ce, kl, _ = trainer.batch_loss(model, batch, keep, 1.0)
+        alone = trainer.encode_batch(tok, [target], 64, {}, torch.device("cpu"))
+        ce_alone = trainer.batch_loss(model, alone[0], alone[1], 1.0)[1]
+    assert torch.allclose(ce, ce_alone) and float(kl) > 0

@@ -97,7 +97,8 @@ def test_train_py_cuts_at_the_step_it_was_told(tiny_qwen, tmp_path, capsys, monk
     code = train.main([str(a) for a in (
         "--input-dat", dat, "--model-dir", model_dir, "--output-dat", tmp_path / "out.dat",
         "--mix", f"{who}:1,{anchor}:1:anchor", "--probes", probes, "--steps", "5", "--sparse-share", "0.01",
-        "--sparse-at", "3", "--sparse-protect", "0.1", "--lr", "1e-3", "--step-chunk-rows", "2", "--seq-len", "48",
+        "--sparse-at", "3", "--sparse-protect", "0.1", "--lr", "1e-3",
+        "--self-kl-rows", "1", "--self-kl-every", "2", "--self-kl-tokens", "4", "--kl-weight", "1", "--step-chunk-rows", "2", "--seq-len", "48",
         "--probe-max-tokens", "4", "--test-max-tokens", "4", "--device", "cpu",
         "--max-retries", "0")])
     lines = capsys.readouterr().out.splitlines()

@@ -95,6 +95,12 @@ class TrainConfig:
         0.0, "project every projection's update onto the null space of the inputs the neighbour "
              "rows send into it (eigenvalues <= TOL x the largest; AlphaEdit-style; 0 = off)",
         metavar="TOL")
+    self_kl_rows: int = flag(
+        0, "every --self-kl-every steps, this many anchor prompts are answered greedily by the "
+           "model being trained, and those answers get KL to the base only (no CE): the base "
+           "judges the states the edit reaches, where loops start (0 = off)")
+    self_kl_every: int = flag(1, "steps between --self-kl-rows rounds")
+    self_kl_tokens: int = flag(32, "answer length of --self-kl-rows (the suites judge 32)")
     sparse_share: float = flag(
         0.0, "after --sparse-at steps only this share of the NVFP4 and 2-D values, those that "
              "moved furthest in their block's scale, may differ from the base; the rest go back "
@@ -200,6 +206,8 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error("give --train-data or --mix (or a --recipe that does)")
     if not 0.0 <= ns.sparse_share < 1.0:
         parser.error(f"--sparse-share {ns.sparse_share:g}: a share of the values, 0 <= SHARE < 1")
+    if ns.self_kl_rows < 0 or ns.self_kl_every < 1 or ns.self_kl_tokens < 1:
+        parser.error("--self-kl-rows >= 0, --self-kl-every >= 1 and --self-kl-tokens >= 1")
     if not 0.0 <= ns.sparse_protect < 1.0 or (ns.sparse_protect > 0 and ns.sparse_share == 0):
         parser.error(f"--sparse-protect {ns.sparse_protect:g}: a share of the values (0 <= SHARE "
                      "< 1) that --sparse-share never keeps; give --sparse-share too")

@@ -179,7 +179,10 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     ul_rows = torch.zeros_like(keep_rows) if ul_rows is None else ul_rows
     logits = model.lm_head(h[:, :-1][sel]).float()       # [n, V]
     on_ul = ul_rows[:, None].expand_as(sel)[sel]         # [n] position belongs to an unlikelihood row
-    ce = F.cross_entropy(logits[~on_ul], y[sel][~on_ul])
+    kl_only = batch.get("kl_only")                       # rows of the model's own answers: no CE
+    no_ce = on_ul if kl_only is None else on_ul | kl_only[:, None].expand_as(sel)[sel]
+    ce = (F.cross_entropy(logits[~no_ce], y[sel][~no_ce]) if bool((~no_ce).any())
+          else logits.sum() * 0.0)
     kl = torch.zeros((), device=ce.device)
     ul = torch.zeros((), device=ce.device)
     a_sel = sel & keep_rows[:, None] & ~ul_rows[:, None]
@@ -220,7 +223,7 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
         ids, labels, cut = chat.encode_chat_row(tok, messages, target, seq_len)
         truncated += cut
         enc.append((ids, labels))
-        kl_rows.append(role in mix.KEEP_ROLES and not context)
+        kl_rows.append((role in mix.KEEP_ROLES or role == SELF_ROLE) and not context)
         if ul_target is not None and role == "neighbour":
             uids, ulabels, _ = chat.encode_chat_row(tok, messages, ul_target, seq_len)
             shared = 0
@@ -230,6 +233,8 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
     batch = {k: v.to(device) for k, v in chat.collate(enc + ul, chat.pad_token_id(tok)).items()}
     keep = torch.tensor(kl_rows + [True] * len(ul), device=device)
     batch["ul_rows"] = torch.tensor([False] * len(enc) + [True] * len(ul), device=device)
+    batch["kl_only"] = torch.tensor([len(r) > 2 and r[2] == SELF_ROLE for r in rows]
+                                    + [False] * len(ul), device=device)
     return batch, keep, truncated
 
 
@@ -277,6 +282,27 @@ def identity_after_chat(rows: list[tuple], srcs, share: float, rng: random.Rando
 
 
 # ---------------------------------------------------------------- replay: the base's own answers
+
+SELF_ROLE = "self-answer"   # the trained model's own greedy answer: KL to the base only, no CE
+
+
+def self_answer_rows(model, tok, srcs, n: int, rng: random.Random,
+                     max_new_tokens: int) -> list[tuple]:
+    """--self-kl-rows: n ordinary (anchor) prompts answered greedily by the model being trained.
+
+    Why: the KL on the base's own answers (teacher forcing) only visits states the base reaches.
+    Loops start in states the edited model reaches and the base never does (it ends or moves on
+    where the edit keeps going: "1. The Violin 2. The Violin ..."). On these rows the base says,
+    token by token, what it would do in the edited model's own state, ending included
+    (on-policy distillation: Agarwal et al. 2024). No CE: that would teach the loop.
+    """
+    pool = [r.prompt for s in srcs if s.role == "anchor" for r in s.rows]
+    prompts = [rng.choice(pool) for _ in range(n)] if pool else []
+    model.eval()     # generation: no layer checkpointing, the KV cache on
+    answers = greedy_answers(model, tok, prompts, max_new_tokens)
+    model.train()
+    return [(p, a, SELF_ROLE) for p, a in zip(prompts, answers)]
+
 
 def file_fingerprint(path: str) -> str:
     """Cheap identity of a (possibly 3 GB) file: size, mtime and its first and last MiB."""
@@ -400,6 +426,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
         rows = with_context(mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode), srcs,
                             cfg.context_share, rng)
         rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
+        if cfg.self_kl_rows and step % cfg.self_kl_every == 0:
+            rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         cfg.target if ul_weight > 0 else None)
         att.truncated += cut
