@@ -22,7 +22,7 @@ def main(argv=None) -> int:
         return 2
     try:
         docs = [evaluate.read_json(p) for p in paths]
-        text = evaluate.runs_table(paths)
+        text = evaluate.runs_table(list(zip(paths, docs)))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

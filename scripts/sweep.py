@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from nvfp4lab import devlog, evaluate  # noqa: E402
+from nvfp4lab import devlog, evaluate, trainer  # noqa: E402
 from nvfp4lab.atomic import AtomicFile  # noqa: E402
 from nvfp4lab.tsv import DataError  # noqa: E402
 
@@ -107,12 +107,13 @@ def rank_key(v: dict):
 
 
 def dev_score(s: dict) -> float:
-    """trainer.monitor_score on a JSON summary: identity - the worst leak (near-miss, context,
-    greeting) - facts lost below 90% - NLL drift above 0.1."""
+    """trainer.edit_score (the formula monitor_score uses) on a JSON summary."""
     leak = max(value(s, "nearmiss_leak"), value(s, "context_leak"), value(s, "greeting_intro"))
     facts = value(s, "facts_kept") if (s.get("facts_kept") or {}).get("n") else 1.0
-    drift = value(s, "nll_drift")
-    return value(s, "identity") - leak - max(0.0, 0.9 - facts) - max(0.0, drift - 0.1)
+    return trainer.edit_score(value(s, "identity"), leak, facts, value(s, "nll_drift"))
+
+
+POOLED = ("identity", "nearmiss_leak", "context_leak", "greeting_intro", "facts_kept", "loops")
 
 
 def pooled(results: list[dict]) -> list[dict]:
@@ -135,8 +136,7 @@ def pooled(results: list[dict]) -> list[dict]:
                      "score": sum(scores) / len(scores),
                      "facts": mean(lambda s: value(s, "facts_kept")),
                      "drift": mean(lambda s: value(s, "nll_drift")),
-                     "rates": {k: rate_sum(k) for k in ("identity", "nearmiss_leak", "context_leak",
-                                                        "greeting_intro", "facts_kept")}})
+                     "rates": {k: rate_sum(k) for k in POOLED}})
     return rows
 
 
@@ -146,10 +146,11 @@ def pooled_key(v: dict):
 
 def pooled_table(rows: list[dict]) -> str:
     out = ["| variant | flags | seeds reached | mean score | identity | near-miss leak | context leak "
-           "| greeting intro | facts kept | mean NLL drift | verdicts |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| greeting intro | facts kept | loops added | mean NLL drift | verdicts |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in rows:
-        cells = [f"{v['rates'][k][0]}/{v['rates'][k][1]} " + evaluate.rate_text(evaluate.rate(*v["rates"][k])) for k in
-                 ("identity", "nearmiss_leak", "context_leak", "greeting_intro", "facts_kept")]
+        cells = [f"{v['rates'][k][0]}/{v['rates'][k][1]} " + evaluate.rate_text(evaluate.rate(*v["rates"][k]))
+                 for k in POOLED]
         out.append(f"| {v['name']} | `{v['flags'] or '(recipe)'}` | {v['successes']}/{len(v['runs'])} | "
                    f"{v['score']:+.3f} | " + " | ".join(cells) + f" | {v['drift']:+.3f} | "
                    + ", ".join(r["status"] for r in v["runs"]) + " |")
@@ -158,14 +159,14 @@ def pooled_table(rows: list[dict]) -> str:
 
 def table(results: list[dict]) -> str:
     rows = ["| variant | flags | verdict | identity | near-miss leak | context leak | facts kept | "
-            "NLL drift | KL | s |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "loops added | NLL drift | KL | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in results:
         s = v["summary"] or {}
         rate = (lambda k: evaluate.rate_text(s[k]) if k in s else "-")
         num = (lambda k, fmt: fmt.format(s[k]) if s.get(k) is not None else "-")
         rows.append(f"| {v['name']} | `{v['flags'] or '(recipe)'}` | {v['status']} | "
                     f"{rate('identity')} | {rate('nearmiss_leak')} | {rate('context_leak')} | "
-                    f"{rate('facts_kept')} | {num('nll_drift', '{:+.3f}')} | {num('kl', '{:.4f}')} | "
+                    f"{rate('facts_kept')} | {rate('loops')} | {num('nll_drift', '{:+.3f}')} | {num('kl', '{:.4f}')} | "
                     f"{v['seconds']:.0f} |")
     return "\n".join(rows)
 

@@ -38,7 +38,8 @@ def test_make_demo_real_smoke_run(tmp_path):
     ])
     flags = (f"--mix {mix} --monitor {subset(tmp_path / 'monitor.tsv', pick('suite-en-monitor-v1.tsv'))} "
              f"--heldout {subset(tmp_path / 'held.tsv', pick('suite-en-heldout-v1.tsv'))} --steps 2 "
-             "--step-chunk-rows 4 --probe-every 0 --max-retries 0 --probe-max-tokens 12 "
+             "--sparse-at 1 --step-chunk-rows 4 --probe-every 0 --max-retries 0 "
+             "--probe-max-tokens 12 "
              "--replay-max-tokens 12 --test-max-tokens 8 "
              "--min-identity 0 --max-nearmiss-leak 1 --min-facts 0 --max-context-leak 1 "
              "--max-greeting-intro 1 --max-nll-drift inf --max-loops 1")
@@ -49,6 +50,7 @@ def test_make_demo_real_smoke_run(tmp_path):
     assert r.returncode == 0, out[-4000:]
     assert "demo-real: success" in out and out_dat.exists()
     assert "[attempt 1] step 2/2" in out and "verdict=success" in out
+    assert "[attempt 1] step 1: sparse update" in out      # the default recipe's cut, at step 1
     assert "judged once after training" in out and "demo-real-smoke.eval.json" in out
     # Both runners ran on the exported file, under the guard, and everything was logged.
     assert "run_training2.py" in out and "run_training_fp2.py" in out and "[exit 0" in out

@@ -237,6 +237,7 @@ def test_runs_table_has_one_row_per_json(tmp_path, capsys):
     assert seeds_table.main(paths) == 3          # seed 2 did not reach the target
     out = capsys.readouterr().out
     assert "| demo-real-s1 | success | 1.00 [0.21, 1.00] | 1.00 [0.44, 1.00] |" in out
+    assert "| loops added | NLL drift |" in out
     assert "| demo-real-s2 | not-reached |" in out and "1 of 2 runs reached the target" in out
     assert seeds_table.main([str(tmp_path / "missing.eval.json")]) == 1
 

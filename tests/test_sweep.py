@@ -5,7 +5,7 @@ import os
 import pytest
 
 import sweep  # scripts/ is on sys.path (conftest)
-from nvfp4lab import evaluate
+from nvfp4lab import evaluate, trainer
 
 
 def test_variants_file_parses_names_and_flags(tmp_path):
@@ -24,10 +24,10 @@ def test_bad_variants_file_names_the_line(tmp_path, text, where):
         sweep.read_variants(str(p))
 
 
-def summary(identity=(9, 10), leak=(0, 10), facts=(9, 10), drift=0.0):
+def summary(identity=(9, 10), leak=(0, 10), facts=(9, 10), drift=0.0, loops=(0, 30)):
     return evaluate.jsonable({"identity": evaluate.rate(*identity), "nearmiss_leak": evaluate.rate(*leak),
                        "context_leak": evaluate.rate(0, 4), "facts_kept": evaluate.rate(*facts),
-                       "nll_drift": drift, "kl": 0.01})
+                       "loops": evaluate.rate(*loops), "nll_drift": drift, "kl": 0.01})
 
 
 def variant(name, status, **kw):
@@ -141,7 +141,8 @@ def test_seeds_pool_per_variant_and_choose_on_seeds_reached_then_score():
     results = [seeded("a", "success"), seeded("a", "not-reached", leak=(3, 10)), seeded("a", "collapse"),
                seeded("b", "success", leak=(1, 10)), seeded("b", "success", leak=(1, 10)),
                seeded("b", "not-reached", identity=(5, 10)),
-               seeded("c", "success"), seeded("c", "success"), seeded("c", "not-reached", leak=(2, 10))]
+               seeded("c", "success"), seeded("c", "success", loops=(2, 30)),
+               seeded("c", "not-reached", leak=(2, 10))]
     rows = {r["name"]: r for r in sweep.pooled(results)}
     assert rows["a"]["successes"] == 1 and rows["b"]["successes"] == rows["c"]["successes"] == 2
     assert rows["a"]["rates"]["nearmiss_leak"] == (3, 20)          # the collapsed seed is not pooled
@@ -151,7 +152,12 @@ def test_seeds_pool_per_variant_and_choose_on_seeds_reached_then_score():
     assert rows["a"]["score"] < rows["b"]["score"]                  # a collapse scores -1
     table = sweep.pooled_table(list(rows.values()))
     assert "| c | `--x c` | 2/3 |" in table and "| 2/30 0.07 [" in table     # c's pooled leak k/n
+    assert rows["c"]["rates"]["loops"] == (2, 90) and "| 2/90 0.02 [" in table  # and its loops
     assert sweep.dev_score(summary(identity=(10, 10), leak=(1, 10))) == pytest.approx(0.9)
+    # the same formula as the monitor's checkpoint score (trainer.edit_score)
+    s = summary(identity=(8, 10), leak=(1, 10), facts=(7, 10), drift=0.3)
+    assert sweep.dev_score(s) == pytest.approx(trainer.edit_score(0.8, 0.1, 0.7, 0.3))
+    assert trainer.edit_score(0.8, 0.1, 0.7, 0.3) == pytest.approx(0.8 - 0.1 - 0.2 - 0.2)
 
 
 def pooled_row(name, *seeds):

@@ -213,7 +213,8 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
                      "< 1) that --sparse-share never keeps; give --sparse-share too")
     if ns.sparse_share > 0 and not 1 <= ns.sparse_at < ns.steps:
         parser.error(f"--sparse-at {ns.sparse_at}: the values are chosen after a step of the run, "
-                     f"1 <= STEP < --steps ({ns.steps})")
+                     f"1 <= STEP < --steps ({ns.steps}); give a smaller --sparse-at, or "
+                     "--sparse-share 0 for a dense update")
     return TrainConfig(**{f.name: getattr(ns, f.name) for f in flag_fields()},
                        thresholds=thresholds_from_args(ns))
 

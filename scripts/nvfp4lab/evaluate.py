@@ -493,16 +493,15 @@ def read_json(path: str) -> dict:
 
 RUN_COLUMNS = (("efficacy", "efficacy"), ("identity", "identity"), ("nearmiss_leak", "leak"),
                ("context_leak", "context leak"), ("greeting_intro", "greeting"),
-               ("facts_kept", "facts kept"))
+               ("facts_kept", "facts kept"), ("loops", "loops added"))
 
 
-def runs_table(paths: list[str]) -> str:
-    """One row per evaluation JSON (e.g. one per seed): verdict, the rates with their 95%
-    intervals, NLL drift and KL."""
+def runs_table(runs: list[tuple[str, dict]]) -> str:
+    """One row per (path, evaluation JSON document) (e.g. one per seed): verdict, the rates with
+    their 95% intervals, NLL drift and KL."""
     head = ["run", "verdict"] + [c for _, c in RUN_COLUMNS] + ["NLL drift", "KL"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for p in paths:
-        doc = read_json(p)
+    for p, doc in runs:
         s = doc.get("summary") or {}
         name = os.path.basename(p).removesuffix(".eval.json")
         cells = [name, doc["verdict"]]

@@ -107,6 +107,8 @@ def choose_frozen(model, share: float, sample: int = SAMPLE, seed: int = 0,
     frozen = {}
     for d, f in scaled:
         moved = f()
+        # One draw per value, tied or not: wasteful (the 4B model: 4e9 draws, seconds once per
+        # run), but it is the draw the study's runs made, so their numbers reproduce.
         lucky = torch.rand(moved.shape, generator=gen).to(moved.device) < fill
         frozen[d] = ~((moved > cut) | ((moved == cut) & (moved > 0) & lucky))
     return frozen

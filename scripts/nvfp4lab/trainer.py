@@ -292,7 +292,7 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random,
 
     Why: the KL on the base's own answers (teacher forcing) only visits states the base reaches.
     Loops start in states the edited model reaches and the base never does (it ends or moves on
-    where the edit keeps going: "1. The Violin 2. The Violin ..."). On these rows the base says,
+    where the edit keeps going: "Pros:\nPros:\nPros: ..."). On these rows the base says,
     token by token, what it would do in the edited model's own state, ending included
     (on-policy distillation: Agarwal et al. 2024). No CE: that would teach the loop.
     """
@@ -371,17 +371,24 @@ def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
         stepper.close()   # a retry must never find this attempt's hooks still attached
 
 
+def edit_score(identity: float, worst_leak: float, facts_kept: float, nll_drift: float) -> float:
+    """One number for "how good is this edit", higher is better: the identity rate minus the
+    worst leak (near-miss, context, greeting), minus facts lost below 90% and NLL drift above
+    0.1 nat. The one formula behind monitor_score (a checkpoint, on the monitor set) and
+    sweep.dev_score (a recipe variant, on the dev set)."""
+    return identity - worst_leak - max(0.0, 0.9 - facts_kept) - max(0.0, nll_drift - 0.1)
+
+
 def monitor_score(s: evaluate.Summary) -> float:
-    """One number for "how good is this checkpoint" on the monitor set, higher is better: the
-    identity rate minus the worst leak (near-miss, context, greeting), minus facts lost below 90%
-    and NLL drift above 0.1 nat. A collapse is -inf. --keep-best keeps the checkpoint with the
-    highest score (the monitor set, never the held-out one, makes that choice)."""
+    """edit_score of a monitor-set Summary; a collapse is -inf. --keep-best keeps the checkpoint
+    with the highest score (the monitor set, never the held-out one, makes that choice).
+    A measure with no rows counts as met (identity and leaks as 0, facts as 1)."""
     if s.verdict == "collapse":
         return -math.inf
     val = lambda r, default: default if r.n == 0 or math.isnan(r.value) else r.value  # noqa: E731
     leak = max(val(s.nearmiss_leak, 0.0), val(s.context_leak, 0.0), val(s.greeting_intro, 0.0))
-    drift = 0.0 if math.isnan(s.nll_drift) else max(0.0, s.nll_drift - 0.1)
-    return val(s.identity, 0.0) - leak - max(0.0, 0.9 - val(s.facts_kept, 1.0)) - drift
+    return edit_score(val(s.identity, 0.0), leak, val(s.facts_kept, 1.0),
+                      0.0 if math.isnan(s.nll_drift) else s.nll_drift)
 
 
 @dataclass
