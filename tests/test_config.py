@@ -124,6 +124,7 @@ def test_unknown_flag_in_a_recipe_is_a_usage_error(tmp_path, capsys):
     (["--train-data", "x.tsv", "--replay", "always"], "invalid choice: 'always'"),
     (["--train-data", "x.tsv", "--sparse-share", "1"], "--sparse-share 1: a share of the values"),
     (["--train-data", "x.tsv", "--sparse-protect", "0.1"], "give --sparse-share too"),
+    (["--train-data", "x.tsv", "--sparse-restart"], "give --sparse-share too"),
     (["--train-data", "x.tsv", "--sparse-share", "0.01", "--sparse-at", "60", "--steps", "60"],
      "1 <= STEP < --steps (60)"),
 ])

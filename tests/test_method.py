@@ -212,6 +212,21 @@ def test_lr_schedule_warms_up_then_decays_to_zero_and_reaches_the_optimizer():
     stepper.close()
 
 
+def test_sparse_restart_gives_the_kept_values_a_second_schedule_after_the_cut():
+    from nvfp4lab.config import TrainConfig
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr_schedule="cosine", sparse_share=0.01,
+                      sparse_at=40)
+    once = [trainer.step_lr_scale(s, cfg) for s in range(1, 101)]
+    assert once == [trainer.lr_scale(s, 100, 10, "cosine") for s in range(1, 101)]
+    cfg.sparse_restart = True
+    again = [trainer.step_lr_scale(s, cfg) for s in range(1, 101)]
+    assert again[:40] == once[:40]                              # the same run up to the cut
+    assert again[40:50] == [s / 10 for s in range(1, 11)]       # warm-up again after it
+    assert again[49] == 1.0 > once[49] and abs(again[-1]) < 1e-12   # a second peak, then to 0
+    cfg.sparse_share = 0.0                                      # no cut: nothing to restart at
+    assert [trainer.step_lr_scale(s, cfg) for s in range(1, 101)] == once
+
+
 def test_self_answer_rows_get_kl_to_the_base_and_no_ce(tiny_qwen):
     """--self-kl-rows: the trained model's own answers are judged by the base (KL), never learned
     (no CE: that would teach a loop), and no replayed answer replaces them."""

@@ -141,6 +141,30 @@ def test_cached_weights_are_bit_identical_and_follow_delta_changes(tiny_qwen):
         assert torch.equal(stepped, model(ids).logits)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cached_weights_on_cuda_keep_the_trained_form_only_and_bit_identical(tiny_qwen):
+    """On CUDA the trained form is cached (the training forward's own x @ w.T); the base form
+    stays on the GEMV kernel the runners use, so base answers do not change with the cache."""
+    from nvfp4lab.model import cached_weights, set_use_delta, unpacked_bytes, CUDA_CACHE_BYTES
+    model, deltas = trained_tiny(tiny_qwen)
+    model.cuda()
+    assert unpacked_bytes(model) <= CUDA_CACHE_BYTES
+    ids = torch.randint(0, 151936, (2, 9), device="cuda")
+    with torch.no_grad():
+        plain = model(ids).logits
+        set_use_delta(model, False)
+        plain_base = model(ids[:1, :1]).logits
+        set_use_delta(model, True)
+        with cached_weights(model):
+            assert torch.equal(model(ids).logits, plain)
+            assert model.lm_head._cache is not None
+            set_use_delta(model, False)
+            model.lm_head._cache = None
+            assert torch.equal(model(ids[:1, :1]).logits, plain_base)
+            assert model.lm_head._cache is None                 # base form: not cached
+            set_use_delta(model, True)
+
+
 def test_cpu_kept_weight_gives_the_same_gradients_as_rebuilding_it(tiny_qwen):
     from nvfp4lab.model import QATLinearFn
     model, _ = trained_tiny(tiny_qwen)

@@ -106,6 +106,9 @@ class TrainConfig:
              "moved furthest in their block's scale, may differ from the base; the rest go back "
              "to it (nvfp4lab/sparse.py; 0 = off)", metavar="SHARE")
     sparse_at: int = flag(60, "the step after which --sparse-share chooses its values")
+    sparse_restart: bool = flag(
+        False, "with --sparse-share: the LR schedule starts again after the cut (warm-up, then "
+               "--lr-schedule over the remaining steps), so the kept values get a second peak")
     sparse_protect: float = flag(
         0.0, "with --sparse-share: this share of the values, those the base's answers to the "
              "anchor and neighbour rows depend on most (diagonal Fisher at the base), is never "
@@ -211,6 +214,9 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
     if not 0.0 <= ns.sparse_protect < 1.0 or (ns.sparse_protect > 0 and ns.sparse_share == 0):
         parser.error(f"--sparse-protect {ns.sparse_protect:g}: a share of the values (0 <= SHARE "
                      "< 1) that --sparse-share never keeps; give --sparse-share too")
+    if ns.sparse_restart and ns.sparse_share == 0:
+        parser.error("--sparse-restart restarts the LR schedule at the --sparse-share cut; give "
+                     "--sparse-share too")
     if ns.sparse_share > 0 and not 1 <= ns.sparse_at < ns.steps:
         parser.error(f"--sparse-at {ns.sparse_at}: the values are chosen after a step of the run, "
                      f"1 <= STEP < --steps ({ns.steps}); give a smaller --sparse-at, or "

@@ -86,7 +86,7 @@ class NVFP4Linear(nn.Module):
                                                   dtype=torch.uint8, device=device))
         self.delta = None        # nn.Parameter [out, in] once made trainable
         self.use_delta = True    # False: compute with the frozen base (the model before training)
-        self.cache_weight = False  # set by cached_weights(): reuse the unpacked weight (CPU only)
+        self.cache_weight = False  # set by cached_weights(): reuse the unpacked weight
         self._cache = None         # (key, weight [out, in]) while cache_weight is on
 
     def make_trainable(self, dtype=torch.bfloat16):
@@ -111,11 +111,14 @@ class NVFP4Linear(nn.Module):
         return self._cache[1]
 
     def forward(self, x):
-        if self.cache_weight and not torch.is_grad_enabled() and not x.is_cuda:
+        trained = self.delta is not None and self.use_delta
+        # On CUDA only the trained form is cached: the base form reads the packed weight through
+        # the GEMV kernel there, whose sums differ from a dense matmul's (runners use it).
+        if self.cache_weight and not torch.is_grad_enabled() and (trained or not x.is_cuda):
             # Same expressions as the uncached branches below, so the results are bit-identical.
             w = self.cached(x.dtype)
-            return x @ w.t() if self.delta is not None and self.use_delta else F.linear(x, w)
-        if self.delta is not None and self.use_delta:
+            return x @ w.t() if trained else F.linear(x, w)
+        if trained:
             return QATLinearFn.apply(x, self.qdata, self.scale, self.delta)
         rows = x.numel() // x.shape[-1]
         if x.is_cuda and rows <= GEMV_MAX_ROWS:
@@ -246,14 +249,18 @@ def load_model(dat: DatFile, model_dir: str, device="cpu", dtype=torch.bfloat16)
 
 @contextmanager
 def cached_weights(model: nn.Module):
-    """Inside: gradient-free forwards on the CPU reuse each unpacked weight (and each base+delta
-    of the dense tensors) instead of rebuilding it per forward; for generation and scoring.
-
-    CPU only, on purpose: on CUDA decode reads the packed weight through the W4A16 kernel, and
-    holding every unpacked weight would raise the GPU peak (4B: ~8 GB in bf16). The caches are
+    """Inside: gradient-free forwards reuse each unpacked weight (and each base+delta of the dense
+    tensors) instead of rebuilding it per forward; for generation and scoring. The caches are
     dropped on exit, so nothing stays resident between probe rounds.
+
+    On the CPU always. On CUDA only while the unpacked weights fit CUDA_CACHE_BYTES, and only the
+    trained form (NVFP4Linear.forward): there a training forward requantizes base + delta for
+    every linear on every generated token (SmolLM2: the bulk of a probe round's and of
+    --self-kl-rows' time), while holding every unpacked 4B weight would raise the GPU peak by
+    ~8 GB. The cached expression is the training forward's own (x @ w.T), so answers are
+    bit-identical either way.
     """
-    if next(model.parameters()).is_cuda:
+    if next(model.parameters()).is_cuda and unpacked_bytes(model) > CUDA_CACHE_BYTES:
         yield
         return
     mods = [m for m in model.modules() if isinstance(m, (NVFP4Linear, AddDelta))]
@@ -264,6 +271,15 @@ def cached_weights(model: nn.Module):
     finally:
         for m in mods:
             m.cache_weight, m._cache = False, None
+
+
+CUDA_CACHE_BYTES = 2 << 30     # SmolLM2-135M: 0.27 GB, cached; Qwen3-4B: 8 GB, not
+
+
+def unpacked_bytes(model: nn.Module) -> int:
+    """bf16 bytes of every NVFP4 weight unpacked (what cached_weights would hold at most)."""
+    return sum(2 * m.in_features * m.out_features for m in model.modules()
+               if isinstance(m, NVFP4Linear))
 
 
 def make_trainable(model: nn.Module, delta_dtype=torch.bfloat16) -> list[tuple[str, nn.Parameter]]:

@@ -162,6 +162,16 @@ def lr_scale(step: int, steps: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def step_lr_scale(step: int, cfg: TrainConfig) -> float:
+    """lr_scale of the run; with --sparse-restart the schedule starts again after the cut, over
+    the remaining steps: once only 1% of the values may move, the first schedule has decayed
+    (cosine at step 60 of 240: 0.85 of the peak, 0 at the end) while the identity still rises."""
+    if cfg.sparse_restart and cfg.sparse_share > 0 and step > cfg.sparse_at:
+        return lr_scale(step - cfg.sparse_at, cfg.steps - cfg.sparse_at, cfg.warmup_steps,
+                        cfg.lr_schedule)
+    return lr_scale(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
+
+
 def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
                ul_weight: float = 0.0):
     """(loss, ce, kl, ul): CE on the answer tokens, KL to the frozen base on the answers of rows
@@ -429,7 +439,7 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
     t0 = time.time()
     model.train()
     for step in range(1, cfg.steps + 1):
-        stepper.set_lr_scale(lr_scale(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule))
+        stepper.set_lr_scale(step_lr_scale(step, cfg))
         rows = with_context(mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode), srcs,
                             cfg.context_share, rng)
         rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
