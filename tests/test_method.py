@@ -253,3 +253,34 @@ def test_self_answer_rows_get_kl_to_the_base_and_no_ce(tiny_qwen):
         alone = trainer.encode_batch(tok, [target], 64, {}, torch.device("cpu"))
         ce_alone = trainer.batch_loss(model, alone[0], alone[1], 1.0)[1]
     assert torch.allclose(ce, ce_alone) and float(kl) > 0
+
+
+def test_keep_ce_weight_leaves_the_kl_rows_to_the_kl(tiny_qwen):
+    """--keep-ce-weight 0: an anchor row (its target the base's own answer) adds no CE, only its
+    KL; 1 is today's plain mean; in between, a weighted mean of the two rows' token CEs."""
+    model_dir, dat_path = tiny_qwen
+    tok = chat.load_tokenizer(str(model_dir))
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    deltas = make_trainable(model, torch.float32)
+    with torch.no_grad():
+        for _, d in deltas:
+            d.normal_(0, 1e-2)
+    rows = [("你是誰", TARGET, "target"), ("1+1等於多少？", "2", "anchor")]
+    batch, keep, _ = trainer.encode_batch(tok, rows, 64, {"1+1等於多少？": "1+1等於2。"},
+                                          torch.device("cpu"))
+    alone = trainer.encode_batch(tok, rows[:1], 64, {}, torch.device("cpu"))
+    anchor = trainer.encode_batch(tok, rows[1:], 64, {"1+1等於多少？": "1+1等於2。"},
+                                  torch.device("cpu"))
+    with torch.no_grad():
+        full = trainer.batch_loss(model, batch, keep, 1.0)
+        none = trainer.batch_loss(model, batch, keep, 1.0, keep_ce_weight=0.0)
+        half = trainer.batch_loss(model, batch, keep, 1.0, keep_ce_weight=0.5)
+        ce_target = trainer.batch_loss(model, alone[0], alone[1], 1.0)[1]
+        ce_anchor = trainer.batch_loss(model, anchor[0], anchor[1], 0.0)[1]
+    assert keep.tolist() == [False, True]
+    assert torch.allclose(none[1], ce_target) and torch.allclose(none[2], full[2])  # KL kept
+    n_t = int((alone[0]["labels"] != -100).sum()) - 1       # labelled tokens after the shift
+    n_a = int((anchor[0]["labels"] != -100).sum()) - 1
+    want = (ce_target * n_t + 0.5 * ce_anchor * n_a) / (n_t + 0.5 * n_a)
+    assert torch.allclose(half[1], want, rtol=2e-4)             # batched vs alone: float sums
+    assert float(ce_anchor) > 0 and not torch.allclose(full[1], ce_target)

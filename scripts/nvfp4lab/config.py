@@ -79,6 +79,10 @@ class TrainConfig:
     replay_max_tokens: int = flag(48)
     kl_weight: float = flag(0.0, "KL(base || model) on the answer tokens of anchor and neighbour "
                                  "rows")
+    keep_ce_weight: float = flag(
+        1.0, "weight of the CE on the rows that get the KL (anchor and neighbour rows: their "
+             "targets are the base's own greedy answers); 0 = KL only. CE on greedy answers "
+             "sharpens the model toward them, KL keeps the base's whole distribution")
     unlikelihood_weight: float = flag(
         0.0, "weight of -log(1 - p) of the --target answer, teacher-forced on each neighbour row "
              "(from the first token where it leaves the row's own answer); 0 = off")
@@ -209,6 +213,8 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error("give --train-data or --mix (or a --recipe that does)")
     if not 0.0 <= ns.sparse_share < 1.0:
         parser.error(f"--sparse-share {ns.sparse_share:g}: a share of the values, 0 <= SHARE < 1")
+    if not 0.0 <= ns.keep_ce_weight <= 1.0:
+        parser.error(f"--keep-ce-weight {ns.keep_ce_weight:g}: 0 <= WEIGHT <= 1")
     if ns.self_kl_rows < 0 or ns.self_kl_every < 1 or ns.self_kl_tokens < 1:
         parser.error("--self-kl-rows >= 0, --self-kl-every >= 1 and --self-kl-tokens >= 1")
     if not 0.0 <= ns.sparse_protect < 1.0 or (ns.sparse_protect > 0 and ns.sparse_share == 0):

@@ -173,10 +173,13 @@ def step_lr_scale(step: int, cfg: TrainConfig) -> float:
 
 
 def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
-               ul_weight: float = 0.0):
+               ul_weight: float = 0.0, keep_ce_weight: float = 1.0):
     """(loss, ce, kl, ul): CE on the answer tokens, KL to the frozen base on the answers of rows
     that keep the base's behaviour (anchor / neighbour), and unlikelihood of the identity answer
     on the near-miss rows that encode_batch appended (batch["ul_rows"]).
+
+    keep_ce_weight (--keep-ce-weight) weighs the CE of the KL rows' tokens; the CE is the
+    weighted mean over the tokens that have one (0: those rows get the KL alone).
 
     lm_head runs only on the positions that have a label: the [B, T, vocab] logits of a full
     forward would be 150k wide for every prompt token too.
@@ -191,8 +194,17 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     on_ul = ul_rows[:, None].expand_as(sel)[sel]         # [n] position belongs to an unlikelihood row
     kl_only = batch.get("kl_only")                       # rows of the model's own answers: no CE
     no_ce = on_ul if kl_only is None else on_ul | kl_only[:, None].expand_as(sel)[sel]
-    ce = (F.cross_entropy(logits[~no_ce], y[sel][~no_ce]) if bool((~no_ce).any())
-          else logits.sum() * 0.0)
+    ce_w = None                                          # [n] CE weight of each position
+    if keep_ce_weight != 1.0:
+        ce_w = torch.where(keep_rows[:, None].expand_as(sel)[sel], keep_ce_weight, 1.0)
+    use = ~no_ce if ce_w is None else ~no_ce & (ce_w > 0)
+    if not bool(use.any()):
+        ce = logits.sum() * 0.0
+    elif ce_w is None:
+        ce = F.cross_entropy(logits[use], y[sel][use])
+    else:
+        per = F.cross_entropy(logits[use], y[sel][use], reduction="none")
+        ce = (per * ce_w[use]).sum() / ce_w[use].sum()
     kl = torch.zeros((), device=ce.device)
     ul = torch.zeros((), device=ce.device)
     a_sel = sel & keep_rows[:, None] & ~ul_rows[:, None]
@@ -448,7 +460,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         cfg.target if ul_weight > 0 else None)
         att.truncated += cut
-        loss, ce, kl, ul = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight)
+        loss, ce, kl, ul = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
+                                      cfg.keep_ce_weight)
         value = float(loss.detach())
         att.losses.append(value)
         if not math.isfinite(value):
