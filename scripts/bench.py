@@ -121,10 +121,26 @@ def print_profile(fn, device, what: str, row_limit=18) -> None:
     print(p.key_averages().table(sort_by="cuda_time_total", row_limit=row_limit), flush=True)
 
 
-def graph_decode(model, ids, new_tokens, device, use_graph=True, profile=False):
+def kernel_count(fn, device) -> int:
+    """GPU kernels one call of fn launches (torch.profiler; copies and memsets not counted).
+    Run fn eagerly: a CUDA graph replays the same kernels, and the profiler may not see inside."""
+    from torch.profiler import ProfilerActivity, profile as prof
+    if device.type != "cuda":
+        return 0
+    with prof(activities=[ProfilerActivity.CUDA]) as p:
+        fn()
+        sync(device)
+    return sum(1 for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and not e.name.startswith(("Memcpy", "Memset")))
+
+
+def graph_decode(model, ids, new_tokens, device, use_graph=True, profile=False,
+                 compile_step=False):
     """The runners' decoder (decode.StaticDecoder: static cache, one CUDA graph replay per token):
-    (tok/s including prefill, the tokens, why it fell back to eager if it did)."""
-    dec = StaticDecoder(model, use_graph=use_graph)
+    (tok/s including prefill, the tokens, why it fell back to eager if it did, kernels per step).
+    compile_step: the step's forward through torch.compile before capture; the compile happens
+    in the warm-up run, outside the timed ones."""
+    dec = StaticDecoder(model, use_graph=use_graph, compile_step=compile_step)
     ctx = ids[0].tolist()
 
     def run():
@@ -141,7 +157,10 @@ def graph_decode(model, ids, new_tokens, device, use_graph=True, profile=False):
             sync(device)
         print(f"  one decode step replayed: {(time.perf_counter() - t0) / 20 * 1e3:.2f} ms",
               flush=True)
-    return tok_s, dec.greedy(ctx, new_tokens, stops=[])[0], mode
+    tokens = dec.greedy(ctx, new_tokens, stops=[])[0]
+    with torch.no_grad():
+        kernels = kernel_count(dec._step, device)
+    return tok_s, tokens, mode, kernels
 
 
 def try_static_decode(model, ids, new_tokens, device) -> float:
@@ -196,6 +215,7 @@ def our_train_step(model, device, vocab, profile=False) -> dict:
         out[recompute] = timed(step, device, repeat=5, warmup=2), peak_gib(device)
         if profile and device.type == "cuda":
             memory_trace(model, deltas, stepper, batch, anchor)
+    out["kernels"] = kernel_count(step, device)      # no recompute: the last mode set above
     if profile:
         print_profile(step, device, "train step (no recompute)")
     stepper.close()   # the hooks hold the optimizer (and its states) alive otherwise
@@ -238,7 +258,7 @@ def peer_train_step(config, dat, device, vocab):
         opt.step()
         opt.zero_grad(set_to_none=True)
     try:
-        return timed(step, device, repeat=5, warmup=2), peak_gib(device)
+        return timed(step, device, repeat=5, warmup=2), peak_gib(device), kernel_count(step, device)
     finally:
         del model, opt
 
@@ -287,9 +307,19 @@ def run_gpu(args):
                        device=device)
     n = args.decode_tokens
     ours_dec = decode_tok_s(model, ids, n, device)
-    graph_dec, graph_ids, mode = graph_decode(model, ids, n, device, profile=args.profile)
+    graph_dec, graph_ids, mode, step_kernels = graph_decode(model, ids, n, device,
+                                                            profile=args.profile)
     eager_ids = graph_decode(model, ids, n, device, use_graph=False)[1]
     print(f"  runners' decoder: {mode}; its tokens == eager step tokens: {graph_ids == eager_ids}",
+          flush=True)
+    t0 = time.time()
+    comp_dec, comp_ids, comp_mode, comp_kernels = graph_decode(model, ids, n, device,
+                                                               compile_step=True)
+    comp_s = time.time() - t0
+    torch._dynamo.reset()
+    print(f"  compiled step: {comp_mode}, {comp_s:.0f} s with its compile; its tokens == eager "
+          f"step tokens: {comp_ids == eager_ids} (first difference at "
+          f"{next((i for i, (a, b) in enumerate(zip(comp_ids, eager_ids)) if a != b), None)})",
           flush=True)
     ours_pre = prefill_tok_s(model, 512, device, vocab)
     dec_peak = peak_gib(device)
@@ -307,9 +337,23 @@ def run_gpu(args):
     if args.static:
         row(rows, "decode batch 1, runners' decoder vs peer static cache + torch.compile",
             graph_dec, peer_static, "tok/s")
+        row(rows, "decode batch 1, runners' decoder with compiled step vs peer static cache + "
+                  "torch.compile", comp_dec, peer_static, "tok/s")
+    else:
+        row(rows, "decode batch 1, runners' decoder with compiled step vs peer eager", comp_dec,
+            peer_dec, "tok/s")
+    row(rows, "GPU kernels per decode step, runners' decoder (eager step)", step_kernels,
+        unit="", better="lower")
+    row(rows, "GPU kernels per decode step, compiled step", comp_kernels, unit="", better="lower")
+    row(rows, "compile + capture + first decode, compiled step", comp_s, unit="s", better="lower")
     row(rows, "prefill 512 tokens", ours_pre, peer_pre, "tok/s")
     row(rows, "inference peak GPU memory (ours)", dec_peak, unit="GiB", better="lower")
 
+    if args.skip_train:
+        del model
+        free(device)
+        start_rows(rows, device)
+        return rows, torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke run)"
     steps = our_train_step(model, device, vocab, args.profile)
     reset_deltas(model)   # the fp2 runner's form: training path, zero deltas
     fp2_dec = graph_decode(model, ids, n, device)[0]
@@ -320,7 +364,7 @@ def run_gpu(args):
     export_s = time.time() - t0
     del model
     free(device)
-    peer_s, peer_peak = peer_train_step(config, dat, device, vocab)
+    peer_s, peer_peak, peer_kernels = peer_train_step(config, dat, device, vocab)
     free(device)
     for recompute, what in ((True, "layer checkpointing (train.py default on CUDA)"),
                             (False, "no checkpointing")):
@@ -328,6 +372,8 @@ def run_gpu(args):
         row(rows, f"train step 16x64, full parameters, {what}", step_s, peer_s, "s",
             better="lower")
         row(rows, f"train peak GPU memory, {what}", step_peak, peer_peak, "GiB", better="lower")
+    row(rows, "GPU kernels per train step (no checkpointing)", steps["kernels"], peer_kernels,
+        better="lower")
     row(rows, "export trained .dat", export_s, unit="s", better="lower")
 
     if not args.skip_stage:
@@ -350,13 +396,7 @@ def run_gpu(args):
         # Random weights cannot reach the target: exit 3 (trained, not reached) is the expected end.
         row(rows, f"train.py Stage G v2 end to end (100 steps + probes + export; exit "
                   f"{r.returncode})", stage_s, unit="s", better="lower")
-    # What a runner pays before it reads the weights: interpreter, imports, CUDA context.
-    t0 = time.time()
-    subprocess.run([sys.executable, "-c", "import torch, transformers; "
-                    "from transformers import Qwen3ForCausalLM, StaticCache; "
-                    "torch.zeros(1, device='cuda')"], check=True)
-    row(rows, "runner start: python + torch + transformers imports + CUDA init",
-        time.time() - t0, unit="s", better="lower")
+    start_rows(rows, device)
     cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "validate.py"), "--weight",
            dat_path, "--model-dir", args.model_dir, "--device", args.device]
     t0 = time.time()
@@ -367,6 +407,28 @@ def run_gpu(args):
     row(rows, f"make validate end to end (both runners, guard, load; exit {r.returncode})",
         validate_s, unit="s", better="lower")
     return rows, torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke run)"
+
+
+def start_rows(rows, device) -> None:
+    """What a runner pays before it reads the weights, in parts: each command runs in a fresh
+    interpreter and adds one piece to the one before (imports, then CUDA init); measured after
+    one run of the whole, so the files are in the page cache as on a second launch."""
+    parts = [("python + import torch", "import torch"),
+             ("+ transformers' Qwen3 and StaticCache",
+              "import torch; from transformers import Qwen3ForCausalLM, StaticCache"),
+             ("+ our package (the NVFP4 extension)",
+              "import torch; from transformers import Qwen3ForCausalLM, StaticCache; "
+              "import nvfp4lab.model, nvfp4lab.decode"),
+             ("+ CUDA init",
+              "import torch; from transformers import Qwen3ForCausalLM, StaticCache; "
+              "import nvfp4lab.model, nvfp4lab.decode; torch.zeros(1, device='cuda')")]
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
+    parts = [(what, code) for what, code in parts if device.type == "cuda" or "cuda" not in code]
+    subprocess.run([sys.executable, "-c", parts[-1][1]], check=True, env=env)  # warm file cache
+    for what, code in parts:
+        t0 = time.time()
+        subprocess.run([sys.executable, "-c", code], check=True, env=env)
+        row(rows, f"runner start: {what}", time.time() - t0, unit="s", better="lower")
 
 
 def run_cpu(args):
@@ -417,6 +479,9 @@ def main() -> int:
     p.add_argument("--static", action="store_true",
                    help="also time decode with transformers' static cache (compiled forward)")
     p.add_argument("--profile", action="store_true", help="print a kernel profile of our train step")
+    p.add_argument("--skip-train", action="store_true",
+                   help="decode, prefill and start-up figures only (no train steps, Stage G run "
+                        "or make validate)")
     args = p.parse_args()
     if args.cpu:
         rows, name = run_cpu(args)

@@ -21,7 +21,7 @@ from nvfp4lab.runner_flags import Flag  # noqa: E402
 PROG = "run_training_fp2.py"
 FLAGS = runner_flags.common_flags(
     "model-dir", "device", "dtype", "quant", "weight", "prompt", "max-tokens", "temp", "top-p",
-    "seed", "check-logits", "timing", "ignore-eos", "ifInteractive", "timeout-ms",
+    "seed", "check-logits", "timing", "ignore-eos", "compile-step", "ifInteractive", "timeout-ms",
     "chat-session-out", "chat-session-jsonl",
     prompt="你是誰", max_tokens=24, check_logits=False, timing=True, ifInteractive=True,
 ) + [

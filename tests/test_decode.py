@@ -44,3 +44,18 @@ def test_static_decoder_stops_at_a_stop_token(tiny_qwen):
     stop = free_run[2]                                     # pretend the third token is a stop
     new, _ = StaticDecoder(model).greedy(ids, 6, stops=[stop])
     assert new == free_run[:free_run.index(stop) + 1]
+
+
+def test_compiled_decode_step_gives_the_eager_steps_tokens(tiny_qwen):
+    """compile_step=True (torch.compile of the one-token forward, the NVFP4 op opaque to it)
+    decodes the same greedy tokens as the eager step; on CUDA the compiled step is what gets
+    captured (bench.py measures it on the H200)."""
+    model_dir, dat_path = tiny_qwen
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    tok = chat.load_tokenizer(str(model_dir))
+    ids = chat.encode_prompt(tok, [], "你是誰")
+    eager, _ = StaticDecoder(model).greedy(ids, 8, stops=[])
+    torch._dynamo.reset()
+    compiled, _ = StaticDecoder(model, compile_step=True).greedy(ids, 8, stops=[])
+    torch._dynamo.reset()
+    assert compiled == eager

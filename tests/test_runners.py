@@ -124,6 +124,8 @@ def started(tiny_qwen, tmp_path_factory):
         # KV cache vs no cache at all (full replay at every step)
         "rt2_check": (RT2, short + varied + ["--check-logits=true", "--timing=TRUE"]),
         "rt2_nokv": (RT2, short + varied + ["--KVCacheOut=false", "--check-logits", "false"]),
+        "rt2_compiled": (RT2, short + varied + ["--compile-step", "--check-logits", "false"]),
+        "fp2_compiled": (FP2, USER_FP2 + varied + ["--turns", "2", "--compile-step=true"]),
         "fp2_user": (FP2, USER_FP2 + tiny),
         "fp2_varied": (FP2, USER_FP2 + varied + ["--turns", "2", "--check-logits", "true"]),
         "unknown_flag": (RT2, ["--no-such-flag", "1"]),
@@ -160,6 +162,13 @@ def test_kv_cache_and_full_replay_give_the_same_answers(runs):
     # and the answers differ from turn to turn: the comparison could not pass by accident
     assert len({tuple(ids) for _, ids in cached.values()}) > 1
     assert answers(ok(runs["rt2_user"]))[""][1][:4] == cached[""][1]
+
+
+def test_compiled_decode_step_answers_like_the_eager_one(runs):
+    """--compile-step: the static decoder's step through torch.compile (inference and training
+    paths) gives the same greedy tokens as without it."""
+    assert answers(ok(runs["rt2_compiled"])) == answers(ok(runs["rt2_nokv"]))
+    assert answers(ok(runs["fp2_compiled"])) == answers(ok(runs["fp2_varied"]))
 
 
 def test_check_logits_timing_and_stop_here(runs):

@@ -51,6 +51,10 @@ COMMON = [
     Flag("ignore-eos", False, "do not stop at <|im_end|>/<|endoftext|>: always max-tokens"),
     Flag("ifInteractive", False, "then read more user lines from stdin, only when it is a "
                                  "terminal (otherwise a notice, no wait); Ctrl-D ends"),
+    Flag("compile-step", False, "greedy decode with a cache: the one-token step goes through "
+                                "torch.compile before its CUDA graph is captured (4B shape on an "
+                                "H200: 200 tok/s instead of 147, for a ~53 s compile at the first "
+                                "answer; doc/BENCHMARKS.md)"),
     Flag("timeout-ms", 60000, "per-answer watchdog: past it the process prints [fatal] and "
                               "exits 124 (a hung GPU call cannot be interrupted); 0 = off"),
     Flag("chat-session-out", None, "append every turn to this text file",
