@@ -22,6 +22,19 @@ def cache_arg(module) -> str:
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
+def pass_cache_position(model) -> bool:
+    """Older transformers take the write position as `cache_position`; newer ones keep a counter
+    inside each static layer. The decoders feed both so either works."""
+    return "cache_position" in inspect.signature(model.get_decoder().forward).parameters
+
+
+def set_cache_length(cache, n: int) -> None:
+    """Point a StaticCache's per-layer write counters (newer transformers) at n."""
+    for layer in cache.layers:
+        if getattr(layer, "is_initialized", False) and hasattr(layer, "cumulative_length"):
+            layer.cumulative_length.fill_(n)
+
+
 def round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
@@ -54,10 +67,7 @@ class StaticDecoder:
         self.step_model = torch.compile(model, dynamic=False) if compile_step else model
         self.device = model.get_input_embeddings().weight.device
         self.use_graph = self.device.type == "cuda" and use_graph
-        # Older transformers pass the write position as `cache_position`; newer ones keep a
-        # counter inside each static layer. Feed both so either works.
-        self.pass_cache_position = "cache_position" in inspect.signature(
-            model.get_decoder().forward).parameters
+        self.pass_cache_position = pass_cache_position(model)
         self.cache_kw = cache_arg(model)
         self.graph_note = None   # why decoding is eager although CUDA graphs were asked for
         self._allocate(capacity)
@@ -79,9 +89,7 @@ class StaticDecoder:
     def _set_length(self, n: int) -> None:
         """Point the cache's write position (and ours) at n."""
         self.pos.fill_(n)
-        for layer in self.cache.layers:
-            if getattr(layer, "is_initialized", False) and hasattr(layer, "cumulative_length"):
-                layer.cumulative_length.fill_(n)
+        set_cache_length(self.cache, n)
 
     def _forward(self, input_ids, positions, mask, model=None, **kw):
         kw.update(input_ids=input_ids, position_ids=positions.view(1, -1), attention_mask=mask,

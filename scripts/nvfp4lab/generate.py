@@ -1,14 +1,15 @@
-"""Batched greedy answers through transformers' own `generate`, and answer scoring (suites,
-probes, replay, self-test). The runners' turn-by-turn generation with timing lives in runner_generate.py.
+"""Batched greedy answers (suites, probes, replay, self-test, --self-kl-rows) through
+batch_decode.BatchDecoder, and answer scoring. The runners' turn-by-turn generation with timing
+lives in runner_generate.py.
 
-Why `generate` and not decode.StaticDecoder here: the decoder is batch 1 (the runners' case);
-a suite is hundreds of independent chats, and an eager decode step of a small model is
+Why batches: a suite is hundreds of independent chats, and a decode step of a small model is
 launch-bound, so a left-padded batch of 64 costs little more per step than one chat: ~350 chats
 of 32 tokens are 6 batches x 32 steps instead of 350 x 32. Chats are sorted by length first so
-a batch pads little.
+a batch pads little. Why not `transformers.generate`: batch_decode.py says.
 """
 import torch
 
+from .batch_decode import BatchDecoder
 from .chat import collate, encode_answer, encode_chat, end_tokens, pad_token_id
 from .model import cached_weights
 
@@ -40,19 +41,13 @@ def greedy_chats(model, tok, chats: list[list[dict]], max_new_tokens: int,
     out: list[str | None] = [None] * len(enc)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        t = max(len(enc[j]) for j in idx)
-        ids = torch.full((len(idx), t), end.pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), t), dtype=torch.long)
-        for row, j in enumerate(idx):
-            ids[row, t - len(enc[j]):] = torch.tensor(enc[j])
-            mask[row, t - len(enc[j]):] = 1
-        # One forward per new token: on the CPU reuse the unpacked weights across them.
+        seqs = [enc[j] for j in idx]
+        dec = BatchDecoder(model, len(idx), max(map(len, seqs)) + max_new_tokens)
+        # One forward per new token: reuse the unpacked weights across them (model.cached_weights).
         with torch.no_grad(), cached_weights(model):
-            seq = model.generate(ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
-                                 max_new_tokens=max_new_tokens, temperature=None, top_p=None,
-                                 top_k=None, **end.generate_kwargs())
-        for j, new in zip(idx, seq[:, t:].tolist()):
-            out[j] = tok.decode(end.cut(new), skip_special_tokens=True)
+            new = dec.greedy(seqs, max_new_tokens, end.stops, end.pad)
+        for j, ids in zip(idx, new):
+            out[j] = tok.decode(end.cut(ids), skip_special_tokens=True)
     return out
 
 

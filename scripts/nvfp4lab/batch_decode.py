@@ -1,0 +1,132 @@
+"""Greedy decoding of many chats at once on one static KV cache; on CUDA each step is one CUDA
+graph replay. The decoder of suites, probes, replay and --self-kl-rows (generate.greedy_chats).
+
+Why not `transformers.generate`: its eager decode step is launch-bound (SmolLM2: 30 layers x
+~25 kernels, several ms of Python and launches a token whatever the batch), and inside training
+that is most of a probe round and all of a --self-kl-rows round. Here, as in decode.StaticDecoder
+(the runners' batch-1 decoder), the model's own forward runs on transformers' `StaticCache` with
+an explicit additive mask, so every tensor of a step has a fixed address and the step is
+captured once per batch and replayed per token.
+
+Left padding: row b of a batch of length T starts with pad_b pads. Its tokens sit in cache
+columns pad_b..T-1 and its rope positions count from 0 at column pad_b, as generate's
+`position_ids = cumsum(attention_mask) - 1`. A pad query may attend only to itself (a fully
+masked row would be NaN, and its NaN values would reach real rows through 0 x NaN).
+"""
+import torch
+from transformers import StaticCache
+
+from .decode import cache_arg, pass_cache_position, set_cache_length
+
+
+class BatchDecoder:
+    """Greedy continuation of up to `rows` token lists of up to `capacity` - new tokens."""
+
+    def __init__(self, model, rows: int, capacity: int, use_graph: bool = True):
+        self.model = model
+        self.device = model.get_input_embeddings().weight.device
+        self.use_graph = self.device.type == "cuda" and use_graph
+        self.cache_kw = cache_arg(model)
+        self.pass_cache_position = pass_cache_position(model)
+        self.rows, self.capacity = rows, capacity
+        self.cache = StaticCache(config=model.config, max_cache_len=capacity)
+        dtype = model.get_input_embeddings().weight.dtype
+        self.mask = torch.full((rows, 1, 1, capacity), -torch.inf, dtype=dtype, device=self.device)
+        self.tok = torch.zeros(rows, 1, dtype=torch.long, device=self.device)  # input, then output
+        self.pos = torch.zeros(rows, dtype=torch.long, device=self.device)     # rope position of tok
+        self.slot = torch.zeros(1, dtype=torch.long, device=self.device)       # its cache column
+        self.graph = None
+        self.graph_note = None     # why the steps ran eagerly although a graph was asked for
+
+    def _forward(self, ids, positions, slots, mask):
+        kw = dict(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                  logits_to_keep=1)
+        kw[self.cache_kw] = self.cache
+        if self.pass_cache_position:
+            kw["cache_position"] = slots
+        return self.model(**kw).logits[:, -1]           # [rows, vocab]
+
+    def _prefill(self, seqs: list[list[int]], pad: int) -> None:
+        t = max(len(s) for s in seqs)
+        lead = torch.tensor([t - len(s) for s in seqs] + [t] * (self.rows - len(seqs)),
+                            device=self.device)                        # [rows] pads in front
+        ids = torch.full((self.rows, t), pad, dtype=torch.long)
+        for b, s in enumerate(seqs):
+            ids[b, t - len(s):] = torch.tensor(s)
+        cols = torch.arange(t, device=self.device)
+        positions = (cols[None, :] - lead[:, None]).clamp_min(0)     # [rows, t]
+        keys = torch.arange(self.capacity, device=self.device)
+        seen = (keys[None, None, :] <= cols[None, :, None]) & (keys[None, None, :] >= lead[:, None, None])
+        seen |= keys[None, None, :] == cols[None, :, None]             # a pad query sees itself
+        mask = torch.zeros((self.rows, 1, t, self.capacity), dtype=self.mask.dtype,
+                           device=self.device)
+        mask.masked_fill_(~seen[:, None], -torch.inf)
+        set_cache_length(self.cache, 0)
+        logits = self._forward(ids.to(self.device), positions, cols, mask)
+        self.tok.copy_(logits.argmax(-1).view(self.rows, 1))
+        live = (keys[None, :] >= lead[:, None]) & (keys[None, :] < t)  # [rows, capacity]
+        self.mask.fill_(-torch.inf)
+        self.mask.masked_fill_(live.view(self.rows, 1, 1, self.capacity), 0.0)
+        self.pos.copy_(t - lead)
+        self.slot.fill_(t)
+
+    def _step(self) -> None:
+        """Feed `tok` at column `slot` (positions `pos`); leaves the next greedy tokens in `tok`."""
+        self.mask.index_fill_(3, self.slot, 0.0)
+        logits = self._forward(self.tok, self.pos.view(self.rows, 1), self.slot, self.mask)
+        self.tok.copy_(logits.argmax(-1).view(self.rows, 1))
+        self.pos.add_(1)
+        self.slot.add_(1)
+
+    def _capture(self) -> None:
+        saved = (self.tok.clone(), self.pos.clone(), self.slot.clone(), self.mask.clone())
+
+        def restore():
+            for t, s in zip((self.tok, self.pos, self.slot, self.mask), saved):
+                t.copy_(s)
+            set_cache_length(self.cache, int(saved[2]))
+        # Warm-up on a side stream as torch.cuda.graph requires; the replay writes its keys again.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._step()
+        torch.cuda.current_stream().wait_stream(stream)
+        restore()
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step()
+        except RuntimeError as e:   # say so and step eagerly: slower, same tokens
+            self.use_graph, self.graph_note = False, f"CUDA graph capture failed: {e}"
+            torch.cuda.synchronize()
+        else:
+            self.graph = graph
+        restore()
+
+    @torch.no_grad()
+    def greedy(self, seqs: list[list[int]], max_new_tokens: int, stops: list[int],
+               pad: int) -> list[list[int]]:
+        """Each seq's greedy continuation, up to max_new_tokens, cut after its first stop token."""
+        if not seqs or max_new_tokens <= 0:
+            return [[] for _ in seqs]
+        if len(seqs) > self.rows or max(map(len, seqs)) + max_new_tokens > self.capacity:
+            raise ValueError(f"BatchDecoder({self.rows} rows, capacity {self.capacity}) cannot "
+                             f"hold {len(seqs)} seqs of up to {max(map(len, seqs))} tokens + "
+                             f"{max_new_tokens} new ones")
+        self._prefill(seqs, pad)
+        out = [[] for _ in seqs]
+        done = [False] * len(seqs)
+        stop = set(stops)
+        while True:
+            for b, t in enumerate(self.tok[:len(seqs), 0].tolist()):
+                if not done[b]:
+                    out[b].append(t)
+                    done[b] = t in stop or len(out[b]) >= max_new_tokens
+            if all(done):
+                return out
+            if self.use_graph and self.graph is None:
+                self._capture()
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._step()
