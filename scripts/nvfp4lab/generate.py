@@ -11,6 +11,7 @@ import torch
 
 from .batch_decode import BatchDecoder
 from .chat import collate, encode_answer, encode_chat, end_tokens, pad_token_id
+from .decode import round_up
 from .model import cached_weights
 
 
@@ -42,7 +43,9 @@ def greedy_chats(model, tok, chats: list[list[dict]], max_new_tokens: int,
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         seqs = [enc[j] for j in idx]
-        dec = BatchDecoder(model, len(idx), max(map(len, seqs)) + max_new_tokens)
+        # Capacity in steps of 64: the attention mask's last dimension stays aligned for the
+        # fused SDPA kernels, and the extra columns are masked (no effect on the answers).
+        dec = BatchDecoder(model, len(idx), round_up(max(map(len, seqs)) + max_new_tokens, 64))
         # One forward per new token: reuse the unpacked weights across them (model.cached_weights).
         with torch.no_grad(), cached_weights(model):
             new = dec.greedy(seqs, max_new_tokens, end.stops, end.pad)
