@@ -4,6 +4,7 @@ graph replays the same step)."""
 import pytest
 import torch
 
+from test_decode import reference_greedy as alone
 from test_runners import untie_with_random_head
 from nvfp4lab import chat
 from nvfp4lab.batch_decode import BatchDecoder
@@ -22,13 +23,6 @@ def varied(tiny_qwen, tmp_path_factory):
     out = tmp_path_factory.mktemp("varied")
     dat = untie_with_random_head(tiny_dir, tiny_dat, out)
     return load_model(read_dat(str(dat)), str(out), "cpu", torch.float32), chat.load_tokenizer(str(out))
-
-
-def alone(model, ids, n):
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                         do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=None,
-                         pad_token_id=0, temperature=None, top_p=None, top_k=None)
-    return out[0, len(ids):].tolist()
 
 
 def test_left_padded_batch_gives_each_chat_its_own_greedy_tokens(varied):

@@ -227,16 +227,20 @@ def test_sparse_restart_gives_the_kept_values_a_second_schedule_after_the_cut():
     assert [trainer.step_lr_scale(s, cfg) for s in range(1, 101)] == once
 
 
+def moved_model(tiny_qwen):
+    """(the tiny model with small random deltas: it differs from its base, its tokenizer)."""
+    model_dir, dat_path = tiny_qwen
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    with torch.no_grad():
+        for _, d in make_trainable(model, torch.float32):
+            d.normal_(0, 1e-2)
+    return model, chat.load_tokenizer(str(model_dir))
+
+
 def test_self_answer_rows_get_kl_to_the_base_and_no_ce(tiny_qwen):
     """--self-kl-rows: the trained model's own answers are judged by the base (KL), never learned
     (no CE: that would teach a loop), and no replayed answer replaces them."""
-    model_dir, dat_path = tiny_qwen
-    tok = chat.load_tokenizer(str(model_dir))
-    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
-    deltas = make_trainable(model, torch.float32)
-    with torch.no_grad():
-        for _, d in deltas:
-            d.normal_(0, 1e-2)                      # a model that differs from its base
+    model, tok = moved_model(tiny_qwen)
     src = mix.Source("a.tsv", 1.0, "anchor", [Row("1+1等於多少？", "2", "a.tsv", 1)])
     model.train()
     rows = trainer.self_answer_rows(model, tok, [src], 2, random.Random(0), 6)
@@ -258,13 +262,7 @@ def test_self_answer_rows_get_kl_to_the_base_and_no_ce(tiny_qwen):
 def test_keep_ce_weight_leaves_the_kl_rows_to_the_kl(tiny_qwen):
     """--keep-ce-weight 0: an anchor row (its target the base's own answer) adds no CE, only its
     KL; 1 is today's plain mean; in between, a weighted mean of the two rows' token CEs."""
-    model_dir, dat_path = tiny_qwen
-    tok = chat.load_tokenizer(str(model_dir))
-    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
-    deltas = make_trainable(model, torch.float32)
-    with torch.no_grad():
-        for _, d in deltas:
-            d.normal_(0, 1e-2)
+    model, tok = moved_model(tiny_qwen)
     rows = [("你是誰", TARGET, "target"), ("1+1等於多少？", "2", "anchor")]
     batch, keep, _ = trainer.encode_batch(tok, rows, 64, {"1+1等於多少？": "1+1等於2。"},
                                           torch.device("cpu"))

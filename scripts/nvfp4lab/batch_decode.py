@@ -16,10 +16,10 @@ masked row would be NaN, and its NaN values would reach real rows through 0 x Na
 import torch
 from transformers import StaticCache
 
-from .decode import cache_arg, pass_cache_position, set_cache_length
+from .decode import GraphStep, cache_arg, pass_cache_position, set_cache_length
 
 
-class BatchDecoder:
+class BatchDecoder(GraphStep):
     """Greedy continuation of up to `rows` token lists of up to `capacity` - new tokens."""
 
     def __init__(self, model, rows: int, capacity: int, use_graph: bool = True):
@@ -78,30 +78,14 @@ class BatchDecoder:
         self.pos.add_(1)
         self.slot.add_(1)
 
-    def _capture(self) -> None:
+    def _restorer(self):
         saved = (self.tok.clone(), self.pos.clone(), self.slot.clone(), self.mask.clone())
 
         def restore():
             for t, s in zip((self.tok, self.pos, self.slot, self.mask), saved):
                 t.copy_(s)
             set_cache_length(self.cache, int(saved[2]))
-        # Warm-up on a side stream as torch.cuda.graph requires; the replay writes its keys again.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self._step()
-        torch.cuda.current_stream().wait_stream(stream)
-        restore()
-        try:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._step()
-        except RuntimeError as e:   # say so and step eagerly: slower, same tokens
-            self.use_graph, self.graph_note = False, f"CUDA graph capture failed: {e}"
-            torch.cuda.synchronize()
-        else:
-            self.graph = graph
-        restore()
+        return restore
 
     @torch.no_grad()
     def greedy(self, seqs: list[list[int]], max_new_tokens: int, stops: list[int],
@@ -124,9 +108,4 @@ class BatchDecoder:
                     done[b] = t in stop or len(out[b]) >= max_new_tokens
             if all(done):
                 return out
-            if self.use_graph and self.graph is None:
-                self._capture()
-            if self.graph is not None:
-                self.graph.replay()
-            else:
-                self._step()
+            self._run_step()

@@ -35,6 +35,31 @@ def set_cache_length(cache, n: int) -> None:
             layer.cumulative_length.fill_(n)
 
 
+def capture_graph(step, restore, cache):
+    """`step` captured as a CUDA graph: (graph, None), or (None, why not); then the caller steps
+    eagerly (slower, same tokens). step runs once first, a warm-up on a side stream (cuBLAS
+    handles, allocator) as torch.cuda.graph requires; restore() then puts the caller's state
+    back (the warm-up wrote one position's keys, which the first replay writes again), and again
+    after a failed capture."""
+    if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
+        return None, "sliding-window cache layers"
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    restore()
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+    except RuntimeError as e:
+        torch.cuda.synchronize()
+        restore()
+        return None, f"CUDA graph capture failed: {e}"
+    return graph, None
+
+
 def round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
@@ -48,7 +73,22 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-class StaticDecoder:
+class GraphStep:
+    """A decoder's one-token step (`_step`), captured as a CUDA graph at its first use when
+    `use_graph`, then replayed. Subclasses hold `cache`, `use_graph`, `graph`, `graph_note` and
+    give `_restorer()`: a function that puts their decoding state back as it is now."""
+
+    def _run_step(self) -> None:
+        if self.use_graph and self.graph is None:
+            self.graph, self.graph_note = capture_graph(self._step, self._restorer(), self.cache)
+            self.use_graph = self.graph is not None
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._step()
+
+
+class StaticDecoder(GraphStep):
     """Greedy decoder holding one static KV cache for one model (batch 1).
 
     `tokens` are the ids whose keys/values sit in the cache at positions 0..len-1. With
@@ -124,39 +164,13 @@ class StaticDecoder:
         self.tok.copy_(logits.argmax(-1).view(1, 1))
         self.pos.add_(1)
 
-    def _capture(self) -> None:
-        if any(getattr(layer, "is_sliding", False) for layer in self.cache.layers):
-            self.use_graph, self.graph_note = False, "sliding-window cache layers"
-            return
+    def _restorer(self):
         saved = (self.tok.clone(), int(self.pos))
-        # Warm-up on a side stream (cuBLAS handles, allocator) as torch.cuda.graph requires; it
-        # writes this position's keys, which the first replay writes again.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self._step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.tok.copy_(saved[0])
-        self._set_length(saved[1])
-        try:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._step()
-        except RuntimeError as e:   # say so and decode eagerly: slower, same tokens
-            self.use_graph, self.graph_note = False, f"CUDA graph capture failed: {e}"
-            torch.cuda.synchronize()
+
+        def restore():
             self.tok.copy_(saved[0])
             self._set_length(saved[1])
-            return
-        self.graph = graph
-
-    def _run_step(self) -> None:
-        if self.use_graph and self.graph is None:
-            self._capture()
-        if self.graph is not None:
-            self.graph.replay()
-        else:
-            self._step()
+        return restore
 
     # ------------------------------------------------------------------ public
 
