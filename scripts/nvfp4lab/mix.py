@@ -14,6 +14,7 @@ from .tsv import DataError, read_tsv
 
 ROLES = ("target", "anchor", "neighbour")
 KEEP_ROLES = ("anchor", "neighbour")   # rows whose answers are kept (replay targets, KL to the base)
+SELF_ROLE = "self-answer"   # the trained model's own greedy answer (--self-kl-rows): KL only, no CE
 
 
 @dataclass

@@ -245,7 +245,7 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
         ids, labels, cut = chat.encode_chat_row(tok, messages, target, seq_len)
         truncated += cut
         enc.append((ids, labels))
-        kl_rows.append((role in mix.KEEP_ROLES or role == SELF_ROLE) and not context)
+        kl_rows.append((role in mix.KEEP_ROLES or role == mix.SELF_ROLE) and not context)
         if ul_target is not None and role == "neighbour":
             uids, ulabels, _ = chat.encode_chat_row(tok, messages, ul_target, seq_len)
             shared = 0
@@ -255,7 +255,7 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
     batch = {k: v.to(device) for k, v in chat.collate(enc + ul, chat.pad_token_id(tok)).items()}
     keep = torch.tensor(kl_rows + [True] * len(ul), device=device)
     batch["ul_rows"] = torch.tensor([False] * len(enc) + [True] * len(ul), device=device)
-    batch["kl_only"] = torch.tensor([len(r) > 2 and r[2] == SELF_ROLE for r in rows]
+    batch["kl_only"] = torch.tensor([len(r) > 2 and r[2] == mix.SELF_ROLE for r in rows]
                                     + [False] * len(ul), device=device)
     return batch, keep, truncated
 
@@ -305,9 +305,6 @@ def identity_after_chat(rows: list[tuple], srcs, share: float, rng: random.Rando
 
 # ---------------------------------------------------------------- replay: the base's own answers
 
-SELF_ROLE = "self-answer"   # the trained model's own greedy answer: KL to the base only, no CE
-
-
 def self_answer_rows(model, tok, srcs, n: int, rng: random.Random,
                      max_new_tokens: int) -> list[tuple]:
     """--self-kl-rows: n ordinary (anchor) prompts answered greedily by the model being trained.
@@ -323,7 +320,7 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random,
     model.eval()     # generation: no layer checkpointing, the KV cache on
     answers = greedy_answers(model, tok, prompts, max_new_tokens)
     model.train()
-    return [(p, a, SELF_ROLE) for p, a in zip(prompts, answers)]
+    return [(p, a, mix.SELF_ROLE) for p, a in zip(prompts, answers)]
 
 
 def file_fingerprint(path: str) -> str:
