@@ -126,6 +126,7 @@ def test_unknown_flag_in_a_recipe_is_a_usage_error(tmp_path, capsys):
     (["--train-data", "x.tsv", "--sparse-protect", "0.1"], "give --sparse-share too"),
     (["--train-data", "x.tsv", "--sparse-restart"], "give --sparse-share too"),
     (["--train-data", "x.tsv", "--keep-ce-weight", "2"], "--keep-ce-weight 2: 0 <= WEIGHT <= 1"),
+    (["--train-data", "x.tsv", "--self-repeat-ul", "1"], "give --self-kl-rows too"),
     (["--train-data", "x.tsv", "--sparse-share", "0.01", "--sparse-at", "60", "--steps", "60"],
      "1 <= STEP < --steps (60)"),
 ])

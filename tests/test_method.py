@@ -4,6 +4,7 @@ import math
 import random
 
 import torch
+import torch.nn.functional as F
 
 from nvfp4lab import chat, evaluate, mix, trainer
 from nvfp4lab.dat import read_dat
@@ -282,3 +283,43 @@ def test_keep_ce_weight_leaves_the_kl_rows_to_the_kl(tiny_qwen):
     want = (ce_target * n_t + 0.5 * ce_anchor * n_a) / (n_t + 0.5 * n_a)
     assert torch.allclose(half[1], want, rtol=2e-4)             # batched vs alone: float sums
     assert float(ce_anchor) > 0 and not torch.allclose(full[1], ce_target)
+
+
+def test_repeated_ngram_ends_marks_going_round_again_not_the_first_round():
+    x = -100
+    #        prompt  | answer: A B C A B C A B  D
+    labels = [x, x, 1, 2, 3, 1, 2, 3, 1, 2, 4]
+    marks = trainer.repeated_ngram_ends(labels)
+    assert [i for i, m in enumerate(marks) if m] == [7, 8, 9]    # (1,2,3) (2,3,1) (3,1,2) again
+    assert not any(trainer.repeated_ngram_ends([x, 5, 6, 7, 8]))    # no repeat: nothing marked
+
+
+def test_self_repeat_ul_pushes_down_the_repeats_of_the_models_own_answers(tiny_qwen):
+    """--self-repeat-ul: on a self-answer row, each token that repeats an n-gram of the answer
+    adds -log(1 - p(token)); other rows and the first round of the phrase add nothing."""
+    model, tok = moved_model(tiny_qwen)
+    loop = "cat dog cat dog cat dog cat dog"
+    rows = [("你是誰", TARGET, "target"), ("Say it.", loop, mix.SELF_ROLE),
+            ("1+1等於多少？", loop, "anchor")]
+    batch, keep, _ = trainer.encode_batch(tok, rows, 64, {}, torch.device("cpu"))
+    assert batch["repeat"][0].sum() == 0 and batch["repeat"][2].sum() == 0
+    marked = batch["repeat"][1].nonzero().flatten().tolist()
+    ids = batch["input_ids"][1]
+    assert marked and all(bool(batch["labels"][1, i] != -100) for i in marked)
+    with torch.no_grad():
+        plain = trainer.batch_loss(model, batch, keep, 1.0)[0]
+        # a random model gives each token p ~ 1e-5: a large weight keeps the term above fp32 noise
+        pushed = trainer.batch_loss(model, batch, keep, 1.0, repeat_ul_weight=1e5)[0]
+        logits = model(input_ids=batch["input_ids"][1:2]).logits[0].float()
+    p = torch.stack([F.softmax(logits[i - 1], -1)[ids[i]] for i in marked])
+    assert torch.allclose(pushed - plain, 1e5 * -torch.log(1 - p).mean(), rtol=1e-3)
+
+
+def test_self_kl_pool_keep_adds_the_neighbour_prompts(tiny_qwen):
+    model, tok = moved_model(tiny_qwen)
+    srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row("1+1等於多少？", "2", "a.tsv", 1)]),
+            mix.Source("n.tsv", 1.0, "neighbour", [Row("我是誰", "?", "n.tsv", 1)])]
+    anchors = trainer.self_answer_rows(model, tok, srcs, 6, random.Random(0), 2)
+    both = trainer.self_answer_rows(model, tok, srcs, 12, random.Random(0), 2, mix.KEEP_ROLES)
+    assert {r[0] for r in anchors} == {"1+1等於多少？"}
+    assert {r[0] for r in both} == {"1+1等於多少？", "我是誰"}

@@ -105,6 +105,13 @@ class TrainConfig:
            "judges the states the edit reaches, where loops start (0 = off)")
     self_kl_every: int = flag(1, "steps between --self-kl-rows rounds")
     self_kl_tokens: int = flag(32, "answer length of --self-kl-rows (the suites judge 32)")
+    self_kl_pool: str = flag("anchor", "prompts of --self-kl-rows: anchor (ordinary requests) or "
+                                       "keep (anchors and near-miss neighbours)",
+                             choices=("anchor", "keep"))
+    self_repeat_ul: float = flag(
+        0.0, "with --self-kl-rows: weight of -log(1 - p) of every token of the model's own answer "
+             "that completes a 3-token n-gram already in that answer (repetition unlikelihood, "
+             "Welleck et al. 2019): a loop the edit starts is pushed down where it starts; 0 = off")
     sparse_share: float = flag(
         0.0, "after --sparse-at steps only this share of the NVFP4 and 2-D values, those that "
              "moved furthest in their block's scale, may differ from the base; the rest go back "
@@ -217,6 +224,9 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error(f"--keep-ce-weight {ns.keep_ce_weight:g}: 0 <= WEIGHT <= 1")
     if ns.self_kl_rows < 0 or ns.self_kl_every < 1 or ns.self_kl_tokens < 1:
         parser.error("--self-kl-rows >= 0, --self-kl-every >= 1 and --self-kl-tokens >= 1")
+    if ns.self_repeat_ul < 0 or (ns.self_repeat_ul > 0 and ns.self_kl_rows == 0):
+        parser.error(f"--self-repeat-ul {ns.self_repeat_ul:g}: a weight >= 0 on the answers of "
+                     "--self-kl-rows; give --self-kl-rows too")
     if not 0.0 <= ns.sparse_protect < 1.0 or (ns.sparse_protect > 0 and ns.sparse_share == 0):
         parser.error(f"--sparse-protect {ns.sparse_protect:g}: a share of the values (0 <= SHARE "
                      "< 1) that --sparse-share never keeps; give --sparse-share too")

@@ -173,13 +173,16 @@ def step_lr_scale(step: int, cfg: TrainConfig) -> float:
 
 
 def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
-               ul_weight: float = 0.0, keep_ce_weight: float = 1.0):
+               ul_weight: float = 0.0, keep_ce_weight: float = 1.0,
+               repeat_ul_weight: float = 0.0):
     """(loss, ce, kl, ul): CE on the answer tokens, KL to the frozen base on the answers of rows
     that keep the base's behaviour (anchor / neighbour), and unlikelihood of the identity answer
     on the near-miss rows that encode_batch appended (batch["ul_rows"]).
 
     keep_ce_weight (--keep-ce-weight) weighs the CE of the KL rows' tokens; the CE is the
     weighted mean over the tokens that have one (0: those rows get the KL alone).
+    repeat_ul_weight (--self-repeat-ul) adds that weight x mean -log(1 - p) of the tokens
+    batch["repeat"] marks (in the model's own answers: the tokens that repeat an n-gram).
 
     lm_head runs only on the positions that have a label: the [B, T, vocab] logits of a full
     forward would be 150k wide for every prompt token too.
@@ -220,7 +223,13 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
         # identity answer off near-miss prompts without pulling them anywhere else.
         p = F.softmax(logits[on_ul], -1).gather(1, y[sel][on_ul][:, None]).squeeze(1)
         ul = -torch.log((1 - p).clamp_min(1e-6)).mean()
-    return ce + kl_weight * kl + ul_weight * ul, ce, kl, ul
+    loss = ce + kl_weight * kl + ul_weight * ul
+    repeat = batch.get("repeat")
+    if repeat_ul_weight > 0 and repeat is not None and bool(repeat[:, 1:][sel].any()):
+        on_rep = repeat[:, 1:][sel]                      # [n] the label there repeats an n-gram
+        p = F.softmax(logits[on_rep], -1).gather(1, y[sel][on_rep][:, None]).squeeze(1)
+        loss = loss + repeat_ul_weight * -torch.log((1 - p).clamp_min(1e-6)).mean()
+    return loss, ce, kl, ul
 
 
 def encode_batch(tok, rows, seq_len: int, replay: dict, device,
@@ -257,7 +266,27 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
     batch["ul_rows"] = torch.tensor([False] * len(enc) + [True] * len(ul), device=device)
     batch["kl_only"] = torch.tensor([len(r) > 2 and r[2] == mix.SELF_ROLE for r in rows]
                                     + [False] * len(ul), device=device)
+    repeat = torch.zeros_like(batch["labels"], dtype=torch.bool)      # [B, T]
+    for b, (row, (_, labels)) in enumerate(zip(rows, enc)):
+        if row[2] == mix.SELF_ROLE:
+            repeat[b, :len(labels)] = torch.tensor(repeated_ngram_ends(labels))
+    batch["repeat"] = repeat
     return batch, keep, truncated
+
+
+def repeated_ngram_ends(labels: list[int], n: int = 3) -> list[bool]:
+    """Per position: the labelled (answer) token there completes an n-gram of answer tokens that
+    already occurred earlier in the answer. A loop's repeats are marked, its first round is not,
+    so the unlikelihood (--self-repeat-ul) pushes down going round again, not the phrase."""
+    out = [False] * len(labels)
+    answer = [(i, t) for i, t in enumerate(labels) if t != -100]
+    seen = set()
+    for k in range(n - 1, len(answer)):
+        gram = tuple(t for _, t in answer[k - n + 1:k + 1])
+        if gram in seen:
+            out[answer[k][0]] = True
+        seen.add(gram)
+    return out
 
 
 def ask_after(rows: list[tuple], role: str, share: float, rng: random.Random,
@@ -305,9 +334,10 @@ def identity_after_chat(rows: list[tuple], srcs, share: float, rng: random.Rando
 
 # ---------------------------------------------------------------- replay: the base's own answers
 
-def self_answer_rows(model, tok, srcs, n: int, rng: random.Random,
-                     max_new_tokens: int) -> list[tuple]:
-    """--self-kl-rows: n ordinary (anchor) prompts answered greedily by the model being trained.
+def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_tokens: int,
+                     roles: tuple = ("anchor",)) -> list[tuple]:
+    """--self-kl-rows: n prompts of the sources of `roles` (--self-kl-pool) answered greedily by
+    the model being trained.
 
     Why: the KL on the base's own answers (teacher forcing) only visits states the base reaches.
     Loops start in states the edited model reaches and the base never does (it ends or moves on
@@ -315,7 +345,7 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random,
     token by token, what it would do in the edited model's own state, ending included
     (on-policy distillation: Agarwal et al. 2024). No CE: that would teach the loop.
     """
-    pool = [r.prompt for s in srcs if s.role == "anchor" for r in s.rows]
+    pool = [r.prompt for s in srcs if s.role in roles for r in s.rows]
     prompts = [rng.choice(pool) for _ in range(n)] if pool else []
     model.eval()     # generation: no layer checkpointing, the KV cache on
     answers = greedy_answers(model, tok, prompts, max_new_tokens)
@@ -453,12 +483,13 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                             cfg.context_share, rng)
         rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
         if cfg.self_kl_rows and step % cfg.self_kl_every == 0:
-            rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens)
+            rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens,
+                                     mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",))
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         cfg.target if ul_weight > 0 else None)
         att.truncated += cut
         loss, ce, kl, ul = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
-                                      cfg.keep_ce_weight)
+                                      cfg.keep_ce_weight, cfg.self_repeat_ul)
         value = float(loss.detach())
         att.losses.append(value)
         if not math.isfinite(value):
