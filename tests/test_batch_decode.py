@@ -57,3 +57,23 @@ def test_greedy_chats_answers_in_input_order_whatever_the_batch_size(varied):
     for c, a in zip(chats, one):
         assert a == tok.decode(end.cut(alone(model, chat.encode_chat(tok, c), 6)),
                                skip_special_tokens=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_captured_step_gives_the_same_tokens(varied):
+    """The CUDA graph replays the eager step: the same tokens as generate on each chat alone."""
+    model, tok = varied
+    model = model.cuda()
+    enc = [chat.encode_chat(tok, [{"role": "user", "content": p}]) for p in PROMPTS]
+    dec = BatchDecoder(model, len(enc), 128)
+    got = dec.greedy(enc, 10, stops=[], pad=0)
+    assert dec.graph is not None, dec.graph_note
+    want = []
+    for e in enc:
+        ids = torch.tensor([e], device="cuda")
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=10, min_new_tokens=10, eos_token_id=None,
+                             pad_token_id=0, temperature=None, top_p=None, top_k=None)
+        want.append(out[0, len(e):].tolist())
+    model.cpu()
+    assert got == want
