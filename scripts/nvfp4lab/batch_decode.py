@@ -16,35 +16,21 @@ masked row would be NaN, and its NaN values would reach real rows through 0 x Na
 import torch
 from transformers import StaticCache
 
-from .decode import GraphStep, cache_arg, pass_cache_position, set_cache_length
+from .decode import StaticCacheDecoder, set_cache_length
 
 
-class BatchDecoder(GraphStep):
+class BatchDecoder(StaticCacheDecoder):
     """Greedy continuation of up to `rows` token lists of up to `capacity` - new tokens."""
 
     def __init__(self, model, rows: int, capacity: int, use_graph: bool = True):
-        self.model = model
-        self.device = model.get_input_embeddings().weight.device
-        self.use_graph = self.device.type == "cuda" and use_graph
-        self.cache_kw = cache_arg(model)
-        self.pass_cache_position = pass_cache_position(model)
+        super().__init__(model, use_graph)
         self.rows, self.capacity = rows, capacity
         self.cache = StaticCache(config=model.config, max_cache_len=capacity)
-        dtype = model.get_input_embeddings().weight.dtype
-        self.mask = torch.full((rows, 1, 1, capacity), -torch.inf, dtype=dtype, device=self.device)
+        self.mask = torch.full((rows, 1, 1, capacity), -torch.inf, dtype=self.dtype,
+                               device=self.device)
         self.tok = torch.zeros(rows, 1, dtype=torch.long, device=self.device)  # input, then output
         self.pos = torch.zeros(rows, dtype=torch.long, device=self.device)     # rope position of tok
         self.slot = torch.zeros(1, dtype=torch.long, device=self.device)       # its cache column
-        self.graph = None
-        self.graph_note = None     # why the steps ran eagerly although a graph was asked for
-
-    def _forward(self, ids, positions, slots, mask):
-        kw = dict(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
-                  logits_to_keep=1)
-        kw[self.cache_kw] = self.cache
-        if self.pass_cache_position:
-            kw["cache_position"] = slots
-        return self.model(**kw).logits[:, -1]           # [rows, vocab]
 
     def _prefill(self, seqs: list[list[int]], pad: int) -> None:
         t = max(len(s) for s in seqs)
@@ -58,11 +44,10 @@ class BatchDecoder(GraphStep):
         keys = torch.arange(self.capacity, device=self.device)
         seen = (keys[None, None, :] <= cols[None, :, None]) & (keys[None, None, :] >= lead[:, None, None])
         seen |= keys[None, None, :] == cols[None, :, None]             # a pad query sees itself
-        mask = torch.zeros((self.rows, 1, t, self.capacity), dtype=self.mask.dtype,
-                           device=self.device)
+        mask = torch.zeros((self.rows, 1, t, self.capacity), dtype=self.dtype, device=self.device)
         mask.masked_fill_(~seen[:, None], -torch.inf)
         set_cache_length(self.cache, 0)
-        logits = self._forward(ids.to(self.device), positions, cols, mask)
+        logits = self._forward(ids.to(self.device), positions, cols, mask, logits_to_keep=1)
         self.tok.copy_(logits.argmax(-1).view(self.rows, 1))
         live = (keys[None, :] >= lead[:, None]) & (keys[None, :] < t)  # [rows, capacity]
         self.mask.fill_(-torch.inf)

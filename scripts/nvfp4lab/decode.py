@@ -73,10 +73,33 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-class GraphStep:
-    """A decoder's one-token step (`_step`), captured as a CUDA graph at its first use when
-    `use_graph`, then replayed. Subclasses hold `cache`, `use_graph`, `graph`, `graph_note` and
-    give `_restorer()`: a function that puts their decoding state back as it is now."""
+class StaticCacheDecoder:
+    """What the static-cache decoders share: the model's own forward on transformers'
+    `StaticCache` with an explicit additive mask, so every tensor of a one-token step (`_step`)
+    keeps its address and the step is captured as a CUDA graph at its first use, then replayed.
+    Subclasses hold `cache` and give `_step()` and `_restorer()`: a function that puts their
+    decoding state back as it is now."""
+
+    def __init__(self, model, use_graph: bool):
+        self.model = model
+        self.device = model.get_input_embeddings().weight.device
+        # Additive masks in the compute dtype (0 = attend, -inf = not): SDPA takes them as they
+        # are, where a boolean one is converted again in every layer of every step.
+        self.dtype = model.get_input_embeddings().weight.dtype
+        self.use_graph = self.device.type == "cuda" and use_graph
+        self.cache_kw = cache_arg(model)
+        self.pass_cache_position = pass_cache_position(model)
+        self.graph = None
+        self.graph_note = None   # why the steps ran eagerly although a CUDA graph was asked for
+
+    def _forward(self, ids, positions, slots, mask, model=None, **kw):
+        """Logits of the last input position [rows, vocab]: ids [rows, q] at rope positions
+        [rows, q], written to cache columns `slots` [q]."""
+        kw.update(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True)
+        kw[self.cache_kw] = self.cache
+        if self.pass_cache_position:
+            kw["cache_position"] = slots
+        return (self.model if model is None else model)(**kw).logits[:, -1]
 
     def _run_step(self) -> None:
         if self.use_graph and self.graph is None:
@@ -88,7 +111,7 @@ class GraphStep:
             self._step()
 
 
-class StaticDecoder(GraphStep):
+class StaticDecoder(StaticCacheDecoder):
     """Greedy decoder holding one static KV cache for one model (batch 1).
 
     `tokens` are the ids whose keys/values sit in the cache at positions 0..len-1. With
@@ -98,18 +121,13 @@ class StaticDecoder(GraphStep):
 
     def __init__(self, model, capacity: int = 256, use_graph: bool = True,
                  compile_step: bool = False):
-        self.model = model
+        super().__init__(model, use_graph)
         # compile_step: the decode step's forward (one token, fixed shapes) goes through
         # torch.compile before it is captured, so norms, rope, SwiGLU and residuals become a few
         # fused kernels instead of ~60 per layer; the NVFP4 GEMV stays our op (registered with a
-        # fake kernel, opaque to Inductor). Costs a compile (tens of seconds for the 4B shape,
-        # cached on disk by Inductor for later processes); prefill stays eager.
+        # fake kernel, opaque to Inductor). Costs a compile at the first step (53 s for the 4B
+        # shape on an H200); prefill stays eager.
         self.step_model = torch.compile(model, dynamic=False) if compile_step else model
-        self.device = model.get_input_embeddings().weight.device
-        self.use_graph = self.device.type == "cuda" and use_graph
-        self.pass_cache_position = pass_cache_position(model)
-        self.cache_kw = cache_arg(model)
-        self.graph_note = None   # why decoding is eager although CUDA graphs were asked for
         self._allocate(capacity)
 
     # ------------------------------------------------------------------ state
@@ -117,10 +135,9 @@ class StaticDecoder(GraphStep):
     def _allocate(self, capacity: int) -> None:
         self.capacity = capacity
         self.cache = StaticCache(config=self.model.config, max_cache_len=capacity)
-        # Additive mask in the compute dtype (0 = attend, -inf = not yet written): SDPA takes it
-        # as is, where a boolean one is converted again in every layer of every step.
-        dtype = self.model.get_input_embeddings().weight.dtype
-        self.mask = torch.full((1, 1, 1, capacity), -torch.inf, dtype=dtype, device=self.device)
+        # 0 = attend, -inf = not yet written
+        self.mask = torch.full((1, 1, 1, capacity), -torch.inf, dtype=self.dtype,
+                               device=self.device)
         self.tok = torch.zeros(1, 1, dtype=torch.long, device=self.device)   # input, then output
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)      # position of `tok`
         self.tokens: list[int] = []
@@ -130,14 +147,6 @@ class StaticDecoder(GraphStep):
         """Point the cache's write position (and ours) at n."""
         self.pos.fill_(n)
         set_cache_length(self.cache, n)
-
-    def _forward(self, input_ids, positions, mask, model=None, **kw):
-        kw.update(input_ids=input_ids, position_ids=positions.view(1, -1), attention_mask=mask,
-                  use_cache=True)
-        kw[self.cache_kw] = self.cache
-        if self.pass_cache_position:
-            kw["cache_position"] = positions
-        return (self.model if model is None else model)(**kw).logits[:, -1]   # [1, vocab]
 
     # ------------------------------------------------------------------ prefill / step
 
@@ -150,8 +159,8 @@ class StaticDecoder(GraphStep):
         blocked = (keys[None, :] > positions[:, None])[None, None]      # [1, 1, q, capacity]
         mask = torch.zeros(blocked.shape, dtype=self.mask.dtype, device=self.device)
         mask.masked_fill_(blocked, -torch.inf)
-        logits = self._forward(torch.tensor([ids[start:]], device=self.device), positions, mask,
-                               logits_to_keep=1)
+        logits = self._forward(torch.tensor([ids[start:]], device=self.device),
+                               positions.view(1, -1), positions, mask, logits_to_keep=1)
         self.mask.fill_(-torch.inf)
         self.mask[..., :n] = 0
         self.pos.fill_(n)
@@ -160,7 +169,8 @@ class StaticDecoder(GraphStep):
     def _step(self) -> None:
         """Feed `tok` at position `pos`; leaves the greedy next token in `tok`, pos + 1."""
         self.mask.index_fill_(3, self.pos, 0.0)
-        logits = self._forward(self.tok, self.pos, self.mask, model=self.step_model)
+        logits = self._forward(self.tok, self.pos.view(1, -1), self.pos, self.mask,
+                               model=self.step_model)
         self.tok.copy_(logits.argmax(-1).view(1, 1))
         self.pos.add_(1)
 

@@ -221,15 +221,20 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     if ul_weight > 0 and bool(on_ul.any()):
         # -log(1 - p(identity token)): large only where the identity is likely, so it pushes the
         # identity answer off near-miss prompts without pulling them anywhere else.
-        p = F.softmax(logits[on_ul], -1).gather(1, y[sel][on_ul][:, None]).squeeze(1)
-        ul = -torch.log((1 - p).clamp_min(1e-6)).mean()
+        ul = unlikelihood(logits[on_ul], y[sel][on_ul])
     loss = ce + kl_weight * kl + ul_weight * ul
     repeat = batch.get("repeat")
     if repeat_ul_weight > 0 and repeat is not None and bool(repeat[:, 1:][sel].any()):
         on_rep = repeat[:, 1:][sel]                      # [n] the label there repeats an n-gram
-        p = F.softmax(logits[on_rep], -1).gather(1, y[sel][on_rep][:, None]).squeeze(1)
-        loss = loss + repeat_ul_weight * -torch.log((1 - p).clamp_min(1e-6)).mean()
+        loss = loss + repeat_ul_weight * unlikelihood(logits[on_rep], y[sel][on_rep])
     return loss, ce, kl, ul
+
+
+def unlikelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """mean -log(1 - p(target)) over rows of logits [n, V]: large only where the target is
+    likely, so it pushes that token down without pulling the row toward anything else."""
+    p = F.softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
+    return -torch.log((1 - p).clamp_min(1e-6)).mean()
 
 
 def encode_batch(tok, rows, seq_len: int, replay: dict, device,
@@ -266,11 +271,12 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
     batch["ul_rows"] = torch.tensor([False] * len(enc) + [True] * len(ul), device=device)
     batch["kl_only"] = torch.tensor([len(r) > 2 and r[2] == mix.SELF_ROLE for r in rows]
                                     + [False] * len(ul), device=device)
-    repeat = torch.zeros_like(batch["labels"], dtype=torch.bool)      # [B, T]
-    for b, (row, (_, labels)) in enumerate(zip(rows, enc)):
-        if row[2] == mix.SELF_ROLE:
-            repeat[b, :len(labels)] = torch.tensor(repeated_ngram_ends(labels))
-    batch["repeat"] = repeat
+    own = [b for b, row in enumerate(rows) if row[2] == mix.SELF_ROLE]
+    if own:   # the model's own answers (--self-kl-rows): where they repeat themselves
+        batch["repeat"] = torch.zeros_like(batch["labels"], dtype=torch.bool)      # [B, T]
+        for b in own:
+            labels = enc[b][1]
+            batch["repeat"][b, :len(labels)] = torch.tensor(repeated_ngram_ends(labels))
     return batch, keep, truncated
 
 
