@@ -7,6 +7,10 @@
 #   bash scripts/device_method_study.sh final      # the chosen variant: one timed make demo-real
 #                                                  # (+ both runners), then 5 seeds on held-out
 #                                                  # (SINGLE=0: the 5 seeds only)
+#   bash scripts/device_method_study.sh floor      # noise_floor.py on DEV: random one-step code
+#                                                  # moves of 0-1.3% of the decoder's codes
+#   bash scripts/device_method_study.sh prepare    # only the join and the build (for a call
+#                                                  # that runs two stages side by side)
 # The converted SmolLM2 (126 MiB) travels in parts (split -b 58M) copied to ~/smol in earlier
 # calls; it is joined into artifacts/smollm2/ here. Logs, JSON judgments and the DevLog entries
 # come back under $OUT (results.tgz); DevLog entries are appended to doc/DevLog.md by hand.
@@ -31,6 +35,14 @@ timed() { local t=$(date +%s); "$@"; local rc=$?; echo "[$1 ... exit $rc, $(( $(
 pack() { tar czf "$OUT/results-$STAGE.tgz" "$@" 2>/dev/null; ls -la "$OUT"; }
 
 case $STAGE in
+prepare) ;;
+floor)
+  timed python3 scripts/noise_floor.py --base $DAT --model-dir $SMOL --suite data/suite-en-dev-v1.tsv \
+      --shares "${SHARES:-0 0.001 0.003 0.013}" --seeds "1 2 3" --out artifacts/noise-floor.json \
+      > artifacts/noise-floor.log 2>&1
+  tail -n 25 artifacts/noise-floor.log
+  pack artifacts/noise-floor.json artifacts/noise-floor.log
+  ;;
 baseline)
   # CUDA kernels == CPU kernels bit for bit (the new torchao rule and requantize_delta included)
   timed python3 scripts/gpu_check.py > artifacts/gpu-check.log 2>&1; grep -E "FAIL|failures|passed" artifacts/gpu-check.log | tail -n 5
