@@ -10,7 +10,9 @@
 #   bash scripts/device_method_study.sh floor      # noise_floor.py on DEV: random one-step code
 #                                                  # moves of 0-1.3% of the decoder's codes
 #   bash scripts/device_method_study.sh prepare    # only the join and the build (for a call
-#                                                  # that runs two stages side by side)
+#                                                  # that runs two stages side by side: start the
+#                                                  # second with `&` and `wait` for it, or it is
+#                                                  # killed when the call ends)
 # The converted SmolLM2 (126 MiB) travels in parts (split -b 58M) copied to ~/smol in earlier
 # calls; it is joined into artifacts/smollm2/ here. Logs, JSON judgments and the DevLog entries
 # come back under $OUT (results.tgz); DevLog entries are appended to doc/DevLog.md by hand.
@@ -61,10 +63,10 @@ baseline)
   pack artifacts/*.eval.json artifacts/*.log
   ;;
 study)
-  timed timeout 570 python3 scripts/sweep.py --recipe data/stages/method-study-en.args \
+  timed timeout $(( ${JOB_TIMEOUT:-540} + 30 )) python3 scripts/sweep.py --recipe data/stages/method-study-en.args \
       --variants ${GRID:-data/stages/method-study-en.sweep} --seeds "1 2 3" --dev-suite data/suite-en-dev-v1.tsv \
       --monitor data/suite-en-monitor-v1.tsv --input-dat $DAT --model-dir $SMOL --device cuda \
-      --jobs ${JOBS:-21} --timeout 540 --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
+      --jobs ${JOBS:-21} --timeout ${JOB_TIMEOUT:-540} --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
       > artifacts/study.log 2>&1
   cp artifacts/sweep/chosen.flags ~/chosen.flags 2>/dev/null
   grep -v '^\[guard\] PID=' artifacts/study.log | tail -n 40
