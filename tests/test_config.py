@@ -145,3 +145,22 @@ def test_resolve_fills_the_defaults_that_depend_on_other_flags():
                                             "--device", "cuda", "--stage", "g"]))
     assert (held.probes, held.compute_dtype, held.output_dat) == (None, "bfloat16",
                                                                    "artifacts/g.dat")
+
+
+SWEEPS = sorted((ROOT / "data" / "stages").glob("*.sweep"))
+
+
+@pytest.mark.parametrize("grid", SWEEPS, ids=lambda p: p.name)
+def test_every_shipped_sweep_variant_parses_on_its_study_recipe(grid):
+    """A typo in a grid prepared for a later device session must fail here, not cost a GPU
+    call: each variant's flags parse on the recipe its study runs them on, and the last of a
+    repeated flag wins (grids add to a base variant's flags)."""
+    import sweep
+    recipe = ROOT / "data" / "stages" / ("method-study-en.args" if "method-study" in grid.name
+                                         else "real-en.args")
+    for name, flags in sweep.read_variants(str(grid)):
+        words = shlex.split(flags)
+        cfg = train.parse_args(["--recipe", str(recipe), *words])
+        if "--lr" in words:   # the last --lr given is the one used
+            last = len(words) - 1 - words[::-1].index("--lr")
+            assert cfg.lr == float(words[last + 1]), name
