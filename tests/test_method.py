@@ -3,6 +3,7 @@ answer is pushed down on them (unlikelihood), and the best monitored checkpoint 
 import math
 import random
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -323,3 +324,42 @@ def test_self_kl_pool_keep_adds_the_neighbour_prompts(tiny_qwen):
     both = trainer.self_answer_rows(model, tok, srcs, 12, random.Random(0), 2, mix.KEEP_ROLES)
     assert {r[0] for r in anchors} == {"1+1等於多少？"}
     assert {r[0] for r in both} == {"1+1等於多少？", "我是誰"}
+
+
+def test_self_kl_candidates_keep_the_answers_that_loop_beyond_the_base(monkeypatch):
+    """--self-kl-candidates: of the answered (distinct) prompts, the n that repeat themselves
+    most beyond the base's own answer are kept, in draw order; a prompt whose base answer repeats
+    as much (a list) is not chosen for it."""
+    answers = {"a": "Pros:\nPros:\nPros:\nPros:\nPros:\nPros:", "b": "Paris is the capital.",
+               "c": "1. one\n1. one\n1. one\n1. one", "d": "Blue, like the sky. Blue, like the sky."}
+    base = {"a": "Pros: more time at home.", "c": "1. one\n1. one\n1. one\n1. one",
+            "d": "Blue, like the sky."}
+    monkeypatch.setattr(trainer, "greedy_answers",
+                        lambda model, tok, prompts, n: [answers[p] for p in prompts])
+    model = torch.nn.Linear(1, 1)
+    srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row(p, "-", "a.tsv", i + 1)
+                                                for i, p in enumerate("abcd")])]
+
+    def chosen(**kw):
+        rows = trainer.self_answer_rows(model, None, srcs, 2, random.Random(0), 4, **kw)
+        assert len(rows) == 2 and all(r[2] == mix.SELF_ROLE for r in rows)
+        return [r[0] for r in rows]
+    drawn = random.Random(0).sample(list("abcd"), 4)     # the order the prompts are answered in
+    with_base, own_only = chosen(candidates=8, base_answers=base), chosen(candidates=8)
+    assert sorted(with_base) == ["a", "d"]               # loops the base did not have
+    assert sorted(own_only) == ["a", "c"]                # without the base, c's list counts
+    assert with_base == sorted(with_base, key=drawn.index)
+    # without candidates nothing is chosen: n draws with replacement, as before
+    plain = trainer.self_answer_rows(model, None, srcs, 2, random.Random(0), 4)
+    rng = random.Random(0)
+    assert [r[0] for r in plain] == [rng.choice(list("abcd")) for _ in range(2)]
+
+
+def test_self_kl_candidates_flag_needs_rows_and_enough_prompts(capsys):
+    import train
+    base = ["--train-data", "x.tsv", "--self-kl-rows", "32"]
+    assert train.parse_args(base + ["--self-kl-candidates", "128"]).self_kl_candidates == 128
+    for bad in (["--self-kl-candidates", "16"], ["--self-kl-rows", "0", "--self-kl-candidates", "8"]):
+        with pytest.raises(SystemExit) as e:
+            train.parse_args(base + bad)
+        assert e.value.code == 2 and "--self-kl-candidates" in capsys.readouterr().err

@@ -108,6 +108,10 @@ class TrainConfig:
     self_kl_pool: str = flag("anchor", "prompts of --self-kl-rows: anchor (ordinary requests) or "
                                        "keep (anchors and near-miss neighbours)",
                              choices=("anchor", "keep"))
+    self_kl_candidates: int = flag(
+        0, "with --self-kl-rows N: answer this many prompts (>= N) and keep the N whose answers "
+           "repeat themselves most beyond the base's own answer to the same prompt, so the KL and "
+           "--self-repeat-ul land on the loops the edit starts (0 = N: no choice)")
     self_repeat_ul: float = flag(
         0.0, "with --self-kl-rows: weight of -log(1 - p) of every token of the model's own answer "
              "that completes a 3-token n-gram already in that answer (repetition unlikelihood, "
@@ -224,6 +228,9 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error(f"--keep-ce-weight {ns.keep_ce_weight:g}: 0 <= WEIGHT <= 1")
     if ns.self_kl_rows < 0 or ns.self_kl_every < 1 or ns.self_kl_tokens < 1:
         parser.error("--self-kl-rows >= 0, --self-kl-every >= 1 and --self-kl-tokens >= 1")
+    if ns.self_kl_candidates and (ns.self_kl_rows == 0 or ns.self_kl_candidates < ns.self_kl_rows):
+        parser.error(f"--self-kl-candidates {ns.self_kl_candidates}: 0, or at least --self-kl-rows "
+                     f"({ns.self_kl_rows}) prompts to choose the loops among; give --self-kl-rows")
     if ns.self_repeat_ul < 0 or (ns.self_repeat_ul > 0 and ns.self_kl_rows == 0):
         parser.error(f"--self-repeat-ul {ns.self_repeat_ul:g}: a weight >= 0 on the answers of "
                      "--self-kl-rows; give --self-kl-rows too")

@@ -23,7 +23,7 @@ from .config import GROUPS, TrainConfig
 from .atomic import AtomicFile
 from .generate import greedy_answers
 from .model import deltas_off, reset_deltas
-from .probes import format_summary
+from .probes import format_summary, repetition
 from .tsv import DataError, normalize_prompt
 
 SUCCESS, NOT_REACHED, COLLAPSED = 0, 3, 4
@@ -341,7 +341,8 @@ def identity_after_chat(rows: list[tuple], srcs, share: float, rng: random.Rando
 # ---------------------------------------------------------------- replay: the base's own answers
 
 def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_tokens: int,
-                     roles: tuple = ("anchor",)) -> list[tuple]:
+                     roles: tuple = ("anchor",), candidates: int = 0,
+                     base_answers: dict | None = None) -> list[tuple]:
     """--self-kl-rows: n prompts of the sources of `roles` (--self-kl-pool) answered greedily by
     the model being trained.
 
@@ -350,13 +351,28 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_token
     where the edit keeps going: "Pros:\nPros:\nPros: ..."). On these rows the base says,
     token by token, what it would do in the edited model's own state, ending included
     (on-policy distillation: Agarwal et al. 2024). No CE: that would teach the loop.
+
+    candidates > n (--self-kl-candidates): that many distinct prompts are answered and the n whose answers
+    repeat themselves most beyond the base's own answer to the same prompt (base_answers, the
+    replay; probes.repetition, the suites' loop measure) are kept, in draw order. Why: an edit
+    loops on ~2% of ordinary prompts, so 32 random ones carry less than one loop for the
+    repeat unlikelihood to push down (hard-example mining).
     """
     pool = [r.prompt for s in srcs if s.role in roles for r in s.rows]
-    prompts = [rng.choice(pool) for _ in range(n)] if pool else []
+    if candidates > n:   # distinct prompts to choose among (fewer when the pool is smaller)
+        prompts = rng.sample(pool, min(candidates, len(pool)))
+    else:
+        prompts = [rng.choice(pool) for _ in range(n)] if pool else []
     model.eval()     # generation: no layer checkpointing, the KV cache on
     answers = greedy_answers(model, tok, prompts, max_new_tokens)
     model.train()
-    return [(p, a, mix.SELF_ROLE) for p, a in zip(prompts, answers)]
+    rows = list(zip(prompts, answers))
+    if len(rows) > n:
+        base_answers = base_answers or {}
+        added = [repetition(a) - repetition(base_answers.get(p, "")) for p, a in rows]
+        most = sorted(range(len(rows)), key=lambda i: -added[i])[:n]   # stable: draw order on ties
+        rows = [rows[i] for i in sorted(most)]
+    return [(p, a, mix.SELF_ROLE) for p, a in rows]
 
 
 def file_fingerprint(path: str) -> str:
@@ -490,7 +506,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
         rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
         if cfg.self_kl_rows and step % cfg.self_kl_every == 0:
             rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens,
-                                     mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",))
+                                     mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
+                                     cfg.self_kl_candidates, replay)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         cfg.target if ul_weight > 0 else None)
         att.truncated += cut
