@@ -5,7 +5,8 @@
 
 GPU: builds a Qwen3-4B-shaped model with random weights (config from --model-dir), writes it as
 an NVFP4 `.dat` through the converter, then times: `.dat` load, batch-1 greedy decode (ours vs
-`transformers.generate` bf16 on the same dequantized weights), 512-token prefill, one
+`transformers.generate` bf16 on the same dequantized weights), 512-token prefill, a suite-sized
+batch of greedy answers (64 chats x 32 tokens), one
 full-parameter training step at 16 x 64 (ours: NVFP4 QAT with bf16 deltas; peer: fp32 master +
 bf16 autocast + fused AdamW) with peak memory, export, and `train.py` with the Stage G recipe end
 to end. Prints a table last and writes it into doc/BENCHMARKS.md (and $OUT if set).
@@ -30,6 +31,7 @@ from nvfp4lab import chat, ops, paths, trainer  # noqa: E402
 from nvfp4lab.convert import conversion_plan, dat_entries, entry_count  # noqa: E402
 from nvfp4lab.dat import read_dat, write_dat  # noqa: E402
 from nvfp4lab.decode import StaticDecoder  # noqa: E402
+from nvfp4lab.generate import greedy_chats  # noqa: E402
 from nvfp4lab.model import (export_model, load_config, load_model, make_trainable,  # noqa: E402
                             reset_deltas)
 
@@ -180,6 +182,26 @@ def prefill_tok_s(model, n, device, vocab) -> float:
     return n / timed(run, device)
 
 
+def batched_greedy_s(model, tok, chats, new_tokens, device, ours: bool) -> float:
+    """Seconds to answer `chats` greedily as one left-padded batch, what a suite, a probe round
+    or --self-kl-rows does: ours through generate.greedy_chats (BatchDecoder: static cache, one
+    CUDA graph captured per call, as in a suite), the peer through transformers' generate."""
+    if ours:
+        def run():
+            greedy_chats(model, tok, chats, new_tokens, len(chats))
+    else:
+        enc = [chat.encode_chat(tok, c) for c in chats]
+        width, pad = max(map(len, enc)), chat.pad_token_id(tok)
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=device)
+
+        def run():
+            model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=pad,
+                           temperature=None, top_p=None, top_k=None)
+    return timed(run, device, repeat=2, warmup=1)
+
+
 def batch_16x64(vocab, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (16, 64), generator=g).to(device)
@@ -303,8 +325,11 @@ def run_gpu(args):
         row(rows, "inference weights on GPU", torch.cuda.memory_allocated() / GiB, unit="GiB",
             better="lower")
 
-    ids = torch.tensor([chat.encode_prompt(chat.load_tokenizer(args.model_dir), [], "你是誰")],
-                       device=device)
+    tok = chat.load_tokenizer(args.model_dir)
+    ids = torch.tensor([chat.encode_prompt(tok, [], "你是誰")], device=device)
+    # A suite-sized batch: 64 chats, 32 answer tokens (the suites' length).
+    chats = [[{"role": "user", "content": f"Question {i}: what is {i} plus {i + 1}?"}]
+             for i in range(64)]
     n = args.decode_tokens
     ours_dec = decode_tok_s(model, ids, n, device)
     graph_dec, graph_ids, mode, step_kernels = graph_decode(model, ids, n, device,
@@ -322,11 +347,13 @@ def run_gpu(args):
           f"{next((i for i, (a, b) in enumerate(zip(comp_ids, eager_ids)) if a != b), None)})",
           flush=True)
     ours_pre = prefill_tok_s(model, 512, device, vocab)
+    ours_batch = batched_greedy_s(model, tok, chats, 32, device, ours=True)
     dec_peak = peak_gib(device)
     peer = peer_model(config, dat, device)
     peer_dec = decode_tok_s(peer, ids, n, device)
     peer_pre = prefill_tok_s(peer, 512, device, vocab)
     peer_static = try_static_decode(peer, ids, n, device) if args.static else None
+    peer_batch = batched_greedy_s(peer, tok, chats, 32, device, ours=False)
     del peer
     free(device)
     torch._dynamo.reset()
@@ -347,6 +374,8 @@ def run_gpu(args):
     row(rows, "GPU kernels per decode step, compiled step", comp_kernels, unit="", better="lower")
     row(rows, "compile + capture + first decode, compiled step", comp_s, unit="s", better="lower")
     row(rows, "prefill 512 tokens", ours_pre, peer_pre, "tok/s")
+    row(rows, f"batched greedy, {len(chats)} chats x 32 tokens (suites, probes, self-KL): "
+              "greedy_chats vs peer generate", ours_batch, peer_batch, "s", better="lower")
     row(rows, "inference peak GPU memory (ours)", dec_peak, unit="GiB", better="lower")
 
     if args.skip_train:
