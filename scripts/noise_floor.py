@@ -69,13 +69,18 @@ def pooled(runs: list[dict], share: float) -> dict:
     return out
 
 
+def pct(share: float) -> str:
+    """0.00003 -> '0.003%', 0.013 -> '1.3%' (a fixed number of decimals would print 0.003% as 0.00%)."""
+    return f"{share * 100:.3g}%"
+
+
 def table(rows: list[dict]) -> str:
     def kn(r):
         return f"{r['k']}/{r['n']}"
     lines = ["| share of codes | seed | codes moved | loops added | facts kept | exact kept | "
              "identity | near-miss leak | NLL drift |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['share']:.2%} | {r['seed']} | {r['codes_moved']:,} | {kn(r['loops'])} | "
+        lines.append(f"| {pct(r['share'])} | {r['seed']} | {r['codes_moved']:,} | {kn(r['loops'])} | "
                      f"{kn(r['facts_kept'])} | {kn(r['exact_kept'])} | {kn(r['identity'])} | "
                      f"{kn(r['nearmiss_leak'])} | {r['nll_drift']:+.3f} |")
     return "\n".join(lines)
@@ -124,7 +129,7 @@ def run(args) -> int:
     ])
     worst = max((r for r in rows if r["seed"] == "all"), key=lambda r: r["share"])
     devlog.append_artifact(args.out, f"noise floor on {os.path.basename(args.suite)}: random "
-                           f"one-step moves of {worst['share']:.2%} of the decoder's codes add "
+                           f"one-step moves of {pct(worst['share'])} of the decoder's codes add "
                            f"{worst['loops']['k']}/{worst['loops']['n']} loops, keep "
                            f"{worst['facts_kept']['k']}/{worst['facts_kept']['n']} facts",
                            "a measurement; compare an edit of the same size with it")

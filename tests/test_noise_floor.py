@@ -82,11 +82,16 @@ def test_script_share_zero_changes_nothing_and_held_out_is_refused(tiny_qwen, tm
     big = [r for r in doc["runs"] if r["share"] == 0.2]
     assert all(r["codes_moved"] > 0 for r in big)
     assert [p["seed"] for p in doc["pooled"]] == ["all", "all"]
-    assert "| 20.00% | all |" in capsys.readouterr().out
+    assert "| 20% | all |" in capsys.readouterr().out
     assert "noise floor" in (tmp_path / "DevLog.md").read_text(encoding="utf-8")
-    assert f"| {out} | noise floor on suite-zh-dev-t.tsv: random one-step moves of 20.00%" in \
+    assert f"| {out} | noise floor on suite-zh-dev-t.tsv: random one-step moves of 20%" in \
         (tmp_path / "list.md").read_text(encoding="utf-8")
     code = noise_floor.main(["--base", str(dat), "--model-dir", str(model_dir), "--device", "cpu",
                              "--suite", suite(tmp_path, "suite-zh-heldout-t.tsv")])
     err = capsys.readouterr().err
     assert code == 1 and "held-out suite" in err and err.count("\n") == 1
+
+
+def test_shares_print_with_their_own_digits():
+    assert [noise_floor.pct(s) for s in (0, 0.00003, 0.0001, 0.013, 0.2)] == \
+        ["0%", "0.003%", "0.01%", "1.3%", "20%"]
