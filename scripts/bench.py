@@ -137,12 +137,13 @@ def kernel_count(fn, device) -> int:
 
 
 def graph_decode(model, ids, new_tokens, device, use_graph=True, profile=False,
-                 compile_step=False):
+                 compile_step=False, fuse_gemv=False):
     """The runners' decoder (decode.StaticDecoder: static cache, one CUDA graph replay per token):
     (tok/s including prefill, the tokens, why it fell back to eager if it did, kernels per step).
     compile_step: the step's forward through torch.compile before capture; the compile happens
-    in the warm-up run, outside the timed ones."""
-    dec = StaticDecoder(model, use_graph=use_graph, compile_step=compile_step)
+    in the warm-up run, outside the timed ones. fuse_gemv: q/k/v and gate/up stacked (fuse.py;
+    the model stays fused after this call)."""
+    dec = StaticDecoder(model, use_graph=use_graph, compile_step=compile_step, fuse_gemv=fuse_gemv)
     ctx = ids[0].tolist()
 
     def run():
@@ -346,6 +347,13 @@ def run_gpu(args):
           f"step tokens: {comp_ids == eager_ids} (first difference at "
           f"{next((i for i, (a, b) in enumerate(zip(comp_ids, eager_ids)) if a != b), None)})",
           flush=True)
+    t0 = time.time()
+    fused_dec, fused_ids, fused_mode, fused_kernels = graph_decode(model, ids, n, device,
+                                                                   compile_step=True, fuse_gemv=True)
+    fused_s = time.time() - t0
+    torch._dynamo.reset()
+    print(f"  compiled step + fused GEMVs: {fused_mode}, {fused_s:.0f} s with its compile; its "
+          f"tokens == compiled step tokens: {fused_ids == comp_ids}", flush=True)
     ours_pre = prefill_tok_s(model, 512, device, vocab)
     ours_batch = batched_greedy_s(model, tok, chats, 32, device, ours=True)
     dec_peak = peak_gib(device)
@@ -371,7 +379,13 @@ def run_gpu(args):
             peer_dec, "tok/s")
     row(rows, "GPU kernels per decode step, runners' decoder (eager step)", step_kernels,
         unit="", better="lower")
+    row(rows, "decode batch 1, compiled step + fused q/k/v and gate/up GEMVs (--fused-gemv) vs "
+              "peer static cache + torch.compile" if args.static else
+              "decode batch 1, compiled step + fused GEMVs vs peer eager", fused_dec,
+        peer_static if args.static else peer_dec, "tok/s")
     row(rows, "GPU kernels per decode step, compiled step", comp_kernels, unit="", better="lower")
+    row(rows, "GPU kernels per decode step, compiled step + fused GEMVs", fused_kernels, unit="",
+        better="lower")
     row(rows, "compile + capture + first decode, compiled step", comp_s, unit="s", better="lower")
     row(rows, "prefill 512 tokens", ours_pre, peer_pre, "tok/s")
     row(rows, f"batched greedy, {len(chats)} chats x 32 tokens (suites, probes, self-KL): "

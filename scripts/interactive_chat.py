@@ -15,7 +15,7 @@ from nvfp4lab import runner, runner_flags, runner_generate, runner_session  # no
 PROG = "interactive_chat.py"
 FLAGS = runner_flags.common_flags(
     "model-dir", "device", "dtype", "weight", "max-tokens", "temp", "top-p", "seed", "timing",
-    "ignore-eos", "compile-step", "timeout-ms", "chat-session-out", "chat-session-jsonl",
+    "ignore-eos", "compile-step", "fused-gemv", "timeout-ms", "chat-session-out", "chat-session-jsonl",
     max_tokens=256, timeout_ms=0,
 )
 

@@ -20,7 +20,7 @@ from nvfp4lab.runner_flags import Flag  # noqa: E402
 PROG = "run_training2.py"
 FLAGS = runner_flags.common_flags(
     "model-dir", "device", "dtype", "quant", "weight", "prompt", "max-tokens", "temp", "top-p",
-    "seed", "check-logits", "timing", "ignore-eos", "compile-step", "ifInteractive", "chat-session-out",
+    "seed", "check-logits", "timing", "ignore-eos", "compile-step", "fused-gemv", "ifInteractive", "chat-session-out",
     "chat-session-jsonl", check_logits=True,
 ) + [
     Flag("stop-here", True, "stop after turn [6] and the logits check; false: turns [7], [8], "

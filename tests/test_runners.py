@@ -125,6 +125,7 @@ def started(tiny_qwen, tmp_path_factory):
         "rt2_check": (RT2, short + varied + ["--check-logits=true", "--timing=TRUE"]),
         "rt2_nokv": (RT2, short + varied + ["--KVCacheOut=false", "--check-logits", "false"]),
         "rt2_compiled": (RT2, short + varied + ["--compile-step", "--check-logits", "false"]),
+        "rt2_fused": (RT2, short + varied + ["--fused-gemv", "--check-logits", "false"]),
         "fp2_compiled": (FP2, USER_FP2 + varied + ["--turns", "2", "--compile-step=true"]),
         "fp2_user": (FP2, USER_FP2 + tiny),
         "fp2_varied": (FP2, USER_FP2 + varied + ["--turns", "2", "--check-logits", "true"]),
@@ -169,6 +170,11 @@ def test_compiled_decode_step_answers_like_the_eager_one(runs):
     paths) gives the same greedy tokens as without it."""
     assert answers(ok(runs["rt2_compiled"])) == answers(ok(runs["rt2_nokv"]))
     assert answers(ok(runs["fp2_compiled"])) == answers(ok(runs["fp2_varied"]))
+
+
+def test_fused_gemv_answers_like_the_unfused_decoder(runs):
+    """--fused-gemv: q/k/v and gate/up through one GEMV each gives the same greedy tokens."""
+    assert answers(ok(runs["rt2_fused"])) == answers(ok(runs["rt2_nokv"]))
 
 
 def test_check_logits_timing_and_stop_here(runs):

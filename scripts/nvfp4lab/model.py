@@ -88,6 +88,7 @@ class NVFP4Linear(nn.Module):
         self.use_delta = True    # False: compute with the frozen base (the model before training)
         self.cache_weight = False  # set by cached_weights(): reuse the unpacked weight
         self._cache = None         # (key, weight [out, in]) while cache_weight is on
+        self.fused = None          # (FusedRows, first row, end row, leader?): fuse.fuse_siblings
 
     def make_trainable(self, dtype=torch.bfloat16):
         self.delta = nn.Parameter(torch.zeros(self.out_features, self.in_features, dtype=dtype,
@@ -121,9 +122,21 @@ class NVFP4Linear(nn.Module):
         if trained:
             return QATLinearFn.apply(x, self.qdata, self.scale, self.delta)
         rows = x.numel() // x.shape[-1]
+        if self.fused and rows <= GEMV_MAX_ROWS:   # on the CPU too: one dequantize per group
+            return self.fused_linear(x)
         if x.is_cuda and rows <= GEMV_MAX_ROWS:
             return ops.linear(x, self.qdata, self.scale)
         return F.linear(x, ops.dequantize(self.qdata, self.scale, x.dtype))
+
+    def fused_linear(self, x):
+        """ops.linear through the siblings' stacked weight (fuse.py): the leader computes every
+        sibling's rows at once; a sibling given the same input takes its columns of that."""
+        group, start, end, leader = self.fused
+        if leader:
+            group.x, group.y = x, ops.linear(x, group.qdata, group.scale)
+        elif group.x is not x:
+            return ops.linear(x, self.qdata, self.scale)
+        return group.y[..., start:end]
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, nvfp4"

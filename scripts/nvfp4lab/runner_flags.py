@@ -55,6 +55,9 @@ COMMON = [
                                 "torch.compile before its CUDA graph is captured (4B shape on an "
                                 "H200: 200 tok/s instead of 147, for a ~53 s compile at the first "
                                 "answer; doc/BENCHMARKS.md)"),
+    Flag("fused-gemv", False, "greedy decode with a cache: q/k/v and gate/up read by one GEMV "
+                              "each (stacked packed rows, nvfp4lab/fuse.py): 4 GEMVs a layer "
+                              "instead of 7, the same answers; the exported (no-delta) form only"),
     Flag("timeout-ms", 60000, "per-answer watchdog: past it the process prints [fatal] and "
                               "exits 124 (a hung GPU call cannot be interrupted); 0 = off"),
     Flag("chat-session-out", None, "append every turn to this text file",

@@ -31,7 +31,8 @@ class Conversation:
         self.close_ids = tok("<|im_end|>\n", add_special_tokens=False)["input_ids"]
         # Greedy turns with a cache: the static-cache decoder (a CUDA graph per step on the GPU).
         greedy = use_cache and not token_by_token and args.temp <= 0
-        self.decoder = (StaticDecoder(model, compile_step=getattr(args, "compile_step", False))
+        self.decoder = (StaticDecoder(model, compile_step=getattr(args, "compile_step", False),
+                                      fuse_gemv=getattr(args, "fused_gemv", False))
                         if greedy else None)
         self.reset()
 
