@@ -41,6 +41,9 @@ def parse_args(argv):
     a("--model-dir", help="config.json (+ tokenizer); default: the user's dir, else the proxy")
     a("--shares", default="0 0.001 0.003 0.013", help="shares of the decoder's codes to move")
     a("--seeds", default="1 2 3", help="one random edit per seed and share")
+    a("--only", default="layers.", help="move codes only in the NVFP4 linears whose module name "
+                                        "contains this (default: every decoder layer; e.g. "
+                                        "'layers.0.' or 'lm_head'); the share is of each one's codes")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--compute-dtype", choices=list(DTYPES), help="default bfloat16 (float32 on CPU)")
     a("--target", help="the identity answer (default: by the suite's language)")
@@ -104,7 +107,9 @@ def run(args) -> int:
     runs = []
     for share in args.shares:
         for seed in args.seeds:
-            moved = perturb_deltas(model, share, seed)
+            moved = perturb_deltas(model, share, seed, args.only)
+            if share > 0 and not moved:
+                raise ValueError(f"--only {args.only!r}: no NVFP4 linear of the model matches")
             res = evaluate.run(model, tok, es, base=model)
             s = res.summary
             looped = [r.prompt for r in res.rows if r.loop]
@@ -116,14 +121,16 @@ def run(args) -> int:
     rows = runs + [pooled(runs, share) for share in args.shares]
     text = table(rows)
     print(text)
-    evaluate.write_json(args.out, {"suite": args.suite, "base": args.base, "runs": runs,
+    evaluate.write_json(args.out, {"suite": args.suite, "base": args.base, "only": args.only,
+                                   "runs": runs,
                                    "pooled": rows[len(runs):], "command": devlog.command_line(),
                                    "seconds": time.time() - t0})
     print(f"noise floor on {args.suite}: {len(runs)} runs in {time.time() - t0:.0f}s; {args.out}")
     devlog.append_devlog("noise floor (random one-step code moves)", [
         ("指令/Command", devlog.code(devlog.command_line())),
         ("輸入/Input", f"- base: {args.base}\n- suite: {args.suite} ({len(es.rows)} rows)\n"
-                       f"- shares {args.shares}, seeds {args.seeds}, device {args.device}"),
+                       f"- shares {args.shares}, seeds {args.seeds}, device {args.device}, "
+                       f"codes moved in the linears named like {args.only!r}"),
         ("結果/Results", text),
         ("結論/Conclusion", f"JSON {args.out}: per run the prompts that looped and the facts lost."),
     ])

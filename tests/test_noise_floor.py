@@ -49,6 +49,8 @@ def test_deltas_land_on_the_perturbed_codes_in_the_trained_form(tiny_qwen):
             assert torch.equal(s, mod.scale)          # one step never outgrows the block
             changed = int((unpack_codes(q) != unpack_codes(mod.qdata)).sum())
             assert changed == moved[name] == round(0.02 * mod.qdata.numel() * 2)
+    first = perturb_deltas(model, 0.02, seed=3, only="layers.0.")
+    assert first and all(n.startswith("model.layers.0.") for n in first)
     again = perturb_deltas(model, 0.0, seed=3)
     assert again == {} and all(float(m.delta.detach().abs().sum()) == 0 for m in model.modules()
                                if isinstance(m, NVFP4Linear))
@@ -86,6 +88,11 @@ def test_script_share_zero_changes_nothing_and_held_out_is_refused(tiny_qwen, tm
     assert "noise floor" in (tmp_path / "DevLog.md").read_text(encoding="utf-8")
     assert f"| {out} | noise floor on suite-zh-dev-t.tsv: random one-step moves of 20%" in \
         (tmp_path / "list.md").read_text(encoding="utf-8")
+    code = noise_floor.main(["--base", str(dat), "--model-dir", str(model_dir), "--device", "cpu",
+                             "--suite", suite(tmp_path, "suite-zh-dev-t.tsv"), "--only", "nope",
+                             "--shares", "0.1", "--seeds", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--only 'nope': no NVFP4 linear" in err
     code = noise_floor.main(["--base", str(dat), "--model-dir", str(model_dir), "--device", "cpu",
                              "--suite", suite(tmp_path, "suite-zh-heldout-t.tsv")])
     err = capsys.readouterr().err
