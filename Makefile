@@ -148,7 +148,7 @@ eval: build
 # What a RANDOM edit costs: SHARES of the SmolLM2 decoder's NVFP4 codes moved one grid step at
 # random, judged against the base on the dev suite as train.py judges an edit (loops, facts).
 noise-floor: $(SMOL_DAT) | build
-	$(GUARDED) scripts/noise_floor.py --base $(SMOL_DAT) --model-dir $(SMOL_DIR) --suite data/suite-en-dev-v1.tsv --device $(DEVICE) --shares "$(SHARES)" --seeds "$(or $(SEEDS),1 2 3)" --out artifacts/noise-floor.json
+	$(GUARDED) scripts/noise_floor.py --base $(SMOL_DAT) --model-dir $(SMOL_DIR) --suite data/suite-en-dev-v1.tsv --device $(DEVICE) --shares "$(SHARES)" --seeds "$(or $(SEEDS),1 2 3)" $(if $(ONLY),--only $(ONLY)) --out artifacts/noise-floor.json
 
 chat: build
 	$(PY) scripts/interactive_chat.py --weight $(WEIGHT) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE)
