@@ -136,7 +136,8 @@ def run(args) -> int:
     ])
     worst = max((r for r in rows if r["seed"] == "all"), key=lambda r: r["share"])
     devlog.append_artifact(args.out, f"noise floor on {os.path.basename(args.suite)}: random "
-                           f"one-step moves of {pct(worst['share'])} of the decoder's codes add "
+                           f"one-step moves of {pct(worst['share'])} of the codes of "
+                           f"{'the decoder' if args.only == 'layers.' else repr(args.only)} add "
                            f"{worst['loops']['k']}/{worst['loops']['n']} loops, keep "
                            f"{worst['facts_kept']['k']}/{worst['facts_kept']['n']} facts",
                            "a measurement; compare an edit of the same size with it")
