@@ -41,9 +41,9 @@ def parse_args(argv):
     a("--model-dir", help="config.json (+ tokenizer); default: the user's dir, else the proxy")
     a("--shares", default="0 0.001 0.003 0.013", help="shares of the decoder's codes to move")
     a("--seeds", default="1 2 3", help="one random edit per seed and share")
-    a("--only", default="layers.", help="move codes only in the NVFP4 linears whose module name "
-                                        "contains this (default: every decoder layer; e.g. "
-                                        "'layers.0.' or 'lm_head'); the share is of each one's codes")
+    a("--only", default="layers.",
+      help="move codes only in the NVFP4 linears whose module name contains this (default: every "
+           "decoder layer; e.g. 'layers.0.' or 'lm_head'); the share is of each one's codes")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--compute-dtype", choices=list(DTYPES), help="default bfloat16 (float32 on CPU)")
     a("--target", help="the identity answer (default: by the suite's language)")
@@ -73,7 +73,7 @@ def pooled(runs: list[dict], share: float) -> dict:
 
 
 def pct(share: float) -> str:
-    """0.00003 -> '0.003%', 0.013 -> '1.3%' (a fixed number of decimals would print 0.003% as 0.00%)."""
+    """0.00003 -> '0.003%', 0.013 -> '1.3%' (fixed decimals would print 0.003% as 0.00%)."""
     return f"{share * 100:.3g}%"
 
 
@@ -83,7 +83,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| share of codes | seed | codes moved | loops added | facts kept | exact kept | "
              "identity | near-miss leak | NLL drift |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {pct(r['share'])} | {r['seed']} | {r['codes_moved']:,} | {kn(r['loops'])} | "
+        lines.append(f"| {pct(r['share'])} | {r['seed']} | {r['codes_moved']:,} | "
+                     f"{kn(r['loops'])} | "
                      f"{kn(r['facts_kept'])} | {kn(r['exact_kept'])} | {kn(r['identity'])} | "
                      f"{kn(r['nearmiss_leak'])} | {r['nll_drift']:+.3f} |")
     return "\n".join(lines)

@@ -352,11 +352,11 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_token
     token by token, what it would do in the edited model's own state, ending included
     (on-policy distillation: Agarwal et al. 2024). No CE: that would teach the loop.
 
-    candidates > n (--self-kl-candidates): that many distinct prompts are answered and the n whose answers
-    repeat themselves most beyond the base's own answer to the same prompt (base_answers, the
-    replay; probes.repetition, the suites' loop measure) are kept, in draw order. Why: an edit
-    loops on ~2% of ordinary prompts, so 32 random ones carry less than one loop for the
-    repeat unlikelihood to push down (hard-example mining).
+    candidates > n (--self-kl-candidates): that many distinct prompts are answered, and the n
+    whose answers repeat themselves most beyond the base's own answer to the same prompt
+    (base_answers, the replay; probes.repetition, the suites' loop measure) are kept, in draw
+    order. Why: an edit loops on ~2% of ordinary prompts, so 32 random ones carry less than one
+    loop for the repeat unlikelihood to push down (hard-example mining).
     """
     pool = [r.prompt for s in srcs if s.role in roles for r in s.rows]
     if candidates > n:   # distinct prompts to choose among (fewer when the pool is smaller)
