@@ -31,6 +31,7 @@ from nvfp4lab import chat, ops, paths, trainer  # noqa: E402
 from nvfp4lab.convert import conversion_plan, dat_entries, entry_count  # noqa: E402
 from nvfp4lab.dat import read_dat, write_dat  # noqa: E402
 from nvfp4lab.decode import StaticDecoder  # noqa: E402
+from nvfp4lab.fuse import fuse_siblings  # noqa: E402
 from nvfp4lab.generate import greedy_chats  # noqa: E402
 from nvfp4lab.model import (export_model, load_config, load_model, make_trainable,  # noqa: E402
                             reset_deltas)
@@ -137,13 +138,12 @@ def kernel_count(fn, device) -> int:
 
 
 def graph_decode(model, ids, new_tokens, device, use_graph=True, profile=False,
-                 compile_step=False, fuse_gemv=False):
+                 compile_step=False):
     """The runners' decoder (decode.StaticDecoder: static cache, one CUDA graph replay per token):
     (tok/s including prefill, the tokens, why it fell back to eager if it did, kernels per step).
     compile_step: the step's forward through torch.compile before capture; the compile happens
-    in the warm-up run, outside the timed ones. fuse_gemv: q/k/v and gate/up stacked (fuse.py;
-    the model stays fused after this call)."""
-    dec = StaticDecoder(model, use_graph=use_graph, compile_step=compile_step, fuse_gemv=fuse_gemv)
+    in the warm-up run, outside the timed ones."""
+    dec = StaticDecoder(model, use_graph=use_graph, compile_step=compile_step)
     ctx = ids[0].tolist()
 
     def run():
@@ -347,9 +347,10 @@ def run_gpu(args):
           f"step tokens: {comp_ids == eager_ids} (first difference at "
           f"{next((i for i, (a, b) in enumerate(zip(comp_ids, eager_ids)) if a != b), None)})",
           flush=True)
+    fuse_siblings(model)   # --fused-gemv; the model stays fused (prefill and batches do not use it)
     t0 = time.time()
     fused_dec, fused_ids, fused_mode, fused_kernels = graph_decode(model, ids, n, device,
-                                                                   compile_step=True, fuse_gemv=True)
+                                                                   compile_step=True)
     fused_s = time.time() - t0
     torch._dynamo.reset()
     print(f"  compiled step + fused GEMVs: {fused_mode}, {fused_s:.0f} s with its compile; its "
@@ -369,20 +370,16 @@ def run_gpu(args):
         peer_dec, "tok/s")
     row(rows, "decode batch 1, runners' decoder (static cache + CUDA graph) vs peer eager",
         graph_dec, peer_dec, "tok/s")
+    peer_best, vs = ((peer_static, "peer static cache + torch.compile") if args.static
+                     else (peer_dec, "peer eager"))
     if args.static:
-        row(rows, "decode batch 1, runners' decoder vs peer static cache + torch.compile",
-            graph_dec, peer_static, "tok/s")
-        row(rows, "decode batch 1, runners' decoder with compiled step vs peer static cache + "
-                  "torch.compile", comp_dec, peer_static, "tok/s")
-    else:
-        row(rows, "decode batch 1, runners' decoder with compiled step vs peer eager", comp_dec,
-            peer_dec, "tok/s")
+        row(rows, f"decode batch 1, runners' decoder vs {vs}", graph_dec, peer_best, "tok/s")
+    row(rows, f"decode batch 1, runners' decoder with compiled step vs {vs}", comp_dec, peer_best,
+        "tok/s")
+    row(rows, f"decode batch 1, compiled step + fused q/k/v and gate/up GEMVs (--fused-gemv) vs "
+              f"{vs}", fused_dec, peer_best, "tok/s")
     row(rows, "GPU kernels per decode step, runners' decoder (eager step)", step_kernels,
         unit="", better="lower")
-    row(rows, "decode batch 1, compiled step + fused q/k/v and gate/up GEMVs (--fused-gemv) vs "
-              "peer static cache + torch.compile" if args.static else
-              "decode batch 1, compiled step + fused GEMVs vs peer eager", fused_dec,
-        peer_static if args.static else peer_dec, "tok/s")
     row(rows, "GPU kernels per decode step, compiled step", comp_kernels, unit="", better="lower")
     row(rows, "GPU kernels per decode step, compiled step + fused GEMVs", fused_kernels, unit="",
         better="lower")

@@ -15,8 +15,6 @@ import time
 import torch
 from transformers import StaticCache
 
-from .fuse import fuse_siblings
-
 
 def cache_arg(module) -> str:
     """The name `module.forward` takes its KV cache by: `cache` from transformers 5.24 on (where
@@ -122,10 +120,8 @@ class StaticDecoder(StaticCacheDecoder):
     """
 
     def __init__(self, model, capacity: int = 256, use_graph: bool = True,
-                 compile_step: bool = False, fuse_gemv: bool = False):
+                 compile_step: bool = False):
         super().__init__(model, use_graph)
-        if fuse_gemv:   # q/k/v and gate/up through one GEMV each (fuse.py; same answers)
-            fuse_siblings(model)
         # compile_step: the decode step's forward (one token, fixed shapes) goes through
         # torch.compile before it is captured, so norms, rope, SwiGLU and residuals become a few
         # fused kernels instead of ~60 per layer; the NVFP4 GEMV stays our op (registered with a

@@ -40,17 +40,18 @@ def greedy_chats(model, tok, chats: list[list[dict]], max_new_tokens: int,
     enc = [encode_chat(tok, c) for c in chats]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
     out: list[str | None] = [None] * len(enc)
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        seqs = [enc[j] for j in idx]
-        # Capacity in steps of 64: the attention mask's last dimension stays aligned for the
-        # fused SDPA kernels, and the extra columns are masked (no effect on the answers).
-        dec = BatchDecoder(model, len(idx), round_up(max(map(len, seqs)) + max_new_tokens, 64))
-        # One forward per new token: reuse the unpacked weights across them (model.cached_weights).
-        with torch.no_grad(), cached_weights(model):
+    # One forward per new token: the unpacked weights are built once for all batches
+    # (model.cached_weights) and dropped on return.
+    with torch.no_grad(), cached_weights(model):
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            seqs = [enc[j] for j in idx]
+            # Capacity in steps of 64: the attention mask's last dimension stays aligned for the
+            # fused SDPA kernels, and the extra columns are masked (no effect on the answers).
+            dec = BatchDecoder(model, len(idx), round_up(max(map(len, seqs)) + max_new_tokens, 64))
             new = dec.greedy(seqs, max_new_tokens, end.stops, end.pad)
-        for j, ids in zip(idx, new):
-            out[j] = tok.decode(end.cut(ids), skip_special_tokens=True)
+            for j, ids in zip(idx, new):
+                out[j] = tok.decode(end.cut(ids), skip_special_tokens=True)
     return out
 
 

@@ -14,8 +14,9 @@ the same fake-quantized forward as a real edit; a one-step move never outgrows t
 """
 import torch
 
+from . import ops
 from .model import NVFP4Linear
-from .nvfp4_ref import dequantize_ref, pack_codes, unpack_codes
+from .nvfp4_ref import pack_codes, unpack_codes
 
 # The 15 distinct E2M1 values in order and the code of each (-0, code 8, counts as 0).
 _ORDER = torch.tensor([15, 14, 13, 12, 11, 10, 9, 0, 1, 2, 3, 4, 5, 6, 7], dtype=torch.uint8)
@@ -57,10 +58,9 @@ def perturb_deltas(model, share: float, seed: int, only: str = "layers.") -> dic
         if only not in name or share <= 0:
             continue
         new = perturbed_codes(mod.qdata, share, gen)
-        scale = mod.scale.cpu()
-        diff = dequantize_ref(new.cpu(), scale) - dequantize_ref(mod.qdata.cpu(), scale)
+        diff = ops.dequantize(new, mod.scale) - ops.dequantize(mod.qdata, mod.scale)
         mod.delta.copy_(diff.to(mod.delta.dtype))
-        moved[name] = int((unpack_codes(new.cpu()) != unpack_codes(mod.qdata.cpu())).sum())
+        moved[name] = round(share * mod.qdata.numel() * 2)   # step_codes always changes a code
     return moved
 
 

@@ -9,6 +9,7 @@ from transformers import DynamicCache
 
 from .chat import encode_prompt
 from .decode import StaticDecoder
+from .fuse import fuse_siblings
 from .runner import empty_device_cache, watchdog
 from .runner_generate import generate, print_answer, print_timing
 
@@ -31,8 +32,9 @@ class Conversation:
         self.close_ids = tok("<|im_end|>\n", add_special_tokens=False)["input_ids"]
         # Greedy turns with a cache: the static-cache decoder (a CUDA graph per step on the GPU).
         greedy = use_cache and not token_by_token and args.temp <= 0
-        self.decoder = (StaticDecoder(model, compile_step=getattr(args, "compile_step", False),
-                                      fuse_gemv=getattr(args, "fused_gemv", False))
+        if greedy and getattr(args, "fused_gemv", False):
+            fuse_siblings(model)   # q/k/v and gate/up through one GEMV each (same answers)
+        self.decoder = (StaticDecoder(model, compile_step=getattr(args, "compile_step", False))
                         if greedy else None)
         self.reset()
 
