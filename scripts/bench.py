@@ -166,6 +166,19 @@ def graph_decode(model, ids, new_tokens, device, use_graph=True, profile=False,
     return tok_s, tokens, mode, kernels
 
 
+def compiled_decode(model, ids, new_tokens, device, what: str, reference: list[int]):
+    """graph_decode with the compiled step: (tok/s, tokens, kernels per step, seconds with the
+    compile); prints where its tokens first differ from `reference`'s."""
+    t0 = time.time()
+    tok_s, tokens, mode, kernels = graph_decode(model, ids, new_tokens, device, compile_step=True)
+    seconds = time.time() - t0
+    torch._dynamo.reset()
+    first = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), None)
+    print(f"  {what}: {mode}, {seconds:.0f} s with its compile; the same tokens as before: "
+          f"{tokens == reference} (first difference at {first})", flush=True)
+    return tok_s, tokens, kernels, seconds
+
+
 def try_static_decode(model, ids, new_tokens, device) -> float:
     try:
         return decode_tok_s(model, ids, new_tokens, device, static=True)
@@ -338,23 +351,11 @@ def run_gpu(args):
     eager_ids = graph_decode(model, ids, n, device, use_graph=False)[1]
     print(f"  runners' decoder: {mode}; its tokens == eager step tokens: {graph_ids == eager_ids}",
           flush=True)
-    t0 = time.time()
-    comp_dec, comp_ids, comp_mode, comp_kernels = graph_decode(model, ids, n, device,
-                                                               compile_step=True)
-    comp_s = time.time() - t0
-    torch._dynamo.reset()
-    print(f"  compiled step: {comp_mode}, {comp_s:.0f} s with its compile; its tokens == eager "
-          f"step tokens: {comp_ids == eager_ids} (first difference at "
-          f"{next((i for i, (a, b) in enumerate(zip(comp_ids, eager_ids)) if a != b), None)})",
-          flush=True)
+    comp_dec, comp_ids, comp_kernels, comp_s = compiled_decode(model, ids, n, device,
+                                                               "compiled step", eager_ids)
     fuse_siblings(model)   # --fused-gemv; the model stays fused (prefill and batches do not use it)
-    t0 = time.time()
-    fused_dec, fused_ids, fused_mode, fused_kernels = graph_decode(model, ids, n, device,
-                                                                   compile_step=True)
-    fused_s = time.time() - t0
-    torch._dynamo.reset()
-    print(f"  compiled step + fused GEMVs: {fused_mode}, {fused_s:.0f} s with its compile; its "
-          f"tokens == compiled step tokens: {fused_ids == comp_ids}", flush=True)
+    fused_dec, _, fused_kernels, _ = compiled_decode(model, ids, n, device,
+                                                     "compiled step + fused GEMVs", comp_ids)
     ours_pre = prefill_tok_s(model, 512, device, vocab)
     ours_batch = batched_greedy_s(model, tok, chats, 32, device, ours=True)
     dec_peak = peak_gib(device)
