@@ -104,6 +104,10 @@ class TrainConfig:
            "model being trained, and those answers get KL to the base only (no CE): the base "
            "judges the states the edit reaches, where loops start (0 = off)")
     self_kl_every: int = flag(1, "steps between --self-kl-rows rounds")
+    self_kl_from: int = flag(
+        1, "first step of the --self-kl-rows rounds: a later start leaves the early steps, where "
+           "the identity is learnt, to the identity and keep rows, and spends the rounds (and "
+           "--self-repeat-ul) on the loops of the edit that exists by then")
     self_kl_tokens: int = flag(32, "answer length of --self-kl-rows (the suites judge 32)")
     self_kl_pool: str = flag("anchor", "prompts of --self-kl-rows: anchor (ordinary requests) or "
                                        "keep (anchors and near-miss neighbours)",
@@ -228,6 +232,8 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error(f"--keep-ce-weight {ns.keep_ce_weight:g}: 0 <= WEIGHT <= 1")
     if ns.self_kl_rows < 0 or ns.self_kl_every < 1 or ns.self_kl_tokens < 1:
         parser.error("--self-kl-rows >= 0, --self-kl-every >= 1 and --self-kl-tokens >= 1")
+    if not 1 <= ns.self_kl_from <= ns.steps:
+        parser.error(f"--self-kl-from {ns.self_kl_from}: a step of the run, 1 .. --steps ({ns.steps})")
     if ns.self_kl_candidates and (ns.self_kl_rows == 0 or ns.self_kl_candidates < ns.self_kl_rows):
         parser.error(f"--self-kl-candidates {ns.self_kl_candidates}: 0, or at least --self-kl-rows "
                      f"({ns.self_kl_rows}) prompts to choose the loops among; give --self-kl-rows")

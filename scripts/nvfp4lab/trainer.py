@@ -340,6 +340,12 @@ def identity_after_chat(rows: list[tuple], srcs, share: float, rng: random.Rando
 
 # ---------------------------------------------------------------- replay: the base's own answers
 
+def self_kl_round(step: int, cfg) -> bool:
+    """Whether step `step` (1-based) answers --self-kl-rows prompts: every --self-kl-every steps,
+    from --self-kl-from on."""
+    return bool(cfg.self_kl_rows) and step >= cfg.self_kl_from and step % cfg.self_kl_every == 0
+
+
 def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_tokens: int,
                      roles: tuple = ("anchor",), candidates: int = 0,
                      base_answers: dict | None = None) -> list[tuple]:
@@ -504,7 +510,7 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
         rows = with_context(mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode), srcs,
                             cfg.context_share, rng)
         rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
-        if cfg.self_kl_rows and step % cfg.self_kl_every == 0:
+        if self_kl_round(step, cfg):
             rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens,
                                      mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
                                      cfg.self_kl_candidates, replay)
