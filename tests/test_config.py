@@ -164,3 +164,16 @@ def test_every_shipped_sweep_variant_parses_on_its_study_recipe(grid):
         if "--lr" in words:   # the last --lr given is the one used
             last = len(words) - 1 - words[::-1].index("--lr")
             assert cfg.lr == float(words[last + 1]), name
+
+
+def test_real_en_v6_is_round_14s_choice_with_the_fallback():
+    """The shipped default of `make demo-real` is the variant the dev rule chose (round 14's
+    z2 on the study recipe), plus only the user's fallback (--max-retries)."""
+    import sweep
+    stages = ROOT / "data" / "stages"
+    flags = dict(sweep.read_variants(str(stages / "method-study-en-r14.sweep")))
+    chosen = train.parse_args(["--recipe", str(stages / "method-study-en.args"),
+                               *shlex.split(flags["z2-s1-late120-mine128-repul1"])])
+    shipped = train.parse_args(["--recipe", str(stages / "real-en-v6.args")])
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
