@@ -51,6 +51,7 @@ def test_make_demo_real_smoke_run(tmp_path):
     assert "demo-real: success" in out and out_dat.exists()
     assert "[attempt 1] step 2/2" in out and "verdict=success" in out
     assert "[attempt 1] step 1: sparse update" in out      # the default recipe's cut, at step 1
+    assert "leaves no own-answer round in 2 steps" in out   # its late loop repair (from step 120)
     assert "judged once after training" in out and "demo-real-smoke.eval.json" in out
     # Both runners ran on the exported file, under the guard, and everything was logged.
     assert "run_training2.py" in out and "run_training_fp2.py" in out and "[exit 0" in out

@@ -232,8 +232,8 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error(f"--keep-ce-weight {ns.keep_ce_weight:g}: 0 <= WEIGHT <= 1")
     if ns.self_kl_rows < 0 or ns.self_kl_every < 1 or ns.self_kl_tokens < 1:
         parser.error("--self-kl-rows >= 0, --self-kl-every >= 1 and --self-kl-tokens >= 1")
-    if not 1 <= ns.self_kl_from <= ns.steps:
-        parser.error(f"--self-kl-from {ns.self_kl_from}: a step of the run, 1 .. --steps ({ns.steps})")
+    if ns.self_kl_from < 1:
+        parser.error(f"--self-kl-from {ns.self_kl_from}: a step, >= 1")
     if ns.self_kl_candidates and (ns.self_kl_rows == 0 or ns.self_kl_candidates < ns.self_kl_rows):
         parser.error(f"--self-kl-candidates {ns.self_kl_candidates}: 0, or at least --self-kl-rows "
                      f"({ns.self_kl_rows}) prompts to choose the loops among; give --self-kl-rows")

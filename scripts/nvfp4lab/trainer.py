@@ -603,6 +603,9 @@ def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg: TrainCo
     each attempt's training, before a collapsed one is rolled back (train.py logs what it changed
     in the NVFP4 file there)."""
     attempts = [Attempt(index=1, lrs=dict(cfg.lrs), anchor_scale=1.0, sources=sources)]
+    if cfg.self_kl_rows and not any(self_kl_round(s, cfg) for s in range(1, cfg.steps + 1)):
+        log(f"note: --self-kl-from {cfg.self_kl_from} (every {cfg.self_kl_every}) leaves no own-answer "
+            f"round in {cfg.steps} steps: --self-kl-rows and --self-repeat-ul do nothing in this run")
     while True:
         att = attempts[-1]
         log(f"[attempt {att.index}] lrs {att.lrs} anchor x{att.anchor_scale:g} data "
