@@ -6,7 +6,9 @@
 #                                                  # 1 2 3 on DEV
 #   bash scripts/device_method_study.sh final      # the chosen variant: one timed make demo-real
 #                                                  # (+ both runners), then 5 seeds on held-out
-#                                                  # (SINGLE=0: the 5 seeds only)
+#                                                  # (SINGLE=0: the 5 seeds only; VARIANT=NAME
+#                                                  # GRID=F: that row's flags, e.g. real-en-v6 =
+#                                                  # z2-s1-late120-mine128-repul1 of -r14.sweep)
 #   bash scripts/device_method_study.sh floor      # noise_floor.py on DEV: random one-step code
 #                                                  # moves of 0-1.3% of the decoder's codes
 #   bash scripts/device_method_study.sh prepare    # only the join and the build (for a call
@@ -73,7 +75,14 @@ study)
   pack artifacts/sweep/*.eval.json artifacts/sweep/*.log artifacts/study.log
   ;;
 final)
-  FLAGS=$(cat ~/chosen.flags)
+  # the flags: VARIANT's row of GRID (a fresh machine, e.g. real-en-v6 = round 14's z2), else the
+  # study call's choice in ~/chosen.flags
+  if [ -n "${VARIANT:-}" ]; then
+    FLAGS=$(awk -F'\t' -v v="$VARIANT" '$1 == v { print $2 }' "${GRID:?give GRID with VARIANT}")
+    [ -n "$FLAGS" ] || { echo "error: no variant $VARIANT in $GRID"; exit 1; }
+  else
+    FLAGS=$(cat ~/chosen.flags) || exit 1
+  fi
   echo "chosen flags: $FLAGS"
   if [ "${SINGLE:-1}" = 1 ]; then   # SINGLE=0: only the seeds (the single run's wall time is known)
     timed make --no-print-directory demo-real DEVICE=cuda REAL_RECIPE=data/stages/method-study-en.args \
