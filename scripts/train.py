@@ -31,7 +31,7 @@ from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
 from nvfp4lab.probes import format_summary  # noqa: E402
 from nvfp4lab.suite import check_disjoint  # noqa: E402
 from nvfp4lab.update_report import format_report, update_report  # noqa: E402
-from nvfp4lab.tsv import DataError  # noqa: E402
+from nvfp4lab.tsv import DataError, normalize_prompt, read_lines  # noqa: E402
 
 
 def parse_args(argv) -> TrainConfig:
@@ -85,6 +85,11 @@ def run(cfg: TrainConfig) -> int:
     sources = mix.load_sources(spec)
     retry_sources = mix.load_sources(mix.parse_mix(cfg.retry_mix)) if cfg.retry_mix else None
     monitor, final, attempt_set = load_sets(cfg, sources + (retry_sources or []))
+    system_prompts = None
+    if cfg.system_prompts:
+        lines = read_lines(cfg.system_prompts)
+        check_system_disjoint(cfg.system_prompts, lines, [monitor, final])
+        system_prompts = [text for _, text in lines]
     dat = read_dat(cfg.input_dat)
     device = torch.device(cfg.device)
     model = load_model(dat, cfg.model_dir, device, DTYPES[cfg.compute_dtype])
@@ -96,7 +101,7 @@ def run(cfg: TrainConfig) -> int:
         f"verdict on {final.path} ({len(final.rows)} rows, {final.split})"
         + (f"; --probes {cfg.probes} not read (--heldout judges the run)"
            if cfg.heldout and cfg.probes else ""))
-    attempts = train(cfg, model, tok, dat, sources, retry_sources, attempt_set)
+    attempts = train(cfg, model, tok, dat, sources, retry_sources, attempt_set, system_prompts)
     judged, result, status, why = verdict(model, tok, attempts, attempt_set, final)
     exported = status != "collapse"
     if exported:
@@ -110,6 +115,17 @@ def run(cfg: TrainConfig) -> int:
     log(f"{cfg.stage}: {status} ({why}); {seconds:.1f}s total; exit {code}; judgment {json_file}")
     write_logs(cfg, attempts, result, status, why, exported, code, seconds)
     return code
+
+
+def check_system_disjoint(path: str, lines: list[tuple[int, str]], sets) -> None:
+    """A system prompt of --system-prompts that a judged suite also uses would train on the
+    suite's own condition: refused, naming the line."""
+    used = {normalize_prompt(m["content"]) for es in sets if es is not None for r in es.rows
+            for m in (getattr(r, "context", None) or ()) if m.get("role") == "system"}
+    for number, text in lines:
+        if normalize_prompt(text) in used:
+            raise DataError(f"{path}:{number}: system prompt {text!r} is also a system prompt "
+                            "of a judged suite")
 
 
 def load_sets(cfg: TrainConfig, all_sources) -> tuple:
@@ -129,7 +145,8 @@ def load_sets(cfg: TrainConfig, all_sources) -> tuple:
     return monitor, final, monitor or (None if cfg.heldout else final)
 
 
-def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set) -> list:
+def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set,
+          system_prompts=None) -> list:
     """The base answers the training needs, the trainable deltas, and the attempts."""
     all_sources = sources + (retry_sources or [])
     # The base model's answers: reference of the monitor set and (with --replay self) anchor
@@ -149,7 +166,7 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
               if cfg.sparse_protect > 0 else None)
     return trainer.train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay,
                                        attempt_set, log, change_reporter(model, dat, log),
-                                       projectors, fisher)
+                                       projectors, fisher, system_prompts)
 
 
 def verdict(model, tok, attempts, attempt_set, final) -> tuple:

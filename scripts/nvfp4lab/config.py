@@ -92,6 +92,13 @@ class TrainConfig:
     identity_context_share: float = flag(
         0.0, "share of identity rows asked after one or two ordinary exchanges (anchor prompts "
              "with the base's answers), so the edit holds in the middle of a chat; 0 = off")
+    system_share: float = flag(
+        0.0, "share of identity and neighbour rows asked under a system prompt drawn from "
+             "--system-prompts instead of the chat template's default one, so the edit (and the "
+             "neighbours' answers) hold whatever system prompt a chat starts with; 0 = off")
+    system_prompts: str | None = flag(
+        None, "file of system prompts for --system-share, one per line (# comments); none of "
+              "them may be a suite's system prompt", metavar="FILE")
     lr_schedule: str = flag("constant", "constant, or cosine down to 0 at the last step (after "
                                         "--warmup-steps)", choices=SCHEDULES)
     warmup_steps: int = flag(0, "linear LR warm-up over the first N steps")
@@ -232,6 +239,9 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error(f"--keep-ce-weight {ns.keep_ce_weight:g}: 0 <= WEIGHT <= 1")
     if ns.self_kl_rows < 0 or ns.self_kl_every < 1 or ns.self_kl_tokens < 1:
         parser.error("--self-kl-rows >= 0, --self-kl-every >= 1 and --self-kl-tokens >= 1")
+    if not 0.0 <= ns.system_share <= 1.0 or (ns.system_share > 0) != bool(ns.system_prompts):
+        parser.error(f"--system-share {ns.system_share:g}: a share (0 <= SHARE <= 1), given "
+                     "together with --system-prompts FILE")
     if ns.self_kl_from < 1:
         parser.error(f"--self-kl-from {ns.self_kl_from}: a step, >= 1")
     if ns.self_kl_candidates and (ns.self_kl_rows == 0 or ns.self_kl_candidates < ns.self_kl_rows):

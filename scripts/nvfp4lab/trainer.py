@@ -338,6 +338,22 @@ def identity_after_chat(rows: list[tuple], srcs, share: float, rng: random.Rando
     return ask_after(rows, "target", share, rng, ordinary_turns)
 
 
+def with_system(rows: list[tuple], prompts: list[str], share: float,
+                rng: random.Random) -> list[tuple]:
+    """--system-share: that share of the identity (target) and neighbour rows starts with a
+    system message drawn from --system-prompts, before any context it already has. Without one,
+    a chat template may put its own default system prompt there (SmolLM2's does), so the edit
+    would be learnt under one system prompt only; a user's chat may bring another. Neighbours
+    get it too, so a system prompt is never a cue for the identity; a row with context learns
+    the base's single-turn answer without KL (encode_batch), as for --context-share."""
+    if share <= 0 or not prompts:
+        return rows
+    return [(*row[:3], ({"role": "system", "content": rng.choice(prompts)},
+                        *(row[3] if len(row) > 3 and row[3] else ())))
+            if row[2] in ("target", "neighbour") and rng.random() < share else row
+            for row in rows]
+
+
 # ---------------------------------------------------------------- replay: the base's own answers
 
 def self_kl_round(step: int, cfg) -> bool:
@@ -434,7 +450,7 @@ class Attempt:
 
 def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
                   es: evaluate.EvalSet | None, log, projectors: dict | None = None,
-                  fisher: dict | None = None):
+                  fisher: dict | None = None, system_prompts: list[str] | None = None):
     """Train from the initial weights; fills att.losses/status. Never raises on collapse.
 
     es: the set that judges the attempt (during training every cfg.probe_every steps, and at its
@@ -443,7 +459,8 @@ def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
     reset_deltas(model)
     stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip, projectors)
     try:
-        return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas, fisher)
+        return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas, fisher,
+                            system_prompts or [])
     finally:
         stepper.close()   # a retry must never find this attempt's hooks still attached
 
@@ -493,7 +510,7 @@ class Best:
 
 
 def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, stepper, deltas,
-                 fisher):
+                 fisher, system_prompts: list[str]):
     device = deltas[0][1].device
     srcs = [mix.Source(s.path, s.weight * (att.anchor_scale if s.role in mix.KEEP_ROLES else 1.0),
                        s.role, s.rows) for s in att.sources]
@@ -510,6 +527,7 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
         rows = with_context(mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode), srcs,
                             cfg.context_share, rng)
         rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
+        rows = with_system(rows, system_prompts, cfg.system_share, rng)
         if self_kl_round(step, cfg):
             rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens,
                                      mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
@@ -598,7 +616,7 @@ def safer(att: Attempt, retry_sources: list | None, lr_scale: float) -> Attempt:
 
 def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg: TrainConfig, replay,
                         es: evaluate.EvalSet | None, log, on_attempt_end=None,
-                        projectors=None, fisher=None) -> list:
+                        projectors=None, fisher=None, system_prompts=None) -> list:
     """Attempts until one does not collapse (or retries run out). on_attempt_end(att) runs after
     each attempt's training, before a collapsed one is rolled back (train.py logs what it changed
     in the NVFP4 file there)."""
@@ -610,7 +628,8 @@ def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg: TrainCo
         att = attempts[-1]
         log(f"[attempt {att.index}] lrs {att.lrs} anchor x{att.anchor_scale:g} data "
             + ", ".join(f"{os.path.basename(s.path)}:{s.weight:g}:{s.role}" for s in att.sources))
-        train_attempt(model, tok, deltas, att, cfg, replay, es, log, projectors, fisher)
+        train_attempt(model, tok, deltas, att, cfg, replay, es, log, projectors, fisher,
+                      system_prompts)
         log(f"[attempt {att.index}] {att.status}: {att.why}")
         if on_attempt_end is not None:
             on_attempt_end(att)

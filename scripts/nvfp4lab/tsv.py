@@ -92,6 +92,15 @@ def read_tsv(path) -> list[Row]:
     return rows
 
 
+def read_lines(path) -> list[tuple[int, str]]:
+    """(line number, text) of every non-empty, non-comment line (e.g. a pool of system
+    prompts), in file order."""
+    lines = [(number, line.strip()) for number, line in _data_lines(path)]
+    if not lines:
+        raise DataError(f"{path}: no lines (every line is empty or a # comment)")
+    return lines
+
+
 def read_probes(path) -> list[Probe]:
     """All `kind<TAB>prompt[<TAB>expect]` rows of a probe file, in file order."""
     probes = []
