@@ -150,9 +150,10 @@ def graph_decode(model, ids, new_tokens, device, use_graph=True, profile=False,
         dec.greedy(ctx, new_tokens, stops=[])
     tok_s = new_tokens / timed(run, device, repeat=3, warmup=1)
     mode = "CUDA graph" if dec.graph is not None else f"eager ({dec.graph_note or 'no CUDA'})"
-    if profile:   # what one decode step is made of (eager, so the kernels show one by one)
+    if profile:   # what one decode step is made of (run outside the graph, so the kernels show one by one)
         with torch.no_grad():
-            print_profile(dec._step, device, "one decode step (eager)", row_limit=25)
+            print_profile(dec._step, device, "one decode step" + (" (compiled)" if compile_step
+                                                                 else " (eager)"), row_limit=25)
             sync(device)
             t0 = time.perf_counter()
             for _ in range(20):
@@ -166,11 +167,14 @@ def graph_decode(model, ids, new_tokens, device, use_graph=True, profile=False,
     return tok_s, tokens, mode, kernels
 
 
-def compiled_decode(model, ids, new_tokens, device, what: str, reference: list[int]):
+def compiled_decode(model, ids, new_tokens, device, what: str, reference: list[int],
+                    profile=False):
     """graph_decode with the compiled step: (tok/s, tokens, kernels per step, seconds with the
-    compile); prints where its tokens first differ from `reference`'s."""
+    compile); prints where its tokens first differ from `reference`'s. profile: also the kernels
+    one compiled step is made of (what the next fusion should remove)."""
     t0 = time.time()
-    tok_s, tokens, mode, kernels = graph_decode(model, ids, new_tokens, device, compile_step=True)
+    tok_s, tokens, mode, kernels = graph_decode(model, ids, new_tokens, device, profile=profile,
+                                                compile_step=True)
     seconds = time.time() - t0
     torch._dynamo.reset()
     first = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), None)
@@ -355,7 +359,8 @@ def run_gpu(args):
                                                                "compiled step", eager_ids)
     fuse_siblings(model)   # --fused-gemv; the model stays fused (prefill and batches do not use it)
     fused_dec, _, fused_kernels, _ = compiled_decode(model, ids, n, device,
-                                                     "compiled step + fused GEMVs", comp_ids)
+                                                     "compiled step + fused GEMVs", comp_ids,
+                                                     profile=args.profile)
     ours_pre = prefill_tok_s(model, 512, device, vocab)
     ours_batch = batched_greedy_s(model, tok, chats, 32, device, ours=True)
     dec_peak = peak_gib(device)
@@ -519,7 +524,7 @@ def main() -> int:
     p.add_argument("--device", default="cuda", help="cpu only for a smoke run on a tiny config")
     p.add_argument("--static", action="store_true",
                    help="also time decode with transformers' static cache (compiled forward)")
-    p.add_argument("--profile", action="store_true", help="print a kernel profile of our train step")
+    p.add_argument("--profile", action="store_true", help="print kernel profiles of our train step and of one decode step (eager, and compiled with the fused GEMVs)")
     p.add_argument("--skip-train", action="store_true",
                    help="decode, prefill and start-up figures only (no train steps, Stage G run "
                         "or make validate)")
