@@ -30,6 +30,12 @@ def test_unlikelihood_rows_start_where_the_identity_leaves_the_rows_own_answer()
     assert got[:shared] == [-100] * shared                              # prompt + shared "我" untouched
     assert got[shared:] == ul_labels[shared:] and got[shared] != -100
     assert shared > len(chat.encode_prompt(tok, [], "我是誰"))          # the shared opening 我是
+    # --unlikelihood-tokens 2: the same start, only the first two tokens from there are pushed
+    short, _, _ = trainer.encode_batch(tok, rows, 64, {}, torch.device("cpu"), TARGET, 2)
+    two = short["labels"][3, :len(ul_ids)].tolist()
+    assert two[:shared + 2] == got[:shared + 2] and two[shared + 2:] == [-100] * (len(two) - shared - 2)
+    assert len(ul_labels) - shared > 3                                   # there was more to push
+    assert torch.equal(short["input_ids"], batch["input_ids"])
     # without a target no rows are added, and replay answers replace neighbour targets
     b2, k2, _ = trainer.encode_batch(tok, rows, 64, {"我是誰": "你是提問者。"},
                                      torch.device("cpu"))

@@ -86,6 +86,11 @@ class TrainConfig:
     unlikelihood_weight: float = flag(
         0.0, "weight of -log(1 - p) of the --target answer, teacher-forced on each neighbour row "
              "(from the first token where it leaves the row's own answer); 0 = off")
+    unlikelihood_tokens: int = flag(
+        0, "with --unlikelihood-weight: push down only this many tokens of the identity answer "
+           "on a neighbour row, from the first one where it leaves the row's own answer; the "
+           "rest of the answer is not taught as something to avoid, so a borderline identity "
+           "prompt does not end it wrongly (\"the God of F#1\"); 0 = every token from there")
     context_share: float = flag(
         0.0, "share of neighbour rows asked as turn 2, after an identity prompt answered with the "
              "target (they learn the base's single-turn answer, without KL); 0 = off")
@@ -242,6 +247,8 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
     if not 0.0 <= ns.system_share <= 1.0 or (ns.system_share > 0) != bool(ns.system_prompts):
         parser.error(f"--system-share {ns.system_share:g}: a share (0 <= SHARE <= 1), given "
                      "together with --system-prompts FILE")
+    if ns.unlikelihood_tokens < 0:
+        parser.error(f"--unlikelihood-tokens {ns.unlikelihood_tokens}: a count >= 0 (0 = all)")
     if ns.self_kl_from < 1:
         parser.error(f"--self-kl-from {ns.self_kl_from}: a step, >= 1")
     if ns.self_kl_candidates and (ns.self_kl_rows == 0 or ns.self_kl_candidates < ns.self_kl_rows):

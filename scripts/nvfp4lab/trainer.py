@@ -238,13 +238,15 @@ def unlikelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def encode_batch(tok, rows, seq_len: int, replay: dict, device,
-                 ul_target: str | None = None) -> tuple[dict, torch.Tensor, int]:
+                 ul_target: str | None = None, ul_tokens: int = 0) -> tuple[dict, torch.Tensor, int]:
     """Rows (prompt, target, role[, context messages]) -> a padded batch, the mask of rows that
     get the KL to the base, and how many rows were truncated.
 
     With ul_target, each neighbour row also gets an unlikelihood row appended: its chat with the
     identity answer, labelled only from the first token where that answer leaves the row's own
-    (replayed) answer, so a shared opening like "I" is not pushed down (batch["ul_rows"]).
+    (replayed) answer, so a shared opening like "I" is not pushed down (batch["ul_rows"]);
+    ul_tokens > 0 (--unlikelihood-tokens) labels only that many tokens from there on, so the
+    rest of the identity answer (" of F#.") is not taught as something to avoid.
     A row with context (a near miss asked right after the identity was answered) learns the
     base's single-turn answer and gets no KL: in that context the base itself tends to copy the
     identity from the chat, which is what the row is there to unlearn.
@@ -265,7 +267,8 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
             shared = 0
             while shared < min(len(ids), len(uids)) and ids[shared] == uids[shared]:
                 shared += 1
-            ul.append((uids, [-100] * shared + ulabels[shared:]))
+            tail = ulabels[shared:shared + ul_tokens] if ul_tokens > 0 else ulabels[shared:]
+            ul.append((uids, [-100] * shared + tail + [-100] * (len(ulabels) - shared - len(tail))))
     batch = {k: v.to(device) for k, v in chat.collate(enc + ul, chat.pad_token_id(tok)).items()}
     keep = torch.tensor(kl_rows + [True] * len(ul), device=device)
     batch["ul_rows"] = torch.tensor([False] * len(enc) + [True] * len(ul), device=device)
@@ -533,7 +536,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                                      mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
                                      cfg.self_kl_candidates, replay)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
-                                        cfg.target if ul_weight > 0 else None)
+                                        cfg.target if ul_weight > 0 else None,
+                                        cfg.unlikelihood_tokens)
         att.truncated += cut
         loss, ce, kl, ul = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
                                       cfg.keep_ce_weight, cfg.self_repeat_ul)
