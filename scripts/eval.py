@@ -77,6 +77,8 @@ def run(args) -> int:
     print(evaluate.row_table(result.rows))
     print(probes.format_summary(s.legacy()))
     print(evaluate.rates_table(s))
+    if result.target_tokens:
+        print(evaluate.target_line(result.target_tokens))
     seconds = time.time() - t0
     evaluate.write_json(args.out, evaluate.report(result, es, weight=args.weight, base=args.base,
                                                   model_dir=args.model_dir, device=args.device,
@@ -90,7 +92,8 @@ def run(args) -> int:
         ("輸入/Input", f"- weight: {args.weight}\n- base: {args.base or '- (base columns n/a)'}\n"
                        f"- {es.split}: {es.path} ({len(es.rows)} rows), target {es.target!r}\n"
                        f"- model dir {args.model_dir}, device {args.device}, {args.compute_dtype}"),
-        ("結果/Results", evaluate.rates_table(s)),
+        ("結果/Results", evaluate.rates_table(s) + ("\n\n" + evaluate.target_line(result.target_tokens)
+                                                   if result.target_tokens else "")),
         ("結論/Conclusion", f"{s.verdict}: {s.why}. exit {code}; {result.seconds:.1f}s to judge "
                             f"{len(es.rows)} rows; JSON {args.out}"),
     ])

@@ -186,6 +186,8 @@ def verdict(model, tok, attempts, attempt_set, final) -> tuple:
             log(row)
         log(format_summary(result.summary.legacy()))
         log(evaluate.rates_table(result.summary))
+        if result.target_tokens:
+            log(evaluate.target_line(result.target_tokens))
     return judged, result, status, why
 
 

@@ -189,6 +189,38 @@ def test_scores_against_the_base_and_the_deltas_off_view(tiny_qwen):
     assert res.summary.nll_tokens == same[0].tokens + same[2].tokens and res.summary.kl > 0
 
 
+def test_target_profile_shows_where_each_token_of_the_identity_answer_is_won(tiny_qwen):
+    """Per token of the target (and its end token), teacher-forced after each identity chat:
+    the mean log p over the rows, how many rows put it first, and the most common other first
+    choice; it is the same number a direct forward of one row gives."""
+    model_dir, dat = tiny_qwen
+    tok = chat.load_tokenizer(str(model_dir))
+    model = load_model(read_dat(dat), str(model_dir), "cpu", torch.float32)
+    rows = [row("identity", "你是誰", "plain"), row("general", "講個笑話"),
+            row("identity", "Who are you?", "plain", context=CTX)]
+    es = evaluate.EvalSet("monitor", "s.tsv", rows, T, Thresholds(), max_new_tokens=4)
+    prof = evaluate.target_profile(model, tok, es)
+    ids, labels = chat.encode_answer(tok, [{"role": "user", "content": "你是誰"}], T)
+    answer = [t for t in labels if t != -100]
+    assert [p["token"] for p in prof] == [tok.decode([t]) for t in answer]   # T + end token
+    assert "".join(p["token"] for p in prof[:-1]) == T
+    assert all(p["rows"] == 2 and 0 <= p["first_choice"] <= 2 and p["mean_logp"] < 0 for p in prof)
+    assert all((p["top_other"] is None) == (p["first_choice"] == 2) for p in prof)
+    with torch.no_grad():   # row 1 alone, by hand
+        lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    start = len(ids) - len(answer)
+    alone = [float(lp[start - 1 + k, t]) for k, t in enumerate(answer)]
+    other = evaluate.target_profile(model, tok, evaluate.EvalSet(
+        "monitor", "s.tsv", rows[:1], T, Thresholds(), max_new_tokens=4))
+    assert [p["mean_logp"] for p in other] == pytest.approx(alone, abs=1e-4)
+    res = evaluate.run(model, tok, es)
+    assert res.target_tokens == prof
+    line = evaluate.target_line(prof)
+    assert line.count("/2") == len(prof) and repr(prof[-2]["token"]) in line
+    assert evaluate.target_profile(model, tok, evaluate.EvalSet(
+        "monitor", "s.tsv", rows[1:2], T, Thresholds())) == []
+
+
 def test_greedy_chats_keep_order_and_read_the_context(tiny_qwen):
     model_dir, dat = tiny_qwen
     tok = chat.load_tokenizer(str(model_dir))

@@ -27,7 +27,7 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 
 from .atomic import AtomicFile
 from .generate import answer_batches, answer_log_probs, default_batch_size, greedy_chats, model_device
@@ -365,11 +365,59 @@ def score_general(model, tok, es: EvalSet, base) -> list:
     return scores
 
 
+def target_profile(model, tok, es: EvalSet) -> list[dict]:
+    """Where the identity answer is won or lost, token by token: the target answer (and its end
+    token) teacher-forced after every identity row's chat. Per position: the token, the mean log
+    p of it over the rows, how many rows have it as their first choice, and the most common
+    other first choice. A greedy answer such as "I am the God of F#1." misses at one position
+    ("." after "#"), which the rates alone do not show. [] without identity rows."""
+    idx = [i for i, r in enumerate(es.rows) if r.kind == "identity"]
+    if not idx:
+        return []
+    dev = model_device(model)
+    bs = max(1, (es.batch_size or default_batch_size(dev)) // 4)   # [tokens, vocab] per batch
+    per_pos: list[list] = []        # per position: (log p of the target token, first choice)
+    want: list[int] = []
+    for _, batch in answer_batches(tok, [messages(es.rows[i]) for i in idx],
+                                   [es.target] * len(idx), bs, dev):
+        lp, y, row = answer_log_probs(model, batch)
+        seen: dict[int, int] = {}     # batch row -> answer tokens met so far (positions in order)
+        for logp, first, r, t in zip(lp.gather(1, y[:, None])[:, 0].tolist(),
+                                     lp.argmax(-1).tolist(), row.tolist(), y.tolist()):
+            k = seen.get(r, 0)
+            seen[r] = k + 1
+            if k == len(per_pos):
+                per_pos.append([])
+                want.append(t)
+            per_pos[k].append((logp, first))
+    out = []
+    for k, cells in enumerate(per_pos):
+        others: dict[int, int] = {}
+        for _, first in cells:
+            if first != want[k]:
+                others[first] = others.get(first, 0) + 1
+        top = max(others.items(), key=lambda kv: kv[1]) if others else None
+        out.append({"token": tok.decode([want[k]]), "mean_logp": sum(c[0] for c in cells) / len(cells),
+                    "first_choice": sum(first == want[k] for _, first in cells), "rows": len(cells),
+                    "top_other": tok.decode([top[0]]) if top else None,
+                    "top_other_rows": top[1] if top else 0})
+    return out
+
+
+def target_line(profile: list[dict]) -> str:
+    """target_profile in one line: each token, the rows that put it first, the usual other."""
+    cells = [f"{p['token']!r} {p['first_choice']}/{p['rows']}"
+             + (f" (else {p['top_other']!r} {p['top_other_rows']})" if p["top_other"] is not None
+                else "") for p in profile]
+    return "identity answer token by token, first choice: " + ", ".join(cells)
+
+
 @dataclass
 class Result:
     rows: list
     summary: Summary
     seconds: float = 0.0
+    target_tokens: list = field(default_factory=list)   # target_profile
 
 
 def run(model, tok, es: EvalSet, base=None) -> Result:
@@ -382,11 +430,12 @@ def run(model, tok, es: EvalSet, base=None) -> Result:
         answers = greedy_chats(model, tok, [messages(r) for r in es.rows], es.max_new_tokens,
                                es.batch_size)
         scores = score_general(model, tok, es, base)
+        profile = target_profile(model, tok, es)
     finally:
         model.train(was_training)
     rows, s = judge(es.rows, answers, es.base_answers if base is not None else None, es.target,
                     es.thresholds, scores)
-    return Result(rows, s, time.time() - t0)
+    return Result(rows, s, time.time() - t0, profile)
 
 
 # ---------------------------------------------------------------------------------- reports
@@ -468,7 +517,7 @@ def report(result: Result, es: EvalSet, **info) -> dict:
     return {"version": 1, "verdict": s.verdict, "why": s.why, "split": es.split,
             "suite": es.path, "target": es.target, "max_new_tokens": es.max_new_tokens,
             "thresholds": asdict(es.thresholds), **info, "seconds": result.seconds,
-            "summary": s, "rows": result.rows}
+            "summary": s, "target_tokens": result.target_tokens, "rows": result.rows}
 
 
 def write_json(path: str, doc: dict) -> None:
