@@ -87,7 +87,8 @@ def result_of(name: str, flags: str, code: int, json_file: str, seconds: float, 
             code, last = 1, str(e)
     status = doc["verdict"] if doc else STATUS.get(code, f"error {code}")
     return {"name": name, "flags": flags, "status": status,
-            "summary": doc.get("summary") if doc else None, "seconds": seconds, "last": last}
+            "summary": doc.get("summary") if doc else None, "seconds": seconds, "last": last,
+            "target_tokens": (doc.get("target_tokens") or []) if doc else []}
 
 
 def value(s: dict, key: str) -> float:
@@ -157,6 +158,28 @@ def pooled_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def profile_table(rows: list[dict]) -> str:
+    """The identity answer token by token (evaluate.target_profile), pooled over each variant's
+    judged seeds: per token, the dev identity rows that put it first. Where a variant wins or
+    loses its identity answer ("." after "F#", " of" after " God"), which the rates do not
+    show. "" when no judgment has a profile (older JSON files)."""
+    pooled_rows, tokens = [], None
+    for v in rows:
+        runs = [r.get("target_tokens") or [] for r in v["runs"]
+                if r["summary"] and r["status"] != "collapse"]
+        runs = [p for p in runs if p]
+        if not runs:
+            continue
+        tokens = tokens or [p["token"] for p in runs[0]]
+        cells = [f"{sum(p[k]['first_choice'] for p in runs)}/{sum(p[k]['rows'] for p in runs)}"
+                 for k in range(len(tokens))]
+        pooled_rows.append(f"| {v['name']} | " + " | ".join(cells) + " |")
+    if not pooled_rows:
+        return ""
+    head = "| variant | " + " | ".join(f"`{t!r}`" for t in tokens) + " |"
+    return "\n".join([head, "|---|" + "---|" * len(tokens), *pooled_rows])
+
+
 def table(results: list[dict]) -> str:
     rows = ["| variant | flags | verdict | identity | near-miss leak | context leak | facts kept | "
             "loops added | NLL drift | KL | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -219,6 +242,9 @@ def main(argv=None) -> int:
         best = max(rows, key=pooled_key)
         best = {**best, "status": "success" if best["successes"] * 2 > len(seeds) else "not-reached"}
         pooled_text = pooled_table(rows)
+        profile = profile_table(rows)
+        if profile:   # the identity answer token by token, first choice pooled over the seeds
+            pooled_text += "\n\nIdentity answer token by token (dev identity rows putting it first):\n\n" + profile
         print(pooled_text)
     else:
         best = max(results, key=rank_key)

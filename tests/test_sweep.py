@@ -187,3 +187,17 @@ def test_seeds_rule_each_criterion_decides_before_the_next():
     assert pairs[3][0]["facts"] == pairs[3][1]["facts"]
     for winner, loser in pairs:
         assert max(loser, winner, key=sweep.pooled_key) is winner, (winner["name"], loser["name"])
+
+
+def test_the_identity_answer_profile_is_pooled_over_the_judged_seeds():
+    def prof(first):   # two tokens of a target, each put first by `first` of 10 rows
+        return [{"token": t, "first_choice": f, "rows": 10, "mean_logp": -0.5, "top_other": None,
+                 "top_other_rows": 0} for t, f in zip((" God", "."), first)]
+    results = [{**seeded("a", "not-reached"), "target_tokens": prof((9, 7))},
+               {**seeded("a", "not-reached"), "target_tokens": prof((8, 5))},
+               {**seeded("a", "collapse"), "target_tokens": prof((0, 0))},      # not pooled
+               seeded("b", "not-reached")]                                      # no profile
+    text = sweep.profile_table(sweep.pooled(results))
+    assert text.splitlines()[0] == "| variant | `' God'` | `'.'` |"
+    assert "| a | 17/20 | 12/20 |" in text and "| b |" not in text
+    assert sweep.profile_table(sweep.pooled([seeded("b", "success")])) == ""
