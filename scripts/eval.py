@@ -72,13 +72,13 @@ def run(args) -> int:
     t_load = time.time() - t0
     if base is not None:
         evaluate.with_base_answers(es, tok, model, base)
-    result = evaluate.run(model, tok, es, base=base)
+    result = evaluate.run(model, tok, es, base=base, profile=True)
     s = result.summary
     print(evaluate.row_table(result.rows))
     print(probes.format_summary(s.legacy()))
-    print(evaluate.rates_table(s))
-    if result.target_tokens:
-        print(evaluate.target_line(result.target_tokens))
+    rates = evaluate.rates_table(s) + ("\n\n" + evaluate.target_line(result.target_tokens)
+                                       if result.target_tokens else "")
+    print(rates)
     seconds = time.time() - t0
     evaluate.write_json(args.out, evaluate.report(result, es, weight=args.weight, base=args.base,
                                                   model_dir=args.model_dir, device=args.device,
@@ -92,8 +92,7 @@ def run(args) -> int:
         ("輸入/Input", f"- weight: {args.weight}\n- base: {args.base or '- (base columns n/a)'}\n"
                        f"- {es.split}: {es.path} ({len(es.rows)} rows), target {es.target!r}\n"
                        f"- model dir {args.model_dir}, device {args.device}, {args.compute_dtype}"),
-        ("結果/Results", evaluate.rates_table(s) + ("\n\n" + evaluate.target_line(result.target_tokens)
-                                                   if result.target_tokens else "")),
+        ("結果/Results", rates),
         ("結論/Conclusion", f"{s.verdict}: {s.why}. exit {code}; {result.seconds:.1f}s to judge "
                             f"{len(es.rows)} rows; JSON {args.out}"),
     ])

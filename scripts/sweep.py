@@ -165,9 +165,8 @@ def profile_table(rows: list[dict]) -> str:
     show. "" when no judgment has a profile (older JSON files)."""
     pooled_rows, tokens = [], None
     for v in rows:
-        runs = [r.get("target_tokens") or [] for r in v["runs"]
-                if r["summary"] and r["status"] != "collapse"]
-        runs = [p for p in runs if p]
+        runs = [r["target_tokens"] for r in v["runs"]
+                if r.get("target_tokens") and r["summary"] and r["status"] != "collapse"]
         if not runs:
             continue
         tokens = tokens or [p["token"] for p in runs[0]]

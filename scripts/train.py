@@ -121,7 +121,7 @@ def check_system_disjoint(path: str, lines: list[tuple[int, str]], sets) -> None
     """A system prompt of --system-prompts that a judged suite also uses would train on the
     suite's own condition: refused, naming the line."""
     used = {normalize_prompt(m["content"]) for es in sets if es is not None for r in es.rows
-            for m in (getattr(r, "context", None) or ()) if m.get("role") == "system"}
+            for m in r.context if m["role"] == "system"}
     for number, text in lines:
         if normalize_prompt(text) in used:
             raise DataError(f"{path}:{number}: system prompt {text!r} is also a system prompt "
@@ -177,7 +177,7 @@ def verdict(model, tok, attempts, attempt_set, final) -> tuple:
     if last.status != "collapse" and final is not attempt_set:
         # The one look at the held-out set: after the last attempt, never to choose one.
         evaluate.with_base_answers(final, tok, model, model)
-        judged, result = final, evaluate.run(model, tok, final, base=model)
+        judged, result = final, evaluate.run(model, tok, final, base=model, profile=True)
         log(f"{final.split} {final.path} judged once after training ({result.seconds:.1f}s)")
     status, why = ((result.summary.verdict, result.summary.why) if result is not None
                    else (last.status, last.why))

@@ -213,7 +213,7 @@ def test_target_profile_shows_where_each_token_of_the_identity_answer_is_won(tin
     other = evaluate.target_profile(model, tok, evaluate.EvalSet(
         "monitor", "s.tsv", rows[:1], T, Thresholds(), max_new_tokens=4))
     assert [p["mean_logp"] for p in other] == pytest.approx(alone, abs=1e-4)
-    res = evaluate.run(model, tok, es)
+    res = evaluate.run(model, tok, es, profile=True)
     assert res.target_tokens == prof
     line = evaluate.target_line(prof)
     assert line.count("/2") == len(prof) and repr(prof[-2]["token"]) in line

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 
@@ -342,16 +343,21 @@ def with_base_answers(es: EvalSet, tok, model, base) -> EvalSet:
     return es
 
 
+def scoring_batches(model, tok, es: EvalSet, idx: list[int], answers: list[str]):
+    """(positions in idx, batch) of es.rows[idx] chats each followed by its answer, for
+    answer_log_probs; a quarter of the generation batch ([tokens, vocab] log-probs per batch)."""
+    dev = model_device(model)
+    bs = max(1, (es.batch_size or default_batch_size(dev)) // 4)
+    yield from answer_batches(tok, [messages(es.rows[i]) for i in idx], answers, bs, dev)
+
+
 def score_general(model, tok, es: EvalSet, base) -> list:
     """Per row a Score over the base's own answer (general rows; None elsewhere)."""
     idx = [i for i, r in enumerate(es.rows) if r.kind == "general"]
     scores: list = [None] * len(es.rows)
     if not idx or base is None or es.base_answers is None:
         return scores
-    dev = model_device(model)
-    bs = max(1, (es.batch_size or default_batch_size(dev)) // 4)   # [tokens, vocab] per batch
-    chats = [messages(es.rows[i]) for i in idx]
-    for sub, batch in answer_batches(tok, chats, [es.base_answers[i] for i in idx], bs, dev):
+    for sub, batch in scoring_batches(model, tok, es, idx, [es.base_answers[i] for i in idx]):
         lp, y, row = answer_log_probs(model, batch)
         with as_base(model, base) as b:
             lb = answer_log_probs(b, batch)[0]
@@ -374,12 +380,9 @@ def target_profile(model, tok, es: EvalSet) -> list[dict]:
     idx = [i for i, r in enumerate(es.rows) if r.kind == "identity"]
     if not idx:
         return []
-    dev = model_device(model)
-    bs = max(1, (es.batch_size or default_batch_size(dev)) // 4)   # [tokens, vocab] per batch
     per_pos: list[list] = []        # per position: (log p of the target token, first choice)
     want: list[int] = []
-    for _, batch in answer_batches(tok, [messages(es.rows[i]) for i in idx],
-                                   [es.target] * len(idx), bs, dev):
+    for _, batch in scoring_batches(model, tok, es, idx, [es.target] * len(idx)):
         lp, y, row = answer_log_probs(model, batch)
         seen: dict[int, int] = {}     # batch row -> answer tokens met so far (positions in order)
         for logp, first, r, t in zip(lp.gather(1, y[:, None])[:, 0].tolist(),
@@ -392,11 +395,8 @@ def target_profile(model, tok, es: EvalSet) -> list[dict]:
             per_pos[k].append((logp, first))
     out = []
     for k, cells in enumerate(per_pos):
-        others: dict[int, int] = {}
-        for _, first in cells:
-            if first != want[k]:
-                others[first] = others.get(first, 0) + 1
-        top = max(others.items(), key=lambda kv: kv[1]) if others else None
+        others = Counter(first for _, first in cells if first != want[k])
+        top = others.most_common(1)[0] if others else None
         out.append({"token": tok.decode([want[k]]), "mean_logp": sum(c[0] for c in cells) / len(cells),
                     "first_choice": sum(first == want[k] for _, first in cells), "rows": len(cells),
                     "top_other": tok.decode([top[0]]) if top else None,
@@ -420,9 +420,10 @@ class Result:
     target_tokens: list = field(default_factory=list)   # target_profile
 
 
-def run(model, tok, es: EvalSet, base=None) -> Result:
+def run(model, tok, es: EvalSet, base=None, profile: bool = False) -> Result:
     """Judge `model` on es. base: None (base-relative measures n/a), a base model, or `model`
-    itself (its deltas switched off). es.base_answers must be filled when a base is given."""
+    itself (its deltas switched off). es.base_answers must be filled when a base is given.
+    profile: also target_profile (for a verdict's report; the monitor rounds need no profile)."""
     t0 = time.time()
     was_training = model.training
     model.eval()
@@ -430,12 +431,12 @@ def run(model, tok, es: EvalSet, base=None) -> Result:
         answers = greedy_chats(model, tok, [messages(r) for r in es.rows], es.max_new_tokens,
                                es.batch_size)
         scores = score_general(model, tok, es, base)
-        profile = target_profile(model, tok, es)
+        tokens = target_profile(model, tok, es) if profile else []
     finally:
         model.train(was_training)
     rows, s = judge(es.rows, answers, es.base_answers if base is not None else None, es.target,
                     es.thresholds, scores)
-    return Result(rows, s, time.time() - t0, profile)
+    return Result(rows, s, time.time() - t0, tokens)
 
 
 # ---------------------------------------------------------------------------------- reports

@@ -341,7 +341,7 @@ def identity_after_chat(rows: list[tuple], srcs, share: float, rng: random.Rando
     return ask_after(rows, "target", share, rng, ordinary_turns)
 
 
-def with_system(rows: list[tuple], prompts: list[str], share: float,
+def with_system(rows: list[tuple], prompts: list[str] | None, share: float,
                 rng: random.Random) -> list[tuple]:
     """--system-share: that share of the identity (target) and neighbour rows starts with a
     system message drawn from --system-prompts, before any context it already has. Without one,
@@ -463,7 +463,7 @@ def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
     stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip, projectors)
     try:
         return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas, fisher,
-                            system_prompts or [])
+                            system_prompts)
     finally:
         stepper.close()   # a retry must never find this attempt's hooks still attached
 
@@ -513,7 +513,7 @@ class Best:
 
 
 def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, stepper, deltas,
-                 fisher, system_prompts: list[str]):
+                 fisher, system_prompts: list[str] | None):
     device = deltas[0][1].device
     srcs = [mix.Source(s.path, s.weight * (att.anchor_scale if s.role in mix.KEEP_ROLES else 1.0),
                        s.role, s.rows) for s in att.sources]
