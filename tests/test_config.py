@@ -177,3 +177,17 @@ def test_real_en_v6_is_round_14s_choice_with_the_fallback():
     shipped = train.parse_args(["--recipe", str(stages / "real-en-v6.args")])
     assert shipped.max_retries == 2 and chosen.max_retries == 0
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+
+
+def test_real_en_v7_is_round_15s_choice_with_the_fallback():
+    """The shipped default of `make demo-real` is round 15's dev choice (a1: z2 with 1.5% of the
+    values kept), plus only the user's fallback (--max-retries)."""
+    import sweep
+    stages = ROOT / "data" / "stages"
+    flags = dict(sweep.read_variants(str(stages / "method-study-en-r15.sweep")))
+    chosen = train.parse_args(["--recipe", str(stages / "method-study-en.args"),
+                               *shlex.split(flags["a1-z2-sparse1.5pc"])])
+    shipped = train.parse_args(["--recipe", str(stages / "real-en-v7.args")])
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert shipped.sparse_share == 0.015
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
