@@ -17,6 +17,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +30,7 @@ from nvfp4lab.generate import greedy_answers  # noqa: E402
 from nvfp4lab.model import DTYPES, ModelLoadError, export_model, load_model, make_trainable  # noqa: E402
 from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
 from nvfp4lab.probes import format_summary  # noqa: E402
-from nvfp4lab.suite import check_disjoint  # noqa: E402
+from nvfp4lab.suite import check_disjoint, read_suite  # noqa: E402
 from nvfp4lab.update_report import format_report, update_report  # noqa: E402
 from nvfp4lab.tsv import DataError, normalize_prompt, read_lines  # noqa: E402
 
@@ -85,11 +86,13 @@ def run(cfg: TrainConfig) -> int:
     sources = mix.load_sources(spec)
     retry_sources = mix.load_sources(mix.parse_mix(cfg.retry_mix)) if cfg.retry_mix else None
     monitor, final, attempt_set = load_sets(cfg, sources + (retry_sources or []))
-    system_prompts = None
+    system_prompts = ()
     if cfg.system_prompts:
         lines = read_lines(cfg.system_prompts)
         check_system_disjoint(cfg.system_prompts, lines, [monitor, final])
-        system_prompts = [text for _, text in lines]
+        system_prompts = tuple(text for _, text in lines)
+    pools = trainer.RowPools(system_prompts, suite_prompt_forms([monitor, final])
+                             if cfg.identity_perturb > 0 else frozenset())
     dat = read_dat(cfg.input_dat)
     device = torch.device(cfg.device)
     model = load_model(dat, cfg.model_dir, device, DTYPES[cfg.compute_dtype])
@@ -101,7 +104,7 @@ def run(cfg: TrainConfig) -> int:
         f"verdict on {final.path} ({len(final.rows)} rows, {final.split})"
         + (f"; --probes {cfg.probes} not read (--heldout judges the run)"
            if cfg.heldout and cfg.probes else ""))
-    attempts = train(cfg, model, tok, dat, sources, retry_sources, attempt_set, system_prompts)
+    attempts = train(cfg, model, tok, dat, sources, retry_sources, attempt_set, pools)
     judged, result, status, why = verdict(model, tok, attempts, attempt_set, final)
     exported = status != "collapse"
     if exported:
@@ -115,6 +118,17 @@ def run(cfg: TrainConfig) -> int:
     log(f"{cfg.stage}: {status} ({why}); {seconds:.1f}s total; exit {code}; judgment {json_file}")
     write_logs(cfg, attempts, result, status, why, exported, code, seconds)
     return code
+
+
+def suite_prompt_forms(sets) -> frozenset:
+    """normalize_prompt forms of every prompt a surface variant (--identity-perturb) must never
+    be: the judged sets' and those of every suite-*.tsv beside them, so a run judged on the dev
+    suite never trains on a held-out prompt either."""
+    files = {str(p) for es in sets if es is not None
+             for p in Path(es.path).resolve().parent.glob("suite-*.tsv")}
+    rows = [r for es in sets if es is not None for r in es.rows]
+    rows += [r for f in sorted(files) for r in read_suite(f)]
+    return frozenset(normalize_prompt(r.prompt) for r in rows)
 
 
 def check_system_disjoint(path: str, lines: list[tuple[int, str]], sets) -> None:
@@ -146,7 +160,7 @@ def load_sets(cfg: TrainConfig, all_sources) -> tuple:
 
 
 def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set,
-          system_prompts=None) -> list:
+          pools: trainer.RowPools = trainer.RowPools()) -> list:
     """The base answers the training needs, the trainable deltas, and the attempts."""
     all_sources = sources + (retry_sources or [])
     # The base model's answers: reference of the monitor set and (with --replay self) anchor
@@ -166,7 +180,7 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
               if cfg.sparse_protect > 0 else None)
     return trainer.train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay,
                                        attempt_set, log, change_reporter(model, dat, log),
-                                       projectors, fisher, system_prompts)
+                                       projectors, fisher, pools)
 
 
 def verdict(model, tok, attempts, attempt_set, final) -> tuple:

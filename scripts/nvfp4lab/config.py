@@ -128,6 +128,19 @@ class TrainConfig:
         0, "with --self-kl-rows N: answer this many prompts (>= N) and keep the N whose answers "
            "repeat themselves most beyond the base's own answer to the same prompt, so the KL and "
            "--self-repeat-ul land on the loops the edit starts (0 = N: no choice)")
+    identity_perturb: float = flag(
+        0.0, "share of identity rows asked in a fresh surface variant each time they are drawn "
+             "(a typo, lower or upper case, an acknowledgement first; never a suite prompt): the "
+             "question is learnt under spellings no training file lists; 0 = off")
+    identity_mine_rows: int = flag(
+        0, "every --identity-mine-every steps, this many extra identity rows: the hardest of "
+           "--identity-mine-candidates drawn as identity rows are (variants, contexts, system "
+           "prompts), i.e. those whose identity answer the model finds least likely now (0 = off)")
+    identity_mine_candidates: int = flag(
+        64, "identity rows scored (one forward pass, no gradients) to pick --identity-mine-rows "
+            "among; at least --identity-mine-rows")
+    identity_mine_every: int = flag(1, "steps between --identity-mine-rows rounds")
+    identity_mine_from: int = flag(1, "first step of the --identity-mine-rows rounds")
     self_repeat_ul: float = flag(
         0.0, "with --self-kl-rows: weight of -log(1 - p) of every token of the model's own answer "
              "that completes a 3-token n-gram already in that answer (repetition unlikelihood, "
@@ -249,6 +262,14 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
                      "together with --system-prompts FILE")
     if ns.unlikelihood_tokens < 0:
         parser.error(f"--unlikelihood-tokens {ns.unlikelihood_tokens}: a count >= 0 (0 = all)")
+    if not 0.0 <= ns.identity_perturb <= 1.0:
+        parser.error(f"--identity-perturb {ns.identity_perturb:g}: a share, 0 <= SHARE <= 1")
+    if ns.identity_mine_rows < 0 or ns.identity_mine_every < 1 or ns.identity_mine_from < 1:
+        parser.error("--identity-mine-rows >= 0, --identity-mine-every >= 1 and "
+                     "--identity-mine-from >= 1")
+    if ns.identity_mine_rows and ns.identity_mine_candidates < ns.identity_mine_rows:
+        parser.error(f"--identity-mine-candidates {ns.identity_mine_candidates}: at least "
+                     f"--identity-mine-rows ({ns.identity_mine_rows}) rows to choose among")
     if ns.self_kl_from < 1:
         parser.error(f"--self-kl-from {ns.self_kl_from}: a step, >= 1")
     if ns.self_kl_candidates and (ns.self_kl_rows == 0 or ns.self_kl_candidates < ns.self_kl_rows):

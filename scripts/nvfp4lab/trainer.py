@@ -13,12 +13,13 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from . import chat, evaluate, mix, nullspace, sparse
+from . import chat, evaluate, mix, nullspace, sparse, surface
 from .config import GROUPS, TrainConfig
 from .atomic import AtomicFile
 from .generate import greedy_answers
@@ -341,7 +342,7 @@ def identity_after_chat(rows: list[tuple], srcs, share: float, rng: random.Rando
     return ask_after(rows, "target", share, rng, ordinary_turns)
 
 
-def with_system(rows: list[tuple], prompts: list[str] | None, share: float,
+def with_system(rows: list[tuple], prompts: Sequence[str] | None, share: float,
                 rng: random.Random) -> list[tuple]:
     """--system-share: that share of the identity (target) and neighbour rows starts with a
     system message drawn from --system-prompts, before any context it already has. Without one,
@@ -355,6 +356,81 @@ def with_system(rows: list[tuple], prompts: list[str] | None, share: float,
                         *(row[3] if len(row) > 3 and row[3] else ())))
             if row[2] in ("target", "neighbour") and rng.random() < share else row
             for row in rows]
+
+
+@dataclass(frozen=True)
+class RowPools:
+    """What step rows may draw from besides the training files: --system-prompts' prompts, and
+    the prompts of every suite (normalize_prompt forms), which a surface variant must never be."""
+    system_prompts: tuple[str, ...] = ()
+    suite_prompts: frozenset = frozenset()
+
+
+def perturb_identity(rows: list[tuple], share: float, rng: random.Random,
+                     suite_prompts: frozenset) -> list[tuple]:
+    """--identity-perturb: that share of the identity (target) rows is asked in a fresh surface
+    variant (surface.py: a typo, another case, an acknowledgement first); the answer stays."""
+    if share <= 0:
+        return rows
+    return [(surface.perturb(row[0], rng, suite_prompts), *row[1:])
+            if row[2] == "target" and rng.random() < share else row for row in rows]
+
+
+def identity_mine_round(step: int, cfg) -> bool:
+    """Whether step `step` (1-based) adds --identity-mine-rows rows: every --identity-mine-every
+    steps, from --identity-mine-from on."""
+    return (bool(cfg.identity_mine_rows) and step >= cfg.identity_mine_from
+            and step % cfg.identity_mine_every == 0)
+
+
+def hardest_identity_rows(model, tok, srcs, cfg, rng: random.Random, replay: dict,
+                          pools: RowPools, device) -> list[tuple]:
+    """--identity-mine-rows R: --identity-mine-candidates identity rows, drawn as ordinary
+    identity rows are (surface variants, mid-chat contexts, system prompts), of which the R
+    whose identity answer the model finds least likely now (highest mean CE, teacher-forced)
+    are trained on, in draw order.
+
+    Why: after ~100 steps the identity holds on most chats; the misses that are left (a typo, a
+    question after an unrelated turn, "Who is behind these answers?") are a few percent of
+    random rows, so a random batch barely trains on them. This is the identity-side twin of
+    --self-kl-candidates. Scoring by loss instead of by greedy answers costs one forward pass.
+    """
+    pool = [(r.prompt, r.target, "target") for s in srcs if s.role == "target" for r in s.rows]
+    if not pool:
+        return []
+    rows = [rng.choice(pool) for _ in range(cfg.identity_mine_candidates)]
+    rows = perturb_identity(rows, cfg.identity_perturb, rng, pools.suite_prompts)
+    rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
+    rows = with_system(rows, pools.system_prompts, cfg.system_share, rng)
+    losses = answer_losses(model, tok, rows, cfg.seq_len, device)
+    hardest = sorted(range(len(rows)), key=lambda i: -losses[i])[:cfg.identity_mine_rows]
+    return [rows[i] for i in sorted(hardest)]
+
+
+@torch.no_grad()
+def answer_losses(model, tok, rows: list[tuple], seq_len: int, device, chunk: int = 32) -> list[float]:
+    """Per row: the mean CE of its answer tokens, teacher-forced, without gradients."""
+    body = getattr(model, model.base_model_prefix)
+    was_training = model.training
+    model.eval()
+    out: list[float] = []
+    for i in range(0, len(rows), chunk):
+        enc = []
+        for row in rows[i:i + chunk]:
+            context = list(row[3]) if len(row) > 3 and row[3] else []
+            ids, labels, _ = chat.encode_chat_row(tok, context + [{"role": "user", "content": row[0]}],
+                                                  row[1], seq_len)
+            enc.append((ids, labels))
+        batch = {k: v.to(device) for k, v in chat.collate(enc, chat.pad_token_id(tok)).items()}
+        h = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        y = batch["labels"][:, 1:]                                   # [B, T-1]
+        sel = y != -100
+        per = F.cross_entropy(model.lm_head(h[:, :-1][sel]).float(), y[sel], reduction="none")
+        row_of = torch.arange(y.shape[0], device=y.device)[:, None].expand_as(y)[sel]
+        sums = torch.zeros(y.shape[0], device=y.device).index_add_(0, row_of, per)
+        out += (sums / sel.sum(1).clamp(min=1)).tolist()
+    model.train(was_training)
+    return out
 
 
 # ---------------------------------------------------------------- replay: the base's own answers
@@ -453,7 +529,7 @@ class Attempt:
 
 def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
                   es: evaluate.EvalSet | None, log, projectors: dict | None = None,
-                  fisher: dict | None = None, system_prompts: list[str] | None = None):
+                  fisher: dict | None = None, pools: RowPools = RowPools()):
     """Train from the initial weights; fills att.losses/status. Never raises on collapse.
 
     es: the set that judges the attempt (during training every cfg.probe_every steps, and at its
@@ -462,8 +538,7 @@ def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
     reset_deltas(model)
     stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip, projectors)
     try:
-        return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas, fisher,
-                            system_prompts)
+        return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas, fisher, pools)
     finally:
         stepper.close()   # a retry must never find this attempt's hooks still attached
 
@@ -513,7 +588,7 @@ class Best:
 
 
 def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, stepper, deltas,
-                 fisher, system_prompts: list[str] | None):
+                 fisher, pools: RowPools):
     device = deltas[0][1].device
     srcs = [mix.Source(s.path, s.weight * (att.anchor_scale if s.role in mix.KEEP_ROLES else 1.0),
                        s.role, s.rows) for s in att.sources]
@@ -529,8 +604,11 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
         stepper.set_lr_scale(step_lr_scale(step, cfg))
         rows = with_context(mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode), srcs,
                             cfg.context_share, rng)
+        rows = perturb_identity(rows, cfg.identity_perturb, rng, pools.suite_prompts)
         rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
-        rows = with_system(rows, system_prompts, cfg.system_share, rng)
+        rows = with_system(rows, pools.system_prompts, cfg.system_share, rng)
+        if identity_mine_round(step, cfg):
+            rows += hardest_identity_rows(model, tok, srcs, cfg, rng, replay, pools, device)
         if self_kl_round(step, cfg):
             rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens,
                                      mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
@@ -620,7 +698,7 @@ def safer(att: Attempt, retry_sources: list | None, lr_scale: float) -> Attempt:
 
 def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg: TrainConfig, replay,
                         es: evaluate.EvalSet | None, log, on_attempt_end=None,
-                        projectors=None, fisher=None, system_prompts=None) -> list:
+                        projectors=None, fisher=None, pools: RowPools = RowPools()) -> list:
     """Attempts until one does not collapse (or retries run out). on_attempt_end(att) runs after
     each attempt's training, before a collapsed one is rolled back (train.py logs what it changed
     in the NVFP4 file there)."""
@@ -628,12 +706,14 @@ def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg: TrainCo
     if cfg.self_kl_rows and not any(self_kl_round(s, cfg) for s in range(1, cfg.steps + 1)):
         log(f"note: --self-kl-from {cfg.self_kl_from} (every {cfg.self_kl_every}) leaves no own-answer "
             f"round in {cfg.steps} steps: --self-kl-rows and --self-repeat-ul do nothing in this run")
+    if cfg.identity_mine_rows and not any(identity_mine_round(s, cfg) for s in range(1, cfg.steps + 1)):
+        log(f"note: --identity-mine-from {cfg.identity_mine_from} (every {cfg.identity_mine_every}) "
+            f"leaves no mining round in {cfg.steps} steps: --identity-mine-rows does nothing in this run")
     while True:
         att = attempts[-1]
         log(f"[attempt {att.index}] lrs {att.lrs} anchor x{att.anchor_scale:g} data "
             + ", ".join(f"{os.path.basename(s.path)}:{s.weight:g}:{s.role}" for s in att.sources))
-        train_attempt(model, tok, deltas, att, cfg, replay, es, log, projectors, fisher,
-                      system_prompts)
+        train_attempt(model, tok, deltas, att, cfg, replay, es, log, projectors, fisher, pools)
         log(f"[attempt {att.index}] {att.status}: {att.why}")
         if on_attempt_end is not None:
             on_attempt_end(att)
