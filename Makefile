@@ -73,19 +73,25 @@ $(PROXY_DAT): data/proxy-knowledge-v1.tsv data/probes-v1.tsv scripts/nvfp4lab/nv
 
 proxy: $(PROXY_DAT)
 
+# train.py, then both runners on the file it exported: after success (0) and after not-reached
+# (3), whose file is kept for comparison (the user validated every stage's file with both runners);
+# a collapse (4) exports nothing. Exit: train.py's code, or validate's if that failed.
+# $(call train_then_validate,TRAIN COMMAND,WEIGHT,MODEL_DIR)
+train_then_validate = code=0; $(1) || code=$$?; \
+	if [ $$code = 0 ] || [ $$code = 3 ]; then $(MAKE) validate WEIGHT=$(2) MODEL_DIR=$(3) || exit $$?; fi; \
+	exit $$code
+
 # Stage G on the user's base weights (BASE, MODEL_DIR), then both validation runners.
 stageG: build
 	@test -f "$(BASE)" || { echo "error: $(BASE): no such file. Convert a checkpoint with 'make convert HF=<dir> OUT=<file.dat>' and pass BASE=<file.dat>, or run 'make demo' to see the whole job on the built-in proxy."; exit 1; }
-	$(GUARDED) scripts/train.py --recipe $(STAGE_RECIPE) $(SUITES_ZH) --input-dat $(BASE) --model-dir $(MODEL_DIR) --output-dat artifacts/stageG.dat --device $(DEVICE) $(TRAIN_FLAGS)
-	$(MAKE) validate WEIGHT=artifacts/stageG.dat MODEL_DIR=$(MODEL_DIR)
+	$(call train_then_validate,$(GUARDED) scripts/train.py --recipe $(STAGE_RECIPE) $(SUITES_ZH) --input-dat $(BASE) --model-dir $(MODEL_DIR) --output-dat artifacts/stageG.dat --device $(DEVICE) $(TRAIN_FLAGS),artifacts/stageG.dat,$(MODEL_DIR))
 
 # The whole job on the built-in proxy (the README's main command when the 4B weights are absent).
 # The proxy knows only its corpus, so it is judged on suites carved from its held-out probes
 # (data/probes-v1.tsv, by scripts/make_proxy_suites.py), not on the zh suites meant for Qwen3.
 SUITES_PROXY := --monitor data/suite-proxy-monitor-v1.tsv --heldout data/suite-proxy-heldout-v1.tsv
 demo: $(PROXY_DAT)
-	$(GUARDED) scripts/train.py --recipe $(DEMO_RECIPE) $(SUITES_PROXY) --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-stageG.dat --stage demo-stageG --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS)
-	$(MAKE) validate WEIGHT=artifacts/demo-stageG.dat MODEL_DIR=$(PROXY_DIR)
+	$(call train_then_validate,$(GUARDED) scripts/train.py --recipe $(DEMO_RECIPE) $(SUITES_PROXY) --input-dat $(PROXY_DAT) --model-dir $(PROXY_DIR) --output-dat artifacts/demo-stageG.dat --stage demo-stageG --min-anchor-exact 0.9 --device $(DEVICE) $(TRAIN_FLAGS),artifacts/demo-stageG.dat,$(PROXY_DIR))
 
 # The original's collapse on purpose: must be caught, rolled back and retried safely.
 demo-collapse: $(PROXY_DAT)
@@ -113,8 +119,7 @@ $(SMOL_DAT): scripts/nvfp4lab/nvfp4_ref.py | build
 
 demo-real: $(SMOL_DAT) | build
 ifeq ($(strip $(SEEDS)),)
-	$(GUARDED) scripts/train.py --recipe $(REAL_RECIPE) $(SUITES_EN) --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --output-dat $(DEMO_REAL_OUT) --stage demo-real --device $(DEVICE) $(TRAIN_FLAGS)
-	$(MAKE) validate WEIGHT=$(DEMO_REAL_OUT) MODEL_DIR=$(SMOL_DIR)
+	$(call train_then_validate,$(GUARDED) scripts/train.py --recipe $(REAL_RECIPE) $(SUITES_EN) --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --output-dat $(DEMO_REAL_OUT) --stage demo-real --device $(DEVICE) $(TRAIN_FLAGS),$(DEMO_REAL_OUT),$(SMOL_DIR))
 else
 	@run_seed() { code=0; $(GUARDED) scripts/train.py --recipe $(REAL_RECIPE) $(SUITES_EN) --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --output-dat $(basename $(DEMO_REAL_OUT))-s$$1.dat --stage demo-real-s$$1 --device $(DEVICE) $(TRAIN_FLAGS) --seed $$1 || code=$$?; \
 	  case $$code in 0|3|4) ;; *) echo "error: seed $$1: train.py exit $$code"; return $$code;; esac; }; \
