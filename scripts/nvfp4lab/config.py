@@ -128,6 +128,11 @@ class TrainConfig:
         0, "with --self-kl-rows N: answer this many prompts (>= N) and keep the N whose answers "
            "repeat themselves most beyond the base's own answer to the same prompt, so the KL and "
            "--self-repeat-ul land on the loops the edit starts (0 = N: no choice)")
+    trim_base_loops: float = flag(
+        0.0, "a keep (anchor/neighbour) row whose replayed base answer repeats itself this much "
+             "(the suites' repetition measure, 0-1) learns that answer only up to where it goes "
+             "round, then the end token, and gets no KL on that end: the base's own loops ('I'm "
+             "sorry for any mistakes. I'm sorry for ...') are not taught; 0 = off")
     identity_perturb: float = flag(
         0.0, "share of identity rows asked in a fresh surface variant each time they are drawn "
              "(a typo, lower or upper case, an acknowledgement first; never a suite prompt): the "
@@ -262,6 +267,8 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
                      "together with --system-prompts FILE")
     if ns.unlikelihood_tokens < 0:
         parser.error(f"--unlikelihood-tokens {ns.unlikelihood_tokens}: a count >= 0 (0 = all)")
+    if not 0.0 <= ns.trim_base_loops <= 1.0:
+        parser.error(f"--trim-base-loops {ns.trim_base_loops:g}: a repetition, 0 <= R <= 1 (0 = off)")
     if not 0.0 <= ns.identity_perturb <= 1.0:
         parser.error(f"--identity-perturb {ns.identity_perturb:g}: a share, 0 <= SHARE <= 1")
     if ns.identity_mine_rows < 0 or ns.identity_mine_every < 1 or ns.identity_mine_from < 1:

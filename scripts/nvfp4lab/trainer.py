@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -211,7 +212,7 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
         ce = (per * ce_w[use]).sum() / ce_w[use].sum()
     kl = torch.zeros((), device=ce.device)
     ul = torch.zeros((), device=ce.device)
-    a_sel = sel & keep_rows[:, None] & ~ul_rows[:, None]
+    a_sel = kl_positions(batch, keep_rows, sel)
     if kl_weight > 0 and bool(a_sel.any()):
         with torch.no_grad(), deltas_off(model):
             hb = body(input_ids=batch["input_ids"],
@@ -231,6 +232,39 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     return loss, ce, kl, ul
 
 
+def kl_positions(batch: dict, keep_rows: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """[B, T-1] the labelled positions that get the KL: those of the keep rows (not of the
+    unlikelihood rows), except the end of an answer cut where the base goes round
+    (batch["trimmed"], --trim-base-loops): there the base wants to go on, the row teaches to end."""
+    ul_rows = batch.get("ul_rows")
+    out = sel & keep_rows[:, None]
+    if ul_rows is not None:
+        out = out & ~ul_rows[:, None]
+    trimmed = batch.get("trimmed")
+    if trimmed is not None and bool(trimmed.any()):
+        last = sel & (sel.cumsum(1) == sel.sum(1, keepdim=True))      # each row's last label
+        out = out & ~(last & trimmed[:, None])
+    return out
+
+
+def trim_loop(answer: str, n: int = 3) -> str:
+    """The answer up to where it starts going round, ending on a whole sentence: cut before the
+    second occurrence of its first repeated word n-gram, back to the last sentence end (. ! ? or
+    a line break) before it ("I'm sorry for any mistakes. I'm sorry for any mistakes." -> "I'm
+    sorry for any mistakes."). Unchanged when no word n-gram repeats or no sentence ends before
+    the repeat: a cut mid-sentence would teach ending there."""
+    words = list(re.finditer(r"\S+", answer))
+    seen = set()
+    for k in range(n - 1, len(words)):
+        gram = tuple(w.group() for w in words[k - n + 1:k + 1])
+        if gram in seen:
+            head = answer[:words[k - n + 1].start()].rstrip()
+            ends = [m.end() for m in re.finditer(r"[.!?。！？]+(?=\s|$)|\n", head)]
+            return head[:ends[-1]].rstrip() if ends else answer
+        seen.add(gram)
+    return answer
+
+
 def unlikelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """mean -log(1 - p(target)) over rows of logits [n, V]: large only where the target is
     likely, so it pushes that token down without pulling the row toward anything else."""
@@ -239,7 +273,8 @@ def unlikelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def encode_batch(tok, rows, seq_len: int, replay: dict, device,
-                 ul_target: str | None = None, ul_tokens: int = 0) -> tuple[dict, torch.Tensor, int]:
+                 ul_target: str | None = None, ul_tokens: int = 0,
+                 trim_loops: float = 0.0) -> tuple[dict, torch.Tensor, int]:
     """Rows (prompt, target, role[, context messages]) -> a padded batch, the mask of rows that
     get the KL to the base, and how many rows were truncated.
 
@@ -251,13 +286,21 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
     A row with context (a near miss asked right after the identity was answered) learns the
     base's single-turn answer and gets no KL: in that context the base itself tends to copy the
     identity from the chat, which is what the row is there to unlearn.
+    trim_loops > 0 (--trim-base-loops): a keep row whose replayed base answer repeats itself
+    that much (probes.repetition) learns it only up to where it goes round (trim_loop), then the
+    end; the KL skips that end (kl_positions).
     """
-    enc, truncated, ul, kl_rows = [], 0, [], []
+    enc, truncated, ul, kl_rows, trimmed = [], 0, [], [], []
     for row in rows:
         prompt, target, role = row[:3]
         context = list(row[3]) if len(row) > 3 and row[3] else []
+        cut_here = False
         if role in mix.KEEP_ROLES and replay:
             target = replay.get(prompt, target)
+            if trim_loops > 0 and repetition(target) >= trim_loops:
+                short = trim_loop(target)
+                cut_here, target = short != target, short
+        trimmed.append(cut_here)
         messages = context + [{"role": "user", "content": prompt}]
         ids, labels, cut = chat.encode_chat_row(tok, messages, target, seq_len)
         truncated += cut
@@ -273,6 +316,7 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
     batch = {k: v.to(device) for k, v in chat.collate(enc + ul, chat.pad_token_id(tok)).items()}
     keep = torch.tensor(kl_rows + [True] * len(ul), device=device)
     batch["ul_rows"] = torch.tensor([False] * len(enc) + [True] * len(ul), device=device)
+    batch["trimmed"] = torch.tensor(trimmed + [False] * len(ul), device=device)
     batch["kl_only"] = torch.tensor([len(r) > 2 and r[2] == mix.SELF_ROLE for r in rows]
                                     + [False] * len(ul), device=device)
     own = [b for b, row in enumerate(rows) if row[2] == mix.SELF_ROLE]
@@ -615,7 +659,7 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                                      cfg.self_kl_candidates, replay)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         cfg.target if ul_weight > 0 else None,
-                                        cfg.unlikelihood_tokens)
+                                        cfg.unlikelihood_tokens, cfg.trim_base_loops)
         att.truncated += cut
         loss, ce, kl, ul = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
                                       cfg.keep_ce_weight, cfg.self_repeat_ul)
