@@ -128,11 +128,16 @@ class TrainConfig:
         0, "with --self-kl-rows N: answer this many prompts (>= N) and keep the N whose answers "
            "repeat themselves most beyond the base's own answer to the same prompt, so the KL and "
            "--self-repeat-ul land on the loops the edit starts (0 = N: no choice)")
+    self_repeat_ul: float = flag(
+        0.0, "with --self-kl-rows: weight of -log(1 - p) of every token of the model's own answer "
+             "that completes a 3-token n-gram already in that answer (repetition unlikelihood, "
+             "Welleck et al. 2019): a loop the edit starts is pushed down where it starts; 0 = off")
     trim_base_loops: float = flag(
         0.0, "a keep (anchor/neighbour) row whose replayed base answer repeats itself this much "
-             "(the suites' repetition measure, 0-1) learns that answer only up to where it goes "
-             "round, then the end token, and gets no KL on that end: the base's own loops ('I'm "
-             "sorry for any mistakes. I'm sorry for ...') are not taught; 0 = off")
+             "(the suites' repetition measure, 0-1) learns that answer only up to the last "
+             "sentence end before it goes round, then the end token, and gets no KL on that end: "
+             "the base's own loops ('I'm sorry for any mistakes. I'm sorry for ...') are not "
+             "taught (no sentence end before the loop: the answer stays whole); 0 = off")
     identity_perturb: float = flag(
         0.0, "share of identity rows asked in a fresh surface variant each time they are drawn "
              "(a typo, lower or upper case, an acknowledgement first; never a suite prompt): the "
@@ -146,10 +151,6 @@ class TrainConfig:
             "among; at least --identity-mine-rows")
     identity_mine_every: int = flag(1, "steps between --identity-mine-rows rounds")
     identity_mine_from: int = flag(1, "first step of the --identity-mine-rows rounds")
-    self_repeat_ul: float = flag(
-        0.0, "with --self-kl-rows: weight of -log(1 - p) of every token of the model's own answer "
-             "that completes a 3-token n-gram already in that answer (repetition unlikelihood, "
-             "Welleck et al. 2019): a loop the edit starts is pushed down where it starts; 0 = off")
     sparse_share: float = flag(
         0.0, "after --sparse-at steps only this share of the NVFP4 and 2-D values, those that "
              "moved furthest in their block's scale, may differ from the base; the rest go back "
