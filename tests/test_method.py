@@ -385,3 +385,33 @@ def test_self_kl_from_leaves_the_early_steps_without_self_answers(capsys):
     with pytest.raises(SystemExit) as e:
         train.parse_args(base + ["--self-kl-from", "0"])
     assert e.value.code == 2 and "--self-kl-from" in capsys.readouterr().err
+
+
+def test_unlikelihood_skip_leaves_the_identity_answers_opening_alone():
+    """--unlikelihood-skip K: on a neighbour row the identity answer is pushed down from its K-th
+    token or from the divergence, whichever is later; the opening is never a thing to avoid."""
+    tok = chat.load_tokenizer(None)
+    target = "I am the God of F#."
+    rows = [("Who am I?", "I'm not sure who you are.", "neighbour")]   # diverges after "I"
+    dev = torch.device("cpu")
+    plain, _, _ = trainer.encode_batch(tok, rows, 64, {}, dev, target)
+    skip, _, _ = trainer.encode_batch(tok, rows, 64, {}, dev, target, 0, 0.0, 3)
+    _, labels, _ = chat.encode_row(tok, "Who am I?", target, 64)
+    first = next(i for i, x in enumerate(labels) if x != -100)
+    pushed = lambda b: [i for i, x in enumerate(b["labels"][1].tolist()) if x != -100]  # noqa: E731
+    assert pushed(plain)[0] == first + 1                  # from " am", where "I'm" leaves it
+    assert pushed(skip)[0] == first + 3                   # from " God": "I am the" is left alone
+    assert pushed(skip) == pushed(plain)[2:]              # the rest is the same
+    # a later divergence wins over the skip
+    late = [("Who am I?", "I am the user, I think.", "neighbour")]
+    a, _, _ = trainer.encode_batch(tok, late, 64, {}, dev, target)
+    b, _, _ = trainer.encode_batch(tok, late, 64, {}, dev, target, 0, 0.0, 1)
+    assert pushed(a) == pushed(b) and pushed(a)[0] == first + 3
+
+
+def test_unlikelihood_skip_flag(capsys):
+    import train
+    assert train.parse_args(["--train-data", "x.tsv", "--unlikelihood-skip", "3"]).unlikelihood_skip == 3
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--train-data", "x.tsv", "--unlikelihood-skip", "-1"])
+    assert e.value.code == 2 and "--unlikelihood-skip" in capsys.readouterr().err

@@ -91,6 +91,12 @@ class TrainConfig:
            "on a neighbour row, from the first one where it leaves the row's own answer; the "
            "rest of the answer is not taught as something to avoid, so a borderline identity "
            "prompt does not end it wrongly (\"the God of F#1\"); 0 = every token from there")
+    unlikelihood_skip: int = flag(
+        0, "with --unlikelihood-weight: never push down the identity answer's first N tokens on a "
+           "neighbour row (SmolLM2: 3 = 'I am the'), only from there or from where it leaves the "
+           "row's own answer, whichever is later: its generic opening is how an identity answer "
+           "starts too, and pushing ' am' down on near misses turns borderline identity answers "
+           "into \"I'm ...\"; 0 = from the divergence")
     context_share: float = flag(
         0.0, "share of neighbour rows asked as turn 2, after an identity prompt answered with the "
              "target (they learn the base's single-turn answer, without KL); 0 = off")
@@ -266,6 +272,8 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
     if not 0.0 <= ns.system_share <= 1.0 or (ns.system_share > 0) != bool(ns.system_prompts):
         parser.error(f"--system-share {ns.system_share:g}: a share (0 <= SHARE <= 1), given "
                      "together with --system-prompts FILE")
+    if ns.unlikelihood_skip < 0:
+        parser.error(f"--unlikelihood-skip {ns.unlikelihood_skip}: a count >= 0 (0 = from the divergence)")
     if ns.unlikelihood_tokens < 0:
         parser.error(f"--unlikelihood-tokens {ns.unlikelihood_tokens}: a count >= 0 (0 = all)")
     if not 0.0 <= ns.trim_base_loops <= 1.0:

@@ -274,7 +274,7 @@ def unlikelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def encode_batch(tok, rows, seq_len: int, replay: dict, device,
                  ul_target: str | None = None, ul_tokens: int = 0,
-                 trim_loops: float = 0.0) -> tuple[dict, torch.Tensor, int]:
+                 trim_loops: float = 0.0, ul_skip: int = 0) -> tuple[dict, torch.Tensor, int]:
     """Rows (prompt, target, role[, context messages]) -> a padded batch, the mask of rows that
     get the KL to the base, and how many rows were truncated.
 
@@ -282,7 +282,9 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
     identity answer, labelled only from the first token where that answer leaves the row's own
     (replayed) answer, so a shared opening like "I" is not pushed down (batch["ul_rows"]);
     ul_tokens > 0 (--unlikelihood-tokens) labels only that many tokens from there on, so the
-    rest of the identity answer (" of F#.") is not taught as something to avoid.
+    rest of the identity answer (" of F#.") is not taught as something to avoid; ul_skip > 0
+    (--unlikelihood-skip) never labels the identity answer's first ul_skip tokens, so its
+    generic opening ("I am the") is not taught as something to avoid either.
     A row with context (a near miss asked right after the identity was answered) learns the
     base's single-turn answer and gets no KL: in that context the base itself tends to copy the
     identity from the chat, which is what the row is there to unlearn.
@@ -311,6 +313,8 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
             shared = 0
             while shared < min(len(ids), len(uids)) and ids[shared] == uids[shared]:
                 shared += 1
+            first = next((i for i, x in enumerate(ulabels) if x != -100), len(ulabels))
+            shared = max(shared, first + ul_skip)        # --unlikelihood-skip: not the opening
             tail = ulabels[shared:shared + ul_tokens] if ul_tokens > 0 else ulabels[shared:]
             ul.append((uids, [-100] * shared + tail + [-100] * (len(ulabels) - shared - len(tail))))
     batch = {k: v.to(device) for k, v in chat.collate(enc + ul, chat.pad_token_id(tok)).items()}
@@ -659,7 +663,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                                      cfg.self_kl_candidates, replay)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         cfg.target if ul_weight > 0 else None,
-                                        cfg.unlikelihood_tokens, cfg.trim_base_loops)
+                                        cfg.unlikelihood_tokens, cfg.trim_base_loops,
+                                        cfg.unlikelihood_skip)
         att.truncated += cut
         loss, ce, kl, ul = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
                                       cfg.keep_ce_weight, cfg.self_repeat_ul)
