@@ -124,10 +124,9 @@ def suite_prompt_forms(sets) -> frozenset:
     """normalize_prompt forms of every prompt a surface variant (--identity-perturb) must never
     be: the judged sets' and those of every suite-*.tsv beside them, so a run judged on the dev
     suite never trains on a held-out prompt either."""
-    files = {str(p) for es in sets if es is not None
-             for p in Path(es.path).resolve().parent.glob("suite-*.tsv")}
-    rows = [r for es in sets if es is not None for r in es.rows]
-    rows += [r for f in sorted(files) for r in read_suite(f)]
+    judged = {Path(es.path).resolve(): es.rows for es in sets if es is not None}
+    beside = {p.resolve() for f in judged for p in f.parent.glob("suite-*.tsv")} - judged.keys()
+    rows = [r for rs in judged.values() for r in rs] + [r for f in sorted(beside) for r in read_suite(f)]
     return frozenset(normalize_prompt(r.prompt) for r in rows)
 
 

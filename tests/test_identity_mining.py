@@ -94,7 +94,7 @@ def test_mining_trains_on_the_candidates_the_model_finds_hardest(monkeypatch):
                                                  for i, p in enumerate(prompts)])]
     loss_of = {p: float(i % 7) for i, p in enumerate(prompts)}
     monkeypatch.setattr(trainer, "answer_losses",
-                        lambda model, tok, rows, seq_len, device: [loss_of[r[0]] for r in rows])
+                        lambda model, tok, rows, device: [loss_of[r[0]] for r in rows])
     cfg = train.parse_args(["--train-data", "x.tsv", "--identity-mine-rows", "3",
                             "--identity-mine-candidates", "8"])
     got = trainer.hardest_identity_rows(None, None, srcs, cfg, random.Random(0), {},
@@ -114,7 +114,7 @@ def test_answer_losses_are_each_rows_own_answer_cross_entropy(tiny_qwen):
              ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"})),
             ("x", "a much longer answer than the others here", "target")]
     model.train()
-    got = trainer.answer_losses(model, tok, rows, 96, "cpu", chunk=2)
+    got = trainer.answer_losses(model, tok, rows, "cpu", batch_size=2)
     assert model.training and len(got) == 3
     for row, value in zip(rows, got):
         msgs = list(row[3]) if len(row) > 3 else []
@@ -163,7 +163,7 @@ def test_a_run_with_mining_and_variants_trains_on_the_mined_rows(tiny_qwen, tmp_
     monkeypatch.setattr(trainer, "hardest_identity_rows", counted)
     encode = trainer.encode_batch
     monkeypatch.setattr(trainer, "encode_batch",
-                        lambda tok, rows, *a: sizes.append(len(rows)) or encode(tok, rows, *a))
+                        lambda tok, rows, *a, **kw: sizes.append(len(rows)) or encode(tok, rows, *a, **kw))
     code = train.main([str(a) for a in (
         "--input-dat", dat, "--model-dir", model_dir, "--output-dat", tmp_path / "out.dat",
         "--mix", f"{who}:1,{anchor}:1:anchor", "--probes", probes, "--steps", "4",

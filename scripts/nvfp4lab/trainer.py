@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import chat, evaluate, mix, nullspace, sparse, surface
 from .config import GROUPS, TrainConfig
 from .atomic import AtomicFile
-from .generate import greedy_answers
+from .generate import answer_batches, answer_log_probs, greedy_answers
 from .model import deltas_off, reset_deltas
 from .probes import format_summary, repetition
 from .tsv import DataError, normalize_prompt
@@ -241,7 +241,7 @@ def kl_positions(batch: dict, keep_rows: torch.Tensor, sel: torch.Tensor) -> tor
     if ul_rows is not None:
         out = out & ~ul_rows[:, None]
     trimmed = batch.get("trimmed")
-    if trimmed is not None and bool(trimmed.any()):
+    if trimmed is not None:   # elementwise, no .any(): a host sync every step is not worth it
         last = sel & (sel.cumsum(1) == sel.sum(1, keepdim=True))      # each row's last label
         out = out & ~(last & trimmed[:, None])
     return out
@@ -424,6 +424,18 @@ def perturb_identity(rows: list[tuple], share: float, rng: random.Random,
             if row[2] == "target" and rng.random() < share else row for row in rows]
 
 
+def dress_rows(rows: list[tuple], srcs, cfg, rng: random.Random, replay: dict,
+               pools: RowPools) -> list[tuple]:
+    """The per-draw forms of a step's rows, in this order (the rng's order, so a recipe without
+    the newer flags draws as before): --context-share, --identity-perturb,
+    --identity-context-share, --system-share. The identity-mining candidates are dressed here
+    too, so they are drawn exactly as ordinary identity rows are."""
+    rows = with_context(rows, srcs, cfg.context_share, rng)
+    rows = perturb_identity(rows, cfg.identity_perturb, rng, pools.suite_prompts)
+    rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
+    return with_system(rows, pools.system_prompts, cfg.system_share, rng)
+
+
 def identity_mine_round(step: int, cfg) -> bool:
     """Whether step `step` (1-based) adds --identity-mine-rows rows: every --identity-mine-every
     steps, from --identity-mine-from on."""
@@ -446,38 +458,31 @@ def hardest_identity_rows(model, tok, srcs, cfg, rng: random.Random, replay: dic
     pool = [(r.prompt, r.target, "target") for s in srcs if s.role == "target" for r in s.rows]
     if not pool:
         return []
-    rows = [rng.choice(pool) for _ in range(cfg.identity_mine_candidates)]
-    rows = perturb_identity(rows, cfg.identity_perturb, rng, pools.suite_prompts)
-    rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
-    rows = with_system(rows, pools.system_prompts, cfg.system_share, rng)
-    losses = answer_losses(model, tok, rows, cfg.seq_len, device)
+    rows = dress_rows([rng.choice(pool) for _ in range(cfg.identity_mine_candidates)], srcs, cfg,
+                      rng, replay, pools)
+    losses = answer_losses(model, tok, rows, device)
     hardest = sorted(range(len(rows)), key=lambda i: -losses[i])[:cfg.identity_mine_rows]
     return [rows[i] for i in sorted(hardest)]
 
 
-@torch.no_grad()
-def answer_losses(model, tok, rows: list[tuple], seq_len: int, device, chunk: int = 32) -> list[float]:
-    """Per row: the mean CE of its answer tokens, teacher-forced, without gradients."""
-    body = getattr(model, model.base_model_prefix)
+def answer_losses(model, tok, rows: list[tuple], device, batch_size: int = 32) -> list[float]:
+    """Per row: the mean CE of its answer tokens, teacher-forced (the suites' scoring batches
+    and log-probs: generate.answer_batches, answer_log_probs)."""
+    chats = [[*(row[3] if len(row) > 3 and row[3] else ()), {"role": "user", "content": row[0]}]
+             for row in rows]
+    out = [0.0] * len(rows)
     was_training = model.training
     model.eval()
-    out: list[float] = []
-    for i in range(0, len(rows), chunk):
-        enc = []
-        for row in rows[i:i + chunk]:
-            context = list(row[3]) if len(row) > 3 and row[3] else []
-            ids, labels, _ = chat.encode_chat_row(tok, context + [{"role": "user", "content": row[0]}],
-                                                  row[1], seq_len)
-            enc.append((ids, labels))
-        batch = {k: v.to(device) for k, v in chat.collate(enc, chat.pad_token_id(tok)).items()}
-        h = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        y = batch["labels"][:, 1:]                                   # [B, T-1]
-        sel = y != -100
-        per = F.cross_entropy(model.lm_head(h[:, :-1][sel]).float(), y[sel], reduction="none")
-        row_of = torch.arange(y.shape[0], device=y.device)[:, None].expand_as(y)[sel]
-        sums = torch.zeros(y.shape[0], device=y.device).index_add_(0, row_of, per)
-        out += (sums / sel.sum(1).clamp(min=1)).tolist()
-    model.train(was_training)
+    try:
+        for idx, batch in answer_batches(tok, chats, [row[1] for row in rows], batch_size, device):
+            lp, y, row = answer_log_probs(model, batch)
+            nll = -lp.gather(1, y[:, None])[:, 0]
+            sums = torch.zeros(len(idx), device=nll.device).index_add_(0, row, nll)
+            counts = torch.bincount(row, minlength=len(idx)).clamp(min=1)
+            for i, v in zip(idx, (sums / counts).tolist()):
+                out[i] = v
+    finally:
+        model.train(was_training)
     return out
 
 
@@ -650,11 +655,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
     model.train()
     for step in range(1, cfg.steps + 1):
         stepper.set_lr_scale(step_lr_scale(step, cfg))
-        rows = with_context(mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode), srcs,
-                            cfg.context_share, rng)
-        rows = perturb_identity(rows, cfg.identity_perturb, rng, pools.suite_prompts)
-        rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
-        rows = with_system(rows, pools.system_prompts, cfg.system_share, rng)
+        rows = dress_rows(mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode), srcs, cfg,
+                          rng, replay, pools)
         if identity_mine_round(step, cfg):
             rows += hardest_identity_rows(model, tok, srcs, cfg, rng, replay, pools, device)
         if self_kl_round(step, cfg):
@@ -662,9 +664,10 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                                      mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
                                      cfg.self_kl_candidates, replay)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
-                                        cfg.target if ul_weight > 0 else None,
-                                        cfg.unlikelihood_tokens, cfg.trim_base_loops,
-                                        cfg.unlikelihood_skip)
+                                        ul_target=cfg.target if ul_weight > 0 else None,
+                                        ul_tokens=cfg.unlikelihood_tokens,
+                                        trim_loops=cfg.trim_base_loops,
+                                        ul_skip=cfg.unlikelihood_skip)
         att.truncated += cut
         loss, ce, kl, ul = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
                                       cfg.keep_ce_weight, cfg.self_repeat_ul)
