@@ -191,3 +191,17 @@ def test_real_en_v7_is_round_15s_choice_with_the_fallback():
     assert shipped.max_retries == 2 and chosen.max_retries == 0
     assert shipped.sparse_share == 0.015
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+
+
+def test_real_en_v8_is_round_16s_choice_with_the_fallback():
+    """The shipped default of `make demo-real` is round 16's dev choice (b4: a1 with identity
+    variants and identity mining, 16 of 128), plus only the user's fallback (--max-retries)."""
+    import sweep
+    stages = ROOT / "data" / "stages"
+    flags = dict(sweep.read_variants(str(stages / "method-study-en-r16.sweep")))
+    chosen = train.parse_args(["--recipe", str(stages / "method-study-en.args"),
+                               *shlex.split(flags["b4-a1-perturb0.3-mine16of128"])])
+    shipped = train.parse_args(["--recipe", str(stages / "real-en-v8.args")])
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert (shipped.identity_perturb, shipped.identity_mine_rows) == (0.3, 16)
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
