@@ -285,6 +285,34 @@ Tensor linear_cfg_cpu(const Tensor& x, const Tensor& q, const Tensor& s, int64_t
   return linear_cpu(x, q, s);
 }
 
+// ---------------------------------------------------------------- decode attention
+// q [B, Hq, D], k/v [B, Hkv, L, D], mask [B or 1, L] additive (see nvfp4_kernels.h).
+void check_decode_attention_meta(const Tensor& q, const Tensor& k, const Tensor& v, const c10::optional<Tensor>& mask) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && v.dim() == 4, "nvfp4.decode_attention: q [B, Hq, D], k/v [B, Hkv, L, D]");
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(3) == q.size(2),
+              "nvfp4.decode_attention: k, v and q disagree on B or D");
+  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, "nvfp4.decode_attention: Hq % Hkv != 0");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "nvfp4.decode_attention: q, k, v need one dtype");
+  if (mask.has_value()) {
+    const Tensor& m = *mask;
+    TORCH_CHECK(m.dim() == 2 && (m.size(0) == 1 || m.size(0) == q.size(0)) && m.size(1) == k.size(2) &&
+                m.scalar_type() == q.scalar_type(), "nvfp4.decode_attention: mask [B or 1, L] in q's dtype");
+  }
+}
+
+// The reference (and the CPU kernel): fp32 math through ATen.
+Tensor decode_attention_cpu(const Tensor& q, const Tensor& k, const Tensor& v, const c10::optional<Tensor>& mask,
+                            double scale) {
+  check_decode_attention_meta(q, k, v, mask);
+  const int64_t group = q.size(1) / k.size(1), L = k.size(2);
+  Tensor kf = k.to(at::kFloat).repeat_interleave(group, 1), vf = v.to(at::kFloat).repeat_interleave(group, 1);
+  Tensor scores = at::matmul(kf, (q.to(at::kFloat) * scale).unsqueeze(-1)).squeeze(-1);  // [B, Hq, L]
+  if (mask.has_value()) scores = scores + mask->to(at::kFloat).view({mask->size(0), 1, L});
+  Tensor p = at::nan_to_num(at::softmax(scores, -1), 0.0);  // an all-masked row: zeros, not NaN
+  return at::matmul(p.unsqueeze(2), vf).squeeze(2).to(q.scalar_type());
+}
+
 // ---------------------------------------------------------------- CUDA wrappers
 #ifdef NVFP4_WITH_CUDA
 
@@ -392,6 +420,27 @@ Tensor linear_cfg_cuda(const Tensor& x_, const Tensor& q_, const Tensor& s_, int
 
 Tensor linear_cuda(const Tensor& x, const Tensor& q, const Tensor& s) { return linear_cfg_cuda(x, q, s, 0, 0); }
 
+Tensor decode_attention_cuda(const Tensor& q, const Tensor& k, const Tensor& v, const c10::optional<Tensor>& mask,
+                             double scale) {
+  check_decode_attention_meta(q, k, v, mask);
+  const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = k.size(1), L = k.size(2);
+  const bool last_dims_ok = q.stride(2) == 1 && k.stride(3) == 1 && v.stride(3) == 1 &&
+                            (!mask.has_value() || mask->stride(1) == 1);
+  if (D > 256 || 256 % D != 0 || L > nvfp4::decode_attention_max_keys() || !last_dims_ok)
+    return decode_attention_cpu(q, k, v, mask, scale);  // the same math through ATen, on the GPU
+  c10::cuda::CUDAGuard guard(q.device());
+  Tensor out = at::empty({B, Hq, D}, q.options());
+  if (B == 0 || Hq == 0 || L == 0) return out.zero_();
+  const int64_t mb = mask.has_value() && mask->size(0) > 1 ? mask->stride(0) : 0;
+  const int64_t strides[9] = {q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+                              v.stride(0), v.stride(1), v.stride(2), mb};
+  check_launch(nvfp4::launch_decode_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                              mask.has_value() ? mask->data_ptr() : nullptr, out.data_ptr(),
+                                              dtype_code(q.scalar_type()), (int)B, (int)Hq, (int)Hkv, (int)L, (int)D,
+                                              strides, (float)scale, stream()));
+  return out;
+}
+
 #endif  // NVFP4_WITH_CUDA
 
 }  // namespace
@@ -405,6 +454,8 @@ TORCH_LIBRARY(nvfp4, m) {
   m.def("linear(Tensor x, Tensor qdata, Tensor scale) -> Tensor");
   // linear with the GEMV launch shape forced (see launch_gemv in nvfp4_kernels.h; 0, 0 = default): benchmarks
   m.def("_linear_cfg(Tensor x, Tensor qdata, Tensor scale, int rows, int threads) -> Tensor");
+  // one query a row over a (grouped) KV cache: q [B, Hq, D], k/v [B, Hkv, L, D], mask [B or 1, L]
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nvfp4, CPU, m) {
@@ -415,6 +466,7 @@ TORCH_LIBRARY_IMPL(nvfp4, CPU, m) {
   m.impl("requantize_delta", &requantize_delta_cpu);
   m.impl("linear", &linear_cpu);
   m.impl("_linear_cfg", &linear_cfg_cpu);
+  m.impl("decode_attention", &decode_attention_cpu);
 }
 
 #ifdef NVFP4_WITH_CUDA
@@ -426,6 +478,7 @@ TORCH_LIBRARY_IMPL(nvfp4, CUDA, m) {
   m.impl("requantize_delta", &requantize_delta_cuda);
   m.impl("linear", &linear_cuda);
   m.impl("_linear_cfg", &linear_cfg_cuda);
+  m.impl("decode_attention", &decode_attention_cuda);
 }
 #endif
 

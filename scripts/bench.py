@@ -138,12 +138,13 @@ def kernel_count(fn, device) -> int:
 
 
 def graph_decode(model, ids, new_tokens, device, use_graph=True, profile=False,
-                 compile_step=False):
+                 compile_step=False, fast_attention=True):
     """The runners' decoder (decode.StaticDecoder: static cache, one CUDA graph replay per token):
     (tok/s including prefill, the tokens, why it fell back to eager if it did, kernels per step).
     compile_step: the step's forward through torch.compile before capture; the compile happens
     in the warm-up run, outside the timed ones."""
     dec = StaticDecoder(model, use_graph=use_graph, compile_step=compile_step)
+    dec.fast_attention = fast_attention
     ctx = ids[0].tolist()
 
     def run():
@@ -353,6 +354,10 @@ def run_gpu(args):
     graph_dec, graph_ids, mode, step_kernels = graph_decode(model, ids, n, device,
                                                             profile=args.profile)
     eager_ids = graph_decode(model, ids, n, device, use_graph=False)[1]
+    # the same decoder with transformers' SDPA in the step instead of ops.decode_attention
+    sdpa_dec, sdpa_ids = graph_decode(model, ids, n, device, fast_attention=False)[:2]
+    print(f"  runners' decoder with SDPA: its tokens == with the decode-attention kernel: "
+          f"{sdpa_ids == graph_ids}", flush=True)
     print(f"  runners' decoder: {mode}; its tokens == eager step tokens: {graph_ids == eager_ids}",
           flush=True)
     comp_dec, comp_ids, comp_kernels, comp_s = compiled_decode(model, ids, n, device,
@@ -380,6 +385,8 @@ def run_gpu(args):
                      else (peer_dec, "peer eager"))
     if args.static:
         row(rows, f"decode batch 1, runners' decoder vs {vs}", graph_dec, peer_best, "tok/s")
+    row(rows, "decode batch 1, runners' decoder: decode-attention kernel vs SDPA in the step",
+        graph_dec, sdpa_dec, "tok/s")
     row(rows, f"decode batch 1, runners' decoder with compiled step vs {vs}", comp_dec, peer_best,
         "tok/s")
     row(rows, f"decode batch 1, compiled step + fused q/k/v and gate/up GEMVs (--fused-gemv) vs "

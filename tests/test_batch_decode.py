@@ -44,6 +44,9 @@ def test_rows_stop_at_their_own_stop_token_and_the_batch_ends_with_the_last(vari
     got = BatchDecoder(model, 3, max(map(len, enc)) + 8).greedy(enc, 8, stops=[stop], pad=0)
     for g, f in zip(got, free):
         assert g == (f[:f.index(stop) + 1] if stop in f else f)
+    ahead = BatchDecoder(model, 3, max(map(len, enc)) + 8)
+    ahead.lookahead = 3                        # the GPU reads a step behind; deeper here
+    assert ahead.greedy(enc, 8, stops=[stop], pad=0) == got
     with pytest.raises(ValueError, match="cannot hold"):
         BatchDecoder(model, 2, 64).greedy(enc, 8, stops=[], pad=0)
 
@@ -77,3 +80,21 @@ def test_on_cuda_the_captured_step_gives_the_same_tokens(varied):
         want.append(out[0, len(e):].tolist())
     model.cpu()
     assert got == want
+
+
+def test_greedy_chats_reuses_one_decoder_while_the_capacity_stays(varied, monkeypatch):
+    """Batches of one call share a decoder (and on CUDA its captured graph) while their capacity
+    is the same; a short last batch runs in the spare rows. The answers stay each chat's own."""
+    import nvfp4lab.generate as generate
+    model, tok = varied
+    made = []
+
+    class Counted(BatchDecoder):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append((self.rows, self.capacity))
+    monkeypatch.setattr(generate, "BatchDecoder", Counted)
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS[:3] + ["hello", "1+1?"]]
+    got = greedy_chats(model, tok, chats, 5, batch_size=2)      # batches of 2, 2 and 1
+    assert made == [(2, 64)]
+    assert got == greedy_chats(model, tok, chats, 5, batch_size=1)

@@ -59,3 +59,25 @@ def test_compiled_decode_step_gives_the_eager_steps_tokens(tiny_qwen):
     compiled, _ = StaticDecoder(model, compile_step=True).greedy(ids, 8, stops=[])
     torch._dynamo.reset()
     assert compiled == eager
+
+
+def test_reading_tokens_steps_behind_the_decoder_changes_no_token(tiny_qwen):
+    """On the GPU the host reads each token a step behind (decode.TokenPipe) so the next step is
+    already queued; a step run past a stop or into the next turn's prefix must change nothing.
+    Forced here on the CPU with a deeper lookahead than the GPU's."""
+    model_dir, dat_path = tiny_qwen
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    tok = chat.load_tokenizer(str(model_dir))
+    ids = chat.encode_prompt(tok, [], "你是誰")
+    plain, _ = StaticDecoder(model).greedy(ids, 9, stops=[])
+    ahead = StaticDecoder(model)
+    ahead.lookahead = 3
+    stop = plain[3]
+    new, stamps = ahead.greedy(ids, 9, stops=[stop])
+    assert new == plain[:plain.index(stop) + 1] and len(stamps) == len(new)
+    assert stamps == sorted(stamps)
+    # the steps run past the stop left keys in the cache: the next turn reuses only the prefix
+    second = ids + new + chat.encode_prompt(tok, [], "continue.")
+    again, _ = ahead.greedy(second, 6, stops=[], reuse_prefix=True)
+    assert again == StaticDecoder(model).greedy(second, 6, stops=[])[0]
+    assert ahead.greedy(ids, 1, stops=[])[0] == plain[:1]

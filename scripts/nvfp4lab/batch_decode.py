@@ -16,7 +16,8 @@ masked row would be NaN, and its NaN values would reach real rows through 0 x Na
 import torch
 from transformers import StaticCache
 
-from .decode import StaticCacheDecoder, set_cache_length
+from .attention import decode_attention
+from .decode import StaticCacheDecoder, TokenPipe, set_cache_length
 
 
 class BatchDecoder(StaticCacheDecoder):
@@ -82,15 +83,26 @@ class BatchDecoder(StaticCacheDecoder):
             raise ValueError(f"BatchDecoder({self.rows} rows, capacity {self.capacity}) cannot "
                              f"hold {len(seqs)} seqs of up to {max(map(len, seqs))} tokens + "
                              f"{max_new_tokens} new ones")
+        with decode_attention(self.model, self.fast_attention):
+            return self._greedy(seqs, max_new_tokens, stops, pad)
+
+    def _greedy(self, seqs, max_new_tokens, stops, pad):
         self._prefill(seqs, pad)
+        # slot 0: the prefill's tokens; slot k: after k steps. Rows are read lookahead - 1 steps
+        # behind the GPU (decode.TokenPipe), so the batch may run one step past its last stop.
+        pipe = TokenPipe(self.tok.view(self.rows), max_new_tokens, 0.0, self.lookahead)
+        pipe.push()
         out = [[] for _ in seqs]
         done = [False] * len(seqs)
         stop = set(stops)
-        while True:
-            for b, t in enumerate(self.tok[:len(seqs), 0].tolist()):
+        for k in range(max_new_tokens):
+            while len(pipe.marks) < min(max_new_tokens, k + pipe.lookahead):
+                self._run_step()
+                pipe.push()
+            for b, t in enumerate(pipe.pull(k)[0][:len(seqs)].tolist()):
                 if not done[b]:
                     out[b].append(t)
                     done[b] = t in stop or len(out[b]) >= max_new_tokens
             if all(done):
-                return out
-            self._run_step()
+                break
+        return out

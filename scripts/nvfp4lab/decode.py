@@ -15,6 +15,8 @@ import time
 import torch
 from transformers import StaticCache
 
+from .attention import decode_attention
+
 
 def cache_arg(module) -> str:
     """The name `module.forward` takes its KV cache by: `cache` from transformers 5.24 on (where
@@ -60,6 +62,50 @@ def capture_graph(step, restore, cache):
     return graph, None
 
 
+class TokenPipe:
+    """The tokens of each decode step, read on the host `lookahead` steps behind the GPU.
+
+    Why: reading step i's token with `int()` waits for the whole stream, so the GPU idles while
+    the host reads it and launches step i + 1 (a 4B step's graph of ~500 kernels takes a while
+    to launch). Here each step's token is copied into pinned host memory behind the step
+    (non-blocking) and an event marks the copy; the caller keeps `lookahead - 1` further steps
+    queued before it waits for that event, so the GPU always has the next step. A step launched
+    past a stop token is wasted (at most lookahead - 1), never wrong: its cache columns are
+    masked or overwritten by the next prefill. On the CPU there is nothing to overlap: lookahead
+    1, every read immediate. Stamps: perf_counter at the start plus the GPU's own event times,
+    so a token's stamp is when the GPU finished it, not when the host looked.
+    """
+
+    def __init__(self, src: torch.Tensor, steps: int, start: float, lookahead: int | None = None):
+        self.src, self.start = src, start
+        self.cuda = src.is_cuda
+        self.lookahead = lookahead or (2 if self.cuda else 1)
+        self.buf = torch.empty((steps, *src.shape), dtype=src.dtype, pin_memory=self.cuda)
+        self.marks: list = []          # per pushed step: a CUDA event, or perf_counter on the CPU
+        if self.cuda:
+            self.base = torch.cuda.Event(enable_timing=True)
+            self.base.record()
+
+    def push(self) -> None:
+        """Queue a copy of src (the step just launched wrote it) into the next slot."""
+        i = len(self.marks)
+        self.buf[i].copy_(self.src, non_blocking=self.cuda)
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def pull(self, i: int) -> tuple[torch.Tensor, float]:
+        """(slot i's tokens on the host, when the GPU had them); waits for that step only."""
+        mark = self.marks[i]
+        if self.cuda:
+            mark.synchronize()
+            return self.buf[i], self.start + self.base.elapsed_time(mark) / 1e3
+        return self.buf[i], mark
+
+
 def round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
@@ -91,6 +137,8 @@ class StaticCacheDecoder:
         self.pass_cache_position = pass_cache_position(model)
         self.graph = None
         self.graph_note = None   # why the steps ran eagerly although a CUDA graph was asked for
+        self.lookahead = None    # steps queued ahead of the host's read (TokenPipe's default)
+        self.fast_attention = True   # one-query steps through attention.decode_sdpa on CUDA
 
     def _forward(self, ids, positions, slots, mask, model=None, **kw):
         """Logits of the last input position [rows, vocab]: ids [rows, q] at rope positions
@@ -193,6 +241,10 @@ class StaticDecoder(StaticCacheDecoder):
         """
         if not ids or max_new_tokens <= 0:
             return [], []
+        with decode_attention(self.model, self.fast_attention):
+            return self._greedy(ids, max_new_tokens, stops, reuse_prefix)
+
+    def _greedy(self, ids, max_new_tokens, stops, reuse_prefix):
         need = len(ids) + max_new_tokens
         if need > self.capacity:
             # Attention reads the whole static cache every step (36 layers x capacity), so it
@@ -202,11 +254,16 @@ class StaticDecoder(StaticCacheDecoder):
         start = min(start, len(ids) - 1)       # the last prompt token must run: its logits
         out = [self._prefill(ids, start)]
         stamps = [_stamp(self.device)]
+        steps = max_new_tokens - 1             # each step feeds one token and yields the next
+        pipe = TokenPipe(self.tok.view(1), max(steps, 1), stamps[0], self.lookahead)
+        self.tok.fill_(out[0])                 # later steps find their input in tok (_step)
         while len(out) < max_new_tokens and out[-1] not in stops:
-            self.tok.fill_(out[-1])
-            self._run_step()
-            out.append(int(self.tok))          # the sync that makes the stamp honest
-            stamps.append(time.perf_counter())
+            while len(pipe.marks) < min(steps, len(out) - 1 + pipe.lookahead):
+                self._run_step()
+                pipe.push()
+            token, stamp = pipe.pull(len(out) - 1)
+            out.append(int(token))
+            stamps.append(stamp)
         self.tokens = list(ids) + out[:-1]     # the last token was never fed
         return out, stamps
 

@@ -40,15 +40,23 @@ def greedy_chats(model, tok, chats: list[list[dict]], max_new_tokens: int,
     enc = [encode_chat(tok, c) for c in chats]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
     out: list[str | None] = [None] * len(enc)
+    rows = min(batch_size, len(order))     # a short last batch leaves spare rows
+    dec = None
     # One forward per new token: the unpacked weights are built once for all batches
-    # (model.cached_weights) and dropped on return.
+    # (model.cached_weights) and dropped on return, so a decoder, and the CUDA graph it
+    # captured around those weights, serves the following batches of this call while their
+    # capacity stays the same. Batches go shortest first, so capacities only grow and one
+    # decoder (one KV cache) is alive at a time.
     with torch.no_grad(), cached_weights(model):
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             seqs = [enc[j] for j in idx]
             # Capacity in steps of 64: the attention mask's last dimension stays aligned for the
             # fused SDPA kernels, and the extra columns are masked (no effect on the answers).
-            dec = BatchDecoder(model, len(idx), round_up(max(map(len, seqs)) + max_new_tokens, 64))
+            capacity = round_up(max(map(len, seqs)) + max_new_tokens, 64)
+            if dec is None or dec.capacity != capacity:
+                dec = None                 # free the old cache before the new one is made
+                dec = BatchDecoder(model, rows, capacity)
             new = dec.greedy(seqs, max_new_tokens, end.stops, end.pad)
             for j, ids in zip(idx, new):
                 out[j] = tok.decode(end.cut(ids), skip_special_tokens=True)

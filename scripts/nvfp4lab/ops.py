@@ -62,6 +62,11 @@ def _linear_cfg_fake(x, qdata, scale, rows, threads):
     return x.new_empty((x.shape[0], qdata.shape[0]))
 
 
+@torch.library.register_fake("nvfp4::decode_attention")
+def _decode_attention_fake(q, k, v, mask, scale):
+    return q.new_empty(q.shape)
+
+
 # ---- plain functions ----
 def quantize(w: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, K] float32/float16/bfloat16 -> (qdata [N, K/2], scale [N, K/16]), both uint8.
@@ -114,5 +119,13 @@ def linear(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor) -> torch.T
     return y.reshape(*lead, qdata.shape[0])
 
 
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     scale: float) -> torch.Tensor:
+    """One query a row over a grouped KV cache: q [B, Hq, D], k/v [B, Hkv, L, D], mask [B or 1, L]
+    additive (-inf: not attended; such columns are never read on CUDA) -> [B, Hq, D] in q's dtype.
+    CUDA: decode_attention.cu; CPU: the same math in fp32 through ATen (the reference)."""
+    return _ops.decode_attention(q, k, v, mask, float(scale))
+
+
 __all__ = ["NVFP4Error", "quantize", "dequantize", "fake_quantize", "fake_quantize_delta", "requantize_delta",
-           "linear"]
+           "linear", "decode_attention"]
