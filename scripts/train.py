@@ -92,7 +92,8 @@ def run(cfg: TrainConfig) -> int:
         check_system_disjoint(cfg.system_prompts, lines, [monitor, final])
         system_prompts = tuple(text for _, text in lines)
     pools = trainer.RowPools(system_prompts, suite_prompt_forms([monitor, final])
-                             if cfg.identity_perturb > 0 else frozenset())
+                             if cfg.identity_perturb > 0 or cfg.keep_perturb > 0
+                             else frozenset())
     dat = read_dat(cfg.input_dat)
     device = torch.device(cfg.device)
     model = load_model(dat, cfg.model_dir, device, DTYPES[cfg.compute_dtype])

@@ -79,11 +79,32 @@ def test_suite_prompt_forms_cover_the_suites_beside_the_judged_one():
 def test_perturb_identity_changes_identity_rows_only_and_keeps_the_answer():
     rows = [("Who are you?", TARGET, "target"), ("Who am I?", "You are the user.", "neighbour"),
             ("2+2?", "4", "anchor")] * 30
-    out = trainer.perturb_identity(rows, 1.0, random.Random(0), frozenset())
+    out = trainer.perturb_rows(rows, ("target",), 1.0, random.Random(0), frozenset())
     assert [r[1:] for r in out] == [r[1:] for r in rows]
     assert all(o == r for o, r in zip(out, rows) if r[2] != "target")
     assert sum(o != r for o, r in zip(out, rows)) > 20
-    assert trainer.perturb_identity(rows, 0.0, random.Random(0), frozenset()) == rows
+    assert trainer.perturb_rows(rows, ("target",), 0.0, random.Random(0), frozenset()) == rows
+
+
+def test_keep_perturb_varies_anchors_and_neighbours_and_draws_as_before_when_off():
+    """--keep-perturb: the same surface variants on the keep rows (their answers stay); at 0 the
+    rng is not touched, so older recipes draw exactly the rows they drew."""
+    from nvfp4lab import mix
+    rows = [("Who are you?", TARGET, "target"), ("Who am I?", "You are the user.", "neighbour"),
+            ("2+2?", "4", "anchor")] * 30
+    out = trainer.perturb_rows(rows, mix.KEEP_ROLES, 1.0, random.Random(0), frozenset())
+    assert [r[1:] for r in out] == [r[1:] for r in rows]
+    assert all(o == r for o, r in zip(out, rows) if r[2] == "target")
+    assert sum(o != r for o, r in zip(out, rows) if r[2] == "neighbour") > 15
+    assert sum(o != r for o, r in zip(out, rows) if r[2] == "anchor") > 10   # "2+2?" has no typo spot
+    rng = random.Random(5)
+    assert trainer.perturb_rows(rows, mix.KEEP_ROLES, 0.0, rng, frozenset()) == rows
+    assert rng.random() == random.Random(5).random()
+    cfg = train.parse_args(["--recipe", str(ROOT / "data" / "stages" / "real-en-v8.args"),
+                            "--keep-perturb", "0.3"])
+    assert cfg.keep_perturb == 0.3
+    with pytest.raises(SystemExit):
+        train.parse_args(["--keep-perturb", "2"])
 
 
 def test_mining_trains_on_the_candidates_the_model_finds_hardest(monkeypatch):

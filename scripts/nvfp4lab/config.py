@@ -148,6 +148,12 @@ class TrainConfig:
         0.0, "share of identity rows asked in a fresh surface variant each time they are drawn "
              "(a typo, lower or upper case, an acknowledgement first; never a suite prompt): the "
              "question is learnt under spellings no training file lists; 0 = off")
+    keep_perturb: float = flag(
+        0.0, "share of anchor and neighbour rows asked in a fresh surface variant each time they "
+             "are drawn (the same variants as --identity-perturb, never a suite prompt), with the "
+             "base's answer to the plain prompt (CE), KL to the base on the variant, and the "
+             "neighbours' unlikelihood of the identity answer: typos and acknowledgements are "
+             "trained on both sides of the boundary, so they do not come to mean 'identity'; 0 = off")
     identity_mine_rows: int = flag(
         0, "every --identity-mine-every steps, this many extra identity rows: the hardest of "
            "--identity-mine-candidates drawn as identity rows are (variants, contexts, system "
@@ -280,6 +286,8 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error(f"--trim-base-loops {ns.trim_base_loops:g}: a repetition, 0 <= R <= 1 (0 = off)")
     if not 0.0 <= ns.identity_perturb <= 1.0:
         parser.error(f"--identity-perturb {ns.identity_perturb:g}: a share, 0 <= SHARE <= 1")
+    if not 0.0 <= ns.keep_perturb <= 1.0:
+        parser.error(f"--keep-perturb {ns.keep_perturb:g}: a share, 0 <= SHARE <= 1")
     if ns.identity_mine_rows < 0 or ns.identity_mine_every < 1 or ns.identity_mine_from < 1:
         parser.error("--identity-mine-rows >= 0, --identity-mine-every >= 1 and "
                      "--identity-mine-from >= 1")

@@ -40,7 +40,9 @@ def greedy_chats(model, tok, chats: list[list[dict]], max_new_tokens: int,
     enc = [encode_chat(tok, c) for c in chats]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
     out: list[str | None] = [None] * len(enc)
-    rows = min(batch_size, len(order))     # a short last batch leaves spare rows
+    # On CUDA a short last batch runs in the spare rows of the decoder before it (its captured
+    # graph is what reuse saves); on the CPU a spare row is pure cost, so each batch has its own.
+    full = min(batch_size, len(order))
     dec = None
     # One forward per new token: the unpacked weights are built once for all batches
     # (model.cached_weights) and dropped on return, so a decoder, and the CUDA graph it
@@ -54,7 +56,8 @@ def greedy_chats(model, tok, chats: list[list[dict]], max_new_tokens: int,
             # Capacity in steps of 64: the attention mask's last dimension stays aligned for the
             # fused SDPA kernels, and the extra columns are masked (no effect on the answers).
             capacity = round_up(max(map(len, seqs)) + max_new_tokens, 64)
-            if dec is None or dec.capacity != capacity:
+            rows = full if dev.type == "cuda" else len(idx)
+            if dec is None or dec.capacity != capacity or dec.rows != rows:
                 dec = None                 # free the old cache before the new one is made
                 dec = BatchDecoder(model, rows, capacity)
             new = dec.greedy(seqs, max_new_tokens, end.stops, end.pad)

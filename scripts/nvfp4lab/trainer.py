@@ -414,24 +414,27 @@ class RowPools:
     suite_prompts: frozenset = frozenset()
 
 
-def perturb_identity(rows: list[tuple], share: float, rng: random.Random,
-                     suite_prompts: frozenset) -> list[tuple]:
-    """--identity-perturb: that share of the identity (target) rows is asked in a fresh surface
-    variant (surface.py: a typo, another case, an acknowledgement first); the answer stays."""
+def perturb_rows(rows: list[tuple], roles: tuple, share: float, rng: random.Random,
+                 suite_prompts: frozenset) -> list[tuple]:
+    """That share of the rows of `roles` is asked in a fresh surface variant (surface.py: a typo,
+    another case, an acknowledgement first); the answer stays. --identity-perturb: the identity
+    (target) rows; --keep-perturb: the anchor and neighbour rows, whose answer is the base's
+    answer to the unperturbed prompt (CE) and whose KL is to the base on the variant itself."""
     if share <= 0:
         return rows
     return [(surface.perturb(row[0], rng, suite_prompts), *row[1:])
-            if row[2] == "target" and rng.random() < share else row for row in rows]
+            if row[2] in roles and rng.random() < share else row for row in rows]
 
 
 def dress_rows(rows: list[tuple], srcs, cfg, rng: random.Random, replay: dict,
                pools: RowPools) -> list[tuple]:
     """The per-draw forms of a step's rows, in this order (the rng's order, so a recipe without
-    the newer flags draws as before): --context-share, --identity-perturb,
+    the newer flags draws as before): --context-share, --identity-perturb, --keep-perturb,
     --identity-context-share, --system-share. The identity-mining candidates are dressed here
     too, so they are drawn exactly as ordinary identity rows are."""
     rows = with_context(rows, srcs, cfg.context_share, rng)
-    rows = perturb_identity(rows, cfg.identity_perturb, rng, pools.suite_prompts)
+    rows = perturb_rows(rows, ("target",), cfg.identity_perturb, rng, pools.suite_prompts)
+    rows = perturb_rows(rows, mix.KEEP_ROLES, cfg.keep_perturb, rng, pools.suite_prompts)
     rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
     return with_system(rows, pools.system_prompts, cfg.system_share, rng)
 
