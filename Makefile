@@ -141,8 +141,9 @@ endif
 # its flags land in artifacts/sweep/chosen.flags. JOBS variants run at once (GPU: 8 fit easily).
 JOBS ?= 1
 SWEEP ?= data/stages/real-en.sweep
+DEV_SUITE ?= data/suite-en-dev-v2.tsv
 sweep-real: $(SMOL_DAT) | build
-	$(GUARDED) scripts/sweep.py --recipe data/stages/real-en.args --variants $(SWEEP) --dev-suite data/suite-en-dev-v1.tsv --monitor data/suite-en-monitor-v1.tsv --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --device $(DEVICE) --jobs $(JOBS) --gpus $(GPUS) $(SWEEP_FLAGS)
+	$(GUARDED) scripts/sweep.py --recipe data/stages/real-en.args --variants $(SWEEP) --dev-suite $(DEV_SUITE) --monitor data/suite-en-monitor-v1.tsv --input-dat $(SMOL_DAT) --model-dir $(SMOL_DIR) --device $(DEVICE) --jobs $(JOBS) --gpus $(GPUS) $(SWEEP_FLAGS)
 
 validate: build
 	$(PY) scripts/validate.py --weight $(WEIGHT) --model-dir $(if $(wildcard $(MODEL_DIR)/config.json),$(MODEL_DIR),$(PROXY_DIR)) --device $(DEVICE) --guard "$(GUARD)"

@@ -3,7 +3,8 @@
 #   bash scripts/device_method_study.sh baseline   # make eval of the SmolLM2 base; today's
 #                                                  # real-en-v2 on 5 seeds (held-out, side by side)
 #   bash scripts/device_method_study.sh study      # GRID (default method-study-en.sweep) x seeds
-#                                                  # 1 2 3 on DEV; JOBS runs at once (default 9
+#                                                  # 1 2 3 on DEV (DEV, default suite-en-dev-v2.tsv;
+#                                                  # rounds 1-16 ran on -v1); JOBS runs at once (default 9
 #                                                  # a GPU: 15 v6-like runs on one H200 did not
 #                                                  # finish in 520 s, step ~237 of 240)
 #   bash scripts/device_method_study.sh final      # the chosen variant: one timed make demo-real
@@ -70,7 +71,7 @@ baseline)
   ;;
 study)
   timed timeout $(( ${JOB_TIMEOUT:-540} + 30 )) python3 scripts/sweep.py --recipe data/stages/method-study-en.args \
-      --variants ${GRID:-data/stages/method-study-en.sweep} --seeds "1 2 3" --dev-suite data/suite-en-dev-v1.tsv \
+      --variants ${GRID:-data/stages/method-study-en.sweep} --seeds "1 2 3" --dev-suite ${DEV:-data/suite-en-dev-v2.tsv} \
       --monitor data/suite-en-monitor-v1.tsv --input-dat $DAT --model-dir $SMOL --device cuda \
       --jobs ${JOBS:-$((9 * GPUS))} --gpus $GPUS --timeout ${JOB_TIMEOUT:-540} --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
       > artifacts/study.log 2>&1
