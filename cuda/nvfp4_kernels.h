@@ -28,13 +28,14 @@ int launch_gemv(const void* x, int x_dtype, const uint8_t* q, const uint8_t* s, 
                 int K, int rows, int threads, void* stream);
 
 // decode_attention.cu. out [B, Hq, D] = softmax(q k^T * scale + mask) v for one query a row:
-// q [B, Hq, D], k and v [B, Hkv, L, D] (Hq % Hkv == 0; query head h reads KV head h / (Hq / Hkv)),
-// mask [B, L] additive (-inf = not attended, never read) or null. Last dims contiguous; strides
-// (in elements) = {q b, q h, k b, k h, k l, v b, v h, v l, mask b}. D <= 256 and 256 % D == 0,
-// L <= decode_attention_max_keys(). A row with every column masked gives zeros.
-int decode_attention_max_keys();
-int launch_decode_attention(const void* q, const void* k, const void* v, const void* mask, void* out, int dtype,
-                            int B, int Hq, int Hkv, int L, int D, const int64_t* strides, float scale,
+// q [B, Hq, D], k and v [B, Hkv, L, D] (query head h reads KV head h / (Hq / Hkv)), mask [B, L]
+// additive (-inf = not attended, never read) or null. Last dims contiguous; strides (in
+// elements) = {q b, q h, k b, k h, k l, v b, v h, v l, mask b}. Shapes: decode_attention_supported;
+// `work` holds decode_attention_workspace() floats. A row with every column masked gives zeros.
+bool decode_attention_supported(int Hq, int Hkv, int D);
+int64_t decode_attention_workspace(int B, int Hq, int L, int D);
+int launch_decode_attention(const void* q, const void* k, const void* v, const void* mask, void* out, float* work,
+                            int dtype, int B, int Hq, int Hkv, int L, int D, const int64_t* strides, float scale,
                             void* stream);
 
 }  // namespace nvfp4

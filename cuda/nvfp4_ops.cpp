@@ -426,17 +426,19 @@ Tensor decode_attention_cuda(const Tensor& q, const Tensor& k, const Tensor& v, 
   const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = k.size(1), L = k.size(2);
   const bool last_dims_ok = q.stride(2) == 1 && k.stride(3) == 1 && v.stride(3) == 1 &&
                             (!mask.has_value() || mask->stride(1) == 1);
-  if (D > 256 || 256 % D != 0 || L > nvfp4::decode_attention_max_keys() || !last_dims_ok)
+  if (!nvfp4::decode_attention_supported((int)Hq, (int)Hkv, (int)D) || !last_dims_ok)
     return decode_attention_cpu(q, k, v, mask, scale);  // the same math through ATen, on the GPU
   c10::cuda::CUDAGuard guard(q.device());
   Tensor out = at::empty({B, Hq, D}, q.options());
   if (B == 0 || Hq == 0 || L == 0) return out.zero_();
+  Tensor work = at::empty({nvfp4::decode_attention_workspace((int)B, (int)Hq, (int)L, (int)D)},
+                          q.options().dtype(at::kFloat));
   const int64_t mb = mask.has_value() && mask->size(0) > 1 ? mask->stride(0) : 0;
   const int64_t strides[9] = {q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
                               v.stride(0), v.stride(1), v.stride(2), mb};
   check_launch(nvfp4::launch_decode_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                               mask.has_value() ? mask->data_ptr() : nullptr, out.data_ptr(),
-                                              dtype_code(q.scalar_type()), (int)B, (int)Hq, (int)Hkv, (int)L, (int)D,
+                                              work.data_ptr<float>(), dtype_code(q.scalar_type()), (int)B, (int)Hq, (int)Hkv, (int)L, (int)D,
                                               strides, (float)scale, stream()));
   return out;
 }

@@ -41,7 +41,7 @@ def decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
     """transformers' attention-function signature: query [B, Hq, q, D], key/value [B, Hkv, L, D]
     -> ([B, q, Hq, D], None)."""
     d = query.shape[-1]
-    plain = (query.is_cuda and query.shape[2] == 1 and dropout == 0.0 and d <= 256 and 256 % d == 0
+    plain = (query.is_cuda and query.shape[2] == 1 and dropout == 0.0 and d <= 256
              and key.dtype == query.dtype and kwargs.get("sliding_window") is None
              and kwargs.get("softcap") is None and kwargs.get("s_aux") is None
              and not kwargs.get("output_attentions", False))

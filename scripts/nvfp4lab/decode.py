@@ -139,9 +139,9 @@ class StaticCacheDecoder:
         self.graph_note = None   # why the steps ran eagerly although a CUDA graph was asked for
         self.lookahead = None    # steps queued ahead of the host's read (TokenPipe's default)
         # One-query steps through attention.decode_sdpa (cuda/decode_attention.cu) on CUDA. Off:
-        # its first H200 run (2026-11-30, sixth session) replayed the 4B compiled + fused step in
-        # 3.34 ms against 2.63 ms with SDPA the session before (another machine, one run each),
-        # so the kernel, correct in tests, is not yet faster; bench.py's A/B row measures it.
+        # the kernel's first version replayed the 4B compiled + fused step in 3.34 ms on an H200
+        # against 2.63 ms with SDPA (2026-11-30, another machine, one run each); the split-key
+        # version that replaced it has not run on a GPU yet. bench.py's A/B row measures it.
         self.fast_attention = False
 
     def _forward(self, ids, positions, slots, mask, model=None, **kw):
