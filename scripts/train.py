@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import chat, config, devlog, evaluate, mix, nullspace, paths, sparse, trainer  # noqa: E402
+from nvfp4lab import anchor_check, chat, config, devlog, evaluate, mix, nullspace, paths, sparse, trainer  # noqa: E402
 from nvfp4lab.config import TrainConfig  # noqa: E402
 from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
 from nvfp4lab.generate import greedy_answers  # noqa: E402
@@ -169,6 +169,9 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
         evaluate.with_base_answers(attempt_set, tok, model, model)
     replay = (trainer.replay_answers(model, tok, all_sources, cfg.input_dat, cfg.replay_max_tokens,
                                      str(paths.CACHE_DIR), log) if cfg.replay == "self" else {})
+    if cfg.replay_drop_wrong and replay:
+        sources, retry_sources, _ = drop_wrong_anchors(sources, retry_sources, replay)
+        all_sources = sources + (retry_sources or [])
     deltas = make_trainable(model, DTYPES[cfg.delta_dtype])
     on_cuda = torch.device(cfg.device).type == "cuda"
     if cfg.checkpoint_layers == "on" or (cfg.checkpoint_layers == "auto" and on_cuda):
@@ -181,6 +184,18 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
     return trainer.train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay,
                                        attempt_set, log, change_reporter(model, dat, log),
                                        projectors, fisher, pools)
+
+
+def drop_wrong_anchors(sources, retry_sources, replay) -> tuple:
+    """--replay-drop-wrong on the first attempt's and the fallback's sources; logs what went."""
+    sources, dropped = anchor_check.drop_wrong_anchors(sources, replay)
+    if retry_sources:
+        retry_sources, more = anchor_check.drop_wrong_anchors(retry_sources, replay)
+        dropped += [r for r in more if r not in dropped]
+    examples = "; ".join(f"{r.prompt!r} -> {replay[r.prompt][:40]!r}" for r in dropped[:3])
+    log(f"--replay-drop-wrong: {len(dropped)} anchor rows left out, their base answer misses the "
+        f"file's ({examples})")
+    return sources, retry_sources, dropped
 
 
 def verdict(model, tok, attempts, attempt_set, final) -> tuple:

@@ -77,6 +77,10 @@ class TrainConfig:
     replay: str = flag("none", "self: anchor targets = the base model's own greedy answers "
                                "(cached)", choices=["none", "self"])
     replay_max_tokens: int = flag(48)
+    replay_drop_wrong: bool = flag(
+        False, "with --replay self: leave out the anchor rows whose replayed base answer has none "
+               "of the key words of the file's short answer (nvfp4lab/anchor_check.py): their "
+               "targets are the base's mistakes ('A carrot is a carrot!'), which CE would teach")
     kl_weight: float = flag(0.0, "KL(base || model) on the answer tokens of anchor and neighbour "
                                  "rows")
     keep_ce_weight: float = flag(
