@@ -13,11 +13,11 @@ suite's fact / general prompt (any split). Deterministic; writes new files only
 (make_suites.write_new_files).
 """
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from make_suites import expand, read_source, write_new_files
+from nvfp4lab.anchor_check import words
 from nvfp4lab.suite import read_suite
 from nvfp4lab.tsv import DataError, normalize_prompt, read_probes, read_tsv
 
@@ -34,8 +34,7 @@ STOP = set("a an the is are was were be of in on at to for and or do does did wh
 
 
 def content_words(text: str) -> frozenset:
-    words = re.findall(r"[a-z0-9]+", text.lower().replace("color", "colour"))
-    return frozenset(w for w in words if w not in STOP)
+    return words(text) - STOP
 
 
 def close(a: frozenset, b: frozenset) -> bool:

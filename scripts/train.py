@@ -170,7 +170,7 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
     replay = (trainer.replay_answers(model, tok, all_sources, cfg.input_dat, cfg.replay_max_tokens,
                                      str(paths.CACHE_DIR), log) if cfg.replay == "self" else {})
     if cfg.replay_drop_wrong and replay:
-        sources, retry_sources, _ = drop_wrong_anchors(sources, retry_sources, replay)
+        sources, retry_sources = drop_wrong_anchors(sources, retry_sources, replay)
         all_sources = sources + (retry_sources or [])
     deltas = make_trainable(model, DTYPES[cfg.delta_dtype])
     on_cuda = torch.device(cfg.device).type == "cuda"
@@ -190,12 +190,11 @@ def drop_wrong_anchors(sources, retry_sources, replay) -> tuple:
     """--replay-drop-wrong on the first attempt's and the fallback's sources; logs what went."""
     sources, dropped = anchor_check.drop_wrong_anchors(sources, replay)
     if retry_sources:
-        retry_sources, more = anchor_check.drop_wrong_anchors(retry_sources, replay)
-        dropped += [r for r in more if r not in dropped]
+        retry_sources, _ = anchor_check.drop_wrong_anchors(retry_sources, replay)
     examples = "; ".join(f"{r.prompt!r} -> {replay[r.prompt][:40]!r}" for r in dropped[:3])
-    log(f"--replay-drop-wrong: {len(dropped)} anchor rows left out, their base answer misses the "
-        f"file's ({examples})")
-    return sources, retry_sources, dropped
+    log(f"--replay-drop-wrong: {len(dropped)} anchor rows of the first attempt's files left out, "
+        f"their base answer misses the file's ({examples})")
+    return sources, retry_sources
 
 
 def verdict(model, tok, attempts, attempt_set, final) -> tuple:
