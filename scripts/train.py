@@ -172,6 +172,11 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
     if cfg.replay_drop_wrong and replay:
         sources, retry_sources = drop_wrong_anchors(sources, retry_sources, replay)
         all_sources = sources + (retry_sources or [])
+    if cfg.replay_fix_wrong and replay:
+        replay, fixed = anchor_check.fix_wrong_anchors(all_sources, replay)
+        examples = "; ".join(f"{r.prompt!r} -> {r.target!r}" for r in fixed[:3])
+        log(f"--replay-fix-wrong: {len({r.prompt for r in fixed})} anchor prompts learn the "
+            f"file's answer, their base answer misses it ({examples})")
     deltas = make_trainable(model, DTYPES[cfg.delta_dtype])
     on_cuda = torch.device(cfg.device).type == "cuda"
     if cfg.checkpoint_layers == "on" or (cfg.checkpoint_layers == "auto" and on_cuda):

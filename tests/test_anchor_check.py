@@ -64,3 +64,27 @@ def test_the_flag_and_the_real_anchor_files():
     gone = {r.prompt for r in dropped}
     assert "What colour is a carrot?" in gone and "What is the capital of Canada?" in gone
     assert all(len(o.rows) >= len(s.rows) // 2 for o, s in zip(out, srcs))
+
+
+def test_fix_wrong_anchors_gives_the_misses_the_file_answer_and_leaves_the_rest():
+    """--replay-fix-wrong: the same anchors --replay-drop-wrong would leave out learn the file's
+    answer; right anchors, long ones and neighbours keep their replayed answer."""
+    anchors = rows("a.tsv", [("What colour is a lemon?", "A lemon is yellow."),
+                             ("What is 2 plus 2?", "2 plus 2 is 4.")])
+    neighbours = rows("n.tsv", [("Who am I?", "You are the user.")])
+    replay = {"What colour is a lemon?": "A lemon is a fruit!", "What is 2 plus 2?": "It is 4.",
+              "Who am I?": "I'm sorry for any mistakes."}
+    srcs = [mix.Source("a.tsv", 2, "anchor", anchors), mix.Source("n.tsv", 4, "neighbour", neighbours)]
+    fixed_replay, fixed = anchor_check.fix_wrong_anchors(srcs, replay)
+    assert [r.prompt for r in fixed] == ["What colour is a lemon?"]
+    assert fixed_replay == {**replay, "What colour is a lemon?": "A lemon is yellow."}
+    assert replay["What colour is a lemon?"] == "A lemon is a fruit!"       # input untouched
+    _, dropped = anchor_check.drop_wrong_anchors(srcs, replay)
+    assert dropped == fixed                                                 # one rule, two uses
+
+
+def test_fix_and_drop_are_one_or_the_other():
+    recipe = str(ROOT / "data" / "stages" / "real-en-v8.args")
+    assert train.parse_args(["--recipe", recipe, "--replay-fix-wrong"]).replay_fix_wrong
+    with pytest.raises(SystemExit):
+        train.parse_args(["--recipe", recipe, "--replay-fix-wrong", "--replay-drop-wrong"])

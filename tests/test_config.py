@@ -205,3 +205,17 @@ def test_real_en_v8_is_round_16s_choice_with_the_fallback():
     assert shipped.max_retries == 2 and chosen.max_retries == 0
     assert (shipped.identity_perturb, shipped.identity_mine_rows) == (0.3, 16)
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+
+
+def test_real_en_v9_is_round_17s_choice_with_the_fallback():
+    """The shipped default of `make demo-real` is round 17's dev choice (c1: b4 with the same
+    surface variants on the keep rows), plus only the user's fallback (--max-retries)."""
+    import sweep
+    stages = ROOT / "data" / "stages"
+    flags = dict(sweep.read_variants(str(stages / "method-study-en-r17.sweep")))
+    chosen = train.parse_args(["--recipe", str(stages / "method-study-en.args"),
+                               *shlex.split(flags["c1-b4-keepperturb0.3"])])
+    shipped = train.parse_args(["--recipe", str(stages / "real-en-v9.args")])
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert (shipped.keep_perturb, shipped.keep_perturb_answer) == (0.3, "file")
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)

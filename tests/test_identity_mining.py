@@ -107,6 +107,34 @@ def test_keep_perturb_varies_anchors_and_neighbours_and_draws_as_before_when_off
         train.parse_args(["--keep-perturb", "2"])
 
 
+def test_keep_perturb_answer_says_what_a_varied_keep_row_learns(monkeypatch):
+    """A varied keep row has no replayed answer of its own (the replay is keyed by the plain
+    prompt): with --keep-perturb-answer file (the default, what round 17 measured) it learns its
+    data file's answer, with base the base's replayed answer to the plain prompt. Unvaried rows
+    learn the replayed answer either way."""
+    from nvfp4lab import mix
+    replay = {"Who am I?": "I'm sorry, I can't know that.", "2+2?": "2+2 is 4, 4, 4."}
+    rows = [("Who am I?", "You are the user.", "neighbour"), ("2+2?", "4", "anchor")] * 20
+    learnt = []
+    monkeypatch.setattr(chat, "encode_chat_row",
+                        lambda tok, messages, target, seq_len: learnt.append(
+                            (messages[-1]["content"], target)) or ([1, 2], [-100, 2], 0))
+    monkeypatch.setattr(chat, "pad_token_id", lambda tok: 0)
+    for answers, varied_learns in ((None, {"Who am I?": "You are the user.", "2+2?": "4"}),
+                                   (replay, replay)):
+        learnt.clear()
+        varied = trainer.perturb_rows(rows, mix.KEEP_ROLES, 0.5, random.Random(1), frozenset(),
+                                      answers)
+        trainer.encode_batch(None, varied, 32, replay, "cpu")
+        for (plain, _, _), (prompt, target) in zip(rows, learnt):
+            assert target == (replay[plain] if prompt == plain else varied_learns[plain])
+        assert sum(p != plain for (plain, _, _), (p, _) in zip(rows, learnt)) > 5
+    cfg = train.parse_args(["--recipe", str(ROOT / "data" / "stages" / "real-en-v8.args"),
+                            "--keep-perturb", "0.3", "--keep-perturb-answer", "base"])
+    assert cfg.keep_perturb_answer == "base"
+    assert train.parse_args(["--keep-perturb", "0.3", "--mix", "x.tsv:1"]).keep_perturb_answer == "file"
+
+
 def test_mining_trains_on_the_candidates_the_model_finds_hardest(monkeypatch):
     """Of --identity-mine-candidates drawn identity rows, the --identity-mine-rows with the
     highest answer loss are added, in draw order; they are identity rows (CE on the target)."""

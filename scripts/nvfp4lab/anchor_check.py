@@ -1,5 +1,5 @@
 """--replay-drop-wrong: anchor rows whose replayed base answer misses what the anchor file says
-are left out of training.
+are left out of training; --replay-fix-wrong: they learn the file's answer instead.
 
 Why: with --replay self an anchor's target is the base model's own greedy answer, and on SmolLM2
 that answer is often wrong: 88 of the 153 anchors with a short reference answer get one that does
@@ -44,6 +44,23 @@ def base_misses(prompt: str, reference: str, answer: str) -> bool:
     return bool(keys) and not keys & words(answer)
 
 
+def wrong_anchors(src, replay: dict) -> list:
+    """The anchor rows of `src` whose replayed answer misses their reference (none for a source of
+    another role)."""
+    if src.role != "anchor":
+        return []
+    return [r for r in src.rows if r.prompt in replay
+            and base_misses(r.prompt, r.target, replay[r.prompt])]
+
+
+def fix_wrong_anchors(sources: list, replay: dict) -> tuple[dict, list]:
+    """--replay-fix-wrong: (a copy of `replay` in which every anchor whose replayed answer misses
+    its reference has the file's answer instead, the fixed tsv.Rows). The sources stay as they
+    are; a prompt fixed in one file is fixed for all (the replay is keyed by prompt)."""
+    fixed = [r for src in sources for r in wrong_anchors(src, replay)]
+    return {**replay, **{r.prompt: r.target for r in fixed}}, fixed
+
+
 def drop_wrong_anchors(sources: list, replay: dict) -> tuple[list, list]:
     """(the sources with every anchor row whose replayed answer misses its reference removed, the
     dropped tsv.Rows). A source left with no row is an error naming its file."""
@@ -52,8 +69,7 @@ def drop_wrong_anchors(sources: list, replay: dict) -> tuple[list, list]:
         if src.role != "anchor":
             out.append(src)
             continue
-        wrong = [r for r in src.rows if r.prompt in replay
-                 and base_misses(r.prompt, r.target, replay[r.prompt])]
+        wrong = wrong_anchors(src, replay)
         if len(wrong) == len(src.rows):
             raise DataError(f"{src.path}: --replay-drop-wrong leaves no row (the base misses "
                             f"every reference answer)")

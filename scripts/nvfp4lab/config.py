@@ -81,6 +81,10 @@ class TrainConfig:
         False, "with --replay self: leave out the anchor rows whose replayed base answer has none "
                "of the key words of the file's short answer (nvfp4lab/anchor_check.py): their "
                "targets are the base's mistakes ('A carrot is a carrot!'), which CE would teach")
+    replay_fix_wrong: bool = flag(
+        False, "with --replay self: those same anchor rows (see --replay-drop-wrong) learn the "
+               "file's short answer instead of the base's mistake ('A carrot is orange.'); their "
+               "KL to the base stays. Not together with --replay-drop-wrong")
     kl_weight: float = flag(0.0, "KL(base || model) on the answer tokens of anchor and neighbour "
                                  "rows")
     keep_ce_weight: float = flag(
@@ -154,10 +158,15 @@ class TrainConfig:
              "question is learnt under spellings no training file lists; 0 = off")
     keep_perturb: float = flag(
         0.0, "share of anchor and neighbour rows asked in a fresh surface variant each time they "
-             "are drawn (the same variants as --identity-perturb, never a suite prompt), with the "
-             "base's answer to the plain prompt (CE), KL to the base on the variant, and the "
-             "neighbours' unlikelihood of the identity answer: typos and acknowledgements are "
-             "trained on both sides of the boundary, so they do not come to mean 'identity'; 0 = off")
+             "are drawn (the same variants as --identity-perturb, never a suite prompt), with KL "
+             "to the base on the variant and the neighbours' unlikelihood of the identity answer: "
+             "typos and acknowledgements are trained on both sides of the boundary, so they do not "
+             "come to mean 'identity'; the CE answer is --keep-perturb-answer's; 0 = off")
+    keep_perturb_answer: str = flag(
+        "file", "the CE answer of a --keep-perturb variant: file = the data file's own answer "
+                "(what round 17 measured: the replayed answers are keyed by the plain prompt, so "
+                "a variant finds none), base = the base's replayed answer to the plain prompt",
+        choices=["file", "base"])
     identity_mine_rows: int = flag(
         0, "every --identity-mine-every steps, this many extra identity rows: the hardest of "
            "--identity-mine-candidates drawn as identity rows are (variants, contexts, system "
@@ -292,6 +301,9 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error(f"--identity-perturb {ns.identity_perturb:g}: a share, 0 <= SHARE <= 1")
     if not 0.0 <= ns.keep_perturb <= 1.0:
         parser.error(f"--keep-perturb {ns.keep_perturb:g}: a share, 0 <= SHARE <= 1")
+    if ns.replay_fix_wrong and ns.replay_drop_wrong:
+        parser.error("--replay-fix-wrong and --replay-drop-wrong: one or the other (the wrong "
+                     "anchors either learn the file's answer or are left out)")
     if ns.identity_mine_rows < 0 or ns.identity_mine_every < 1 or ns.identity_mine_from < 1:
         parser.error("--identity-mine-rows >= 0, --identity-mine-every >= 1 and "
                      "--identity-mine-from >= 1")

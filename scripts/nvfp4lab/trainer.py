@@ -415,14 +415,18 @@ class RowPools:
 
 
 def perturb_rows(rows: list[tuple], roles: tuple, share: float, rng: random.Random,
-                 suite_prompts: frozenset) -> list[tuple]:
+                 suite_prompts: frozenset, answers: dict | None = None) -> list[tuple]:
     """That share of the rows of `roles` is asked in a fresh surface variant (surface.py: a typo,
-    another case, an acknowledgement first); the answer stays. --identity-perturb: the identity
-    (target) rows; --keep-perturb: the anchor and neighbour rows, whose answer is the base's
-    answer to the unperturbed prompt (CE) and whose KL is to the base on the variant itself."""
+    another case, an acknowledgement first). --identity-perturb: the identity (target) rows;
+    --keep-perturb: the anchor and neighbour rows, whose KL is to the base on the variant itself.
+    The answer stays the row's own, or with `answers` (prompt -> answer: --keep-perturb-answer
+    base) the plain prompt's entry there. Why it must be resolved here: encode_batch looks the
+    replayed answer up by the row's prompt, and a variant has none, so without `answers` a varied
+    keep row learns its data file's answer."""
     if share <= 0:
         return rows
-    return [(surface.perturb(row[0], rng, suite_prompts), *row[1:])
+    pick = (lambda row: row[1]) if answers is None else (lambda row: answers.get(row[0], row[1]))
+    return [(surface.perturb(row[0], rng, suite_prompts), pick(row), *row[2:])
             if row[2] in roles and rng.random() < share else row for row in rows]
 
 
@@ -434,7 +438,8 @@ def dress_rows(rows: list[tuple], srcs, cfg, rng: random.Random, replay: dict,
     too, so they are drawn exactly as ordinary identity rows are."""
     rows = with_context(rows, srcs, cfg.context_share, rng)
     rows = perturb_rows(rows, ("target",), cfg.identity_perturb, rng, pools.suite_prompts)
-    rows = perturb_rows(rows, mix.KEEP_ROLES, cfg.keep_perturb, rng, pools.suite_prompts)
+    rows = perturb_rows(rows, mix.KEEP_ROLES, cfg.keep_perturb, rng, pools.suite_prompts,
+                        replay if cfg.keep_perturb_answer == "base" else None)
     rows = identity_after_chat(rows, srcs, cfg.identity_context_share, rng, replay)
     return with_system(rows, pools.system_prompts, cfg.system_share, rng)
 
