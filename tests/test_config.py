@@ -219,3 +219,17 @@ def test_real_en_v9_is_round_17s_choice_with_the_fallback():
     assert shipped.max_retries == 2 and chosen.max_retries == 0
     assert (shipped.keep_perturb, shipped.keep_perturb_answer) == (0.3, "file")
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+
+
+def test_real_en_v10_is_round_18s_choice_with_the_fallback():
+    """The shipped default of `make demo-real` is round 18's dev choice (d2: v9's c1 with the
+    wrong anchors learning the file's answer), plus only the user's fallback (--max-retries)."""
+    import sweep
+    stages = ROOT / "data" / "stages"
+    flags = dict(sweep.read_variants(str(stages / "method-study-en-r18.sweep")))
+    chosen = train.parse_args(["--recipe", str(stages / "method-study-en.args"),
+                               *shlex.split(flags["d2-c1-fixwrong"])])
+    shipped = train.parse_args(["--recipe", str(stages / "real-en-v10.args")])
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert shipped.replay_fix_wrong and not shipped.replay_drop_wrong
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
