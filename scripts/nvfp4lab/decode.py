@@ -139,9 +139,9 @@ class StaticCacheDecoder:
         self.graph_note = None   # why the steps ran eagerly although a CUDA graph was asked for
         self.lookahead = None    # steps queued ahead of the host's read (TokenPipe's default)
         # One-query steps through attention.decode_sdpa (cuda/decode_attention.cu) on CUDA. Off:
-        # the kernel's first version replayed the 4B compiled + fused step in 3.34 ms on an H200
-        # against 2.63 ms with SDPA (2026-11-30, another machine, one run each); the split-key
-        # version that replaced it has not run on a GPU yet. bench.py's A/B row measures it.
+        # slower than SDPA on an H200 in both versions (v1: 3.34 vs 2.63 ms a compiled + fused
+        # 4B step; the split-key v2: 143 vs 149 tok/s in the runners' decoder, 2026-11-30, one
+        # run each). bench.py's A/B row measures it.
         self.fast_attention = False
 
     def _forward(self, ids, positions, slots, mask, model=None, **kw):
