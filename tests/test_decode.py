@@ -1,5 +1,6 @@
 """The runners' static-cache greedy decoder gives transformers.generate's tokens (CPU, eager step;
 the CUDA-graph replay of the same step is checked on the GPU by scripts/gpu_check.py)."""
+import pytest
 import torch
 
 from nvfp4lab import chat
@@ -81,3 +82,54 @@ def test_reading_tokens_steps_behind_the_decoder_changes_no_token(tiny_qwen):
     again, _ = ahead.greedy(second, 6, stops=[], reuse_prefix=True)
     assert again == StaticDecoder(model).greedy(second, 6, stops=[])[0]
     assert ahead.greedy(ids, 1, stops=[])[0] == plain[:1]
+
+
+def test_padded_prefill_gives_the_unpadded_tokens(tiny_qwen):
+    """On CUDA a prompt is padded to its PREFILL_BUCKETS length so that its prefill can be one
+    graph replay; the pad rows must change no token: fresh prompts of several lengths, a
+    reused prefix whose tail is padded, and a prompt whose bucket would pass the cache's end
+    (then it runs eagerly at its own length). Forced here on the CPU without graphs."""
+    from nvfp4lab.decode import PREFILL_BUCKETS, prefill_bucket
+    assert prefill_bucket(1, 0, 256) == 16 and prefill_bucket(17, 0, 256) == 32
+    assert prefill_bucket(17, 240, 256) is None and prefill_bucket(300, 0, 512) is None
+    model_dir, dat_path = tiny_qwen
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    tok = chat.load_tokenizer(str(model_dir))
+    padded = StaticDecoder(model)
+    padded.pad_prefill = True
+    for question in ("你是誰", "1+1等於多少？請一步一步地解釋你的推理過程，然後給出答案。"):
+        ids = chat.encode_prompt(tok, [], question)
+        plain, _ = StaticDecoder(model).greedy(ids, 8, stops=[])
+        assert padded.greedy(ids, 8, stops=[])[0] == plain == reference_greedy(model, ids, 8)
+        assert set(padded.prefill_slots) <= set(PREFILL_BUCKETS)
+        # the next turn: only the new tail is prefilled (padded), after the cached prefix
+        second = ids + plain + chat.encode_prompt(tok, [], "continue.")
+        assert (padded.greedy(second, 6, stops=[], reuse_prefix=True)[0]
+                == StaticDecoder(model).greedy(second, 6, stops=[])[0])
+    assert len(padded.prefill_slots) >= 2
+    # a bucket past the cache's end: the prefill runs unpadded
+    long_ids = chat.encode_prompt(tok, [], "請寫一首關於秋天的詩。" * 12)
+    near_end = StaticDecoder(model, capacity=len(long_ids) + 4)
+    near_end.pad_prefill = True
+    assert prefill_bucket(len(long_ids), 0, near_end.capacity) is None
+    assert near_end.greedy(long_ids, 4, stops=[])[0] == reference_greedy(model, long_ids, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_prefill_gives_the_eager_tokens(tiny_qwen):
+    """On CUDA a bucket's prefill is captured at its second use and replayed from the third on:
+    every call, prefix reuse included, gives the tokens of a decoder without graphs."""
+    model_dir, dat_path = tiny_qwen
+    model = load_model(read_dat(dat_path), str(model_dir), "cuda", torch.float32)
+    tok = chat.load_tokenizer(str(model_dir))
+    ids = chat.encode_prompt(tok, [], "你是誰")
+    eager = StaticDecoder(model, use_graph=False)
+    graphed = StaticDecoder(model)
+    for k in range(3):
+        prompt = ids if k != 1 else chat.encode_prompt(tok, [], "1+1等於多少？")
+        assert graphed.greedy(prompt, 8, stops=[])[0] == eager.greedy(prompt, 8, stops=[])[0]
+    assert any(s.graph is not None for s in graphed.prefill_slots.values())
+    turn = ids + eager.greedy(ids, 8, stops=[])[0] + chat.encode_prompt(tok, [], "continue.")
+    for _ in range(3):
+        assert (graphed.greedy(turn, 6, stops=[], reuse_prefix=True)[0]
+                == eager.greedy(turn, 6, stops=[])[0])

@@ -37,7 +37,19 @@ def set_cache_length(cache, n: int) -> None:
             layer.cumulative_length.fill_(n)
 
 
-def capture_graph(step, restore, cache):
+# Prompt lengths a prefill is padded to so that it can be captured once per length and replayed
+# (StaticDecoder._prefill). A longer prompt, or one whose bucket passes the cache's end, runs
+# eagerly at its own length.
+PREFILL_BUCKETS = (16, 32, 64, 128, 256)
+
+
+def prefill_bucket(q: int, start: int, capacity: int) -> int | None:
+    """The padded length of a q-token prefill written from cache column `start`, or None."""
+    b = next((b for b in PREFILL_BUCKETS if b >= q), None)
+    return b if b is not None and start + b <= capacity else None
+
+
+def capture_graph(step, restore, cache, pool=None):
     """`step` captured as a CUDA graph: (graph, None), or (None, why not); then the caller steps
     eagerly (slower, same tokens). step runs once first, a warm-up on a side stream (cuBLAS
     handles, allocator) as torch.cuda.graph requires; restore() then puts the caller's state
@@ -53,7 +65,7 @@ def capture_graph(step, restore, cache):
     restore()
     try:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool):
             step()
     except RuntimeError as e:
         torch.cuda.synchronize()
@@ -163,6 +175,24 @@ class StaticCacheDecoder:
             self._step()
 
 
+class PrefillSlot:
+    """The fixed-address inputs and output of a prefill padded to `length` tokens, and its CUDA
+    graph once captured. ids [1, length] (the prompt, then copies of its last token), pos
+    [length] (rope positions = cache columns start..start+length-1), mask [1, 1, length,
+    capacity] (causal, so no real row sees a pad row), last [1] (the row of the prompt's last
+    token: its logits give the next token), out [1] (that token)."""
+
+    def __init__(self, length: int, capacity: int, dtype, device):
+        self.ids = torch.zeros(1, length, dtype=torch.long, device=device)
+        self.pos = torch.zeros(length, dtype=torch.long, device=device)
+        self.mask = torch.zeros(1, 1, length, capacity, dtype=dtype, device=device)
+        self.last = torch.zeros(1, dtype=torch.long, device=device)
+        self.out = torch.zeros(1, dtype=torch.long, device=device)
+        self.graph = None
+        self.uses = 0
+        self.note = None          # why the capture failed (then this length stays eager)
+
+
 class StaticDecoder(StaticCacheDecoder):
     """Greedy decoder holding one static KV cache for one model (batch 1).
 
@@ -180,6 +210,12 @@ class StaticDecoder(StaticCacheDecoder):
         # fake kernel, opaque to Inductor). Costs a compile at the first step (53 s for the 4B
         # shape on an H200); prefill stays eager.
         self.step_model = torch.compile(model, dynamic=False) if compile_step else model
+        # Prefill through PREFILL_BUCKETS: on CUDA a prompt is padded to its bucket, and from a
+        # bucket's second use on its prefill is one graph replay instead of an eager forward of
+        # ~2,200 kernels (the 4B shape: ~75 ms of a 64-token answer's 245 ms on an H200 was the
+        # eager prefill, doc/BENCHMARKS.md). pad_prefill: the padded path without graphs (tests).
+        self.pad_prefill = False
+        self.prefill_pool = None
         self._allocate(capacity)
 
     # ------------------------------------------------------------------ state
@@ -194,6 +230,7 @@ class StaticDecoder(StaticCacheDecoder):
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)      # position of `tok`
         self.tokens: list[int] = []
         self.graph = None
+        self.prefill_slots: dict[int, PrefillSlot] = {}   # graphs hold the old cache's addresses
 
     def _set_length(self, n: int) -> None:
         """Point the cache's write position (and ours) at n."""
@@ -202,21 +239,62 @@ class StaticDecoder(StaticCacheDecoder):
 
     # ------------------------------------------------------------------ prefill / step
 
+    def _causal_mask(self, positions: torch.Tensor) -> torch.Tensor:
+        """[1, 1, q, capacity]: 0 where a row at `positions` may attend, -inf where not."""
+        keys = torch.arange(self.capacity, device=self.device)
+        blocked = (keys[None, :] > positions[:, None])[None, None]
+        mask = torch.zeros(blocked.shape, dtype=self.mask.dtype, device=self.device)
+        return mask.masked_fill_(blocked, -torch.inf)
+
     def _prefill(self, ids: list[int], start: int) -> int:
         """Run ids[start:] (positions start..n-1) into the cache; returns the next greedy token."""
         n = len(ids)
         self._set_length(start)
-        positions = torch.arange(start, n, device=self.device)
-        keys = torch.arange(self.capacity, device=self.device)
-        blocked = (keys[None, :] > positions[:, None])[None, None]      # [1, 1, q, capacity]
-        mask = torch.zeros(blocked.shape, dtype=self.mask.dtype, device=self.device)
-        mask.masked_fill_(blocked, -torch.inf)
-        logits = self._forward(torch.tensor([ids[start:]], device=self.device),
-                               positions.view(1, -1), positions, mask, logits_to_keep=1)
+        bucket = (prefill_bucket(n - start, start, self.capacity)
+                  if self.use_graph or self.pad_prefill else None)
+        if bucket is None:
+            positions = torch.arange(start, n, device=self.device)
+            logits = self._forward(torch.tensor([ids[start:]], device=self.device),
+                                   positions.view(1, -1), positions,
+                                   self._causal_mask(positions), logits_to_keep=1)
+            token = int(logits.argmax(-1))
+        else:
+            token = self._padded_prefill(ids, start, bucket)
         self.mask.fill_(-torch.inf)
         self.mask[..., :n] = 0
-        self.pos.fill_(n)
-        return int(logits.argmax(-1))
+        self._set_length(n)        # a padded prefill wrote (and counted) its pad columns too
+        return token
+
+    def _padded_prefill(self, ids: list[int], start: int, bucket: int) -> int:
+        """ids[start:] padded to `bucket` tokens. The pad rows write keys into columns n.. that
+        no later row attends before a decode step has written its own there (the decode mask
+        opens column p at step p). Graph-captured at the bucket's second use: a prompt seen once
+        (one chat question) pays no capture."""
+        slot = self.prefill_slots.get(bucket)
+        if slot is None:
+            slot = self.prefill_slots[bucket] = PrefillSlot(bucket, self.capacity, self.mask.dtype,
+                                                            self.device)
+        tail = ids[start:]
+        slot.ids.copy_(torch.tensor([tail + tail[-1:] * (bucket - len(tail))]))
+        torch.arange(start, start + bucket, out=slot.pos)
+        slot.mask.copy_(self._causal_mask(slot.pos))
+        slot.last.fill_(len(tail) - 1)
+
+        def run():
+            logits = self._forward(slot.ids, slot.pos.view(1, -1), slot.pos, slot.mask,
+                                   logits_to_keep=slot.last)
+            slot.out.copy_(logits.argmax(-1))
+        slot.uses += 1
+        if self.use_graph and slot.graph is None and slot.note is None and slot.uses >= 2:
+            if self.prefill_pool is None:
+                self.prefill_pool = torch.cuda.graph_pool_handle()   # one pool for every length
+            slot.graph, slot.note = capture_graph(run, lambda: set_cache_length(self.cache, start),
+                                                  self.cache, self.prefill_pool)
+        if slot.graph is not None:
+            slot.graph.replay()
+        else:
+            run()
+        return int(slot.out)
 
     def _step(self) -> None:
         """Feed `tok` at position `pos`; leaves the greedy next token in `tok`, pos + 1."""
