@@ -150,7 +150,8 @@ def graph_decode(model, ids, new_tokens, device, use_graph=True, profile=False,
 
     def run():
         dec.greedy(ctx, new_tokens, stops=[])
-    tok_s = new_tokens / timed(run, device, repeat=3, warmup=1)
+    # two warm-ups: the step is captured at the first call, the prompt's prefill at the second
+    tok_s = new_tokens / timed(run, device, repeat=3, warmup=2)
     mode = "CUDA graph" if dec.graph is not None else f"eager ({dec.graph_note or 'no CUDA'})"
     if profile:   # what one decode step is made of (run outside the graph, so the kernels show one by one)
         # inside the attention the step was captured with (outside it a compiled step recompiles)
