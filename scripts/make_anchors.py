@@ -18,8 +18,8 @@ from pathlib import Path
 
 from make_suites import expand, read_source, write_new_files
 from nvfp4lab.anchor_check import words
-from nvfp4lab.suite import read_suite
-from nvfp4lab.tsv import DataError, normalize_prompt, read_probes, read_tsv
+from nvfp4lab.suite import file_prompts, read_suite
+from nvfp4lab.tsv import DataError, normalize_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "data" / "anchors-source-v1.txt"
@@ -58,10 +58,8 @@ def known_prompts(data_dir: Path):
                 seen.add(normalize_prompt(r.prompt))
                 if r.kind in ("fact", "general"):
                     guarded.append(content_words(r.prompt))
-        elif path.name.startswith("probes-"):
-            seen |= {normalize_prompt(p.prompt) for p in read_probes(path)}
         elif path.name != "proxy-knowledge-v1.tsv":
-            seen |= {normalize_prompt(r.prompt) for r in read_tsv(path)}
+            seen |= {normalize_prompt(p) for p in file_prompts(path)}
     return seen, guarded
 
 

@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 import make_suites
-from nvfp4lab.suite import read_suite
-from nvfp4lab.tsv import DataError, _data_lines, normalize_prompt, read_probes, read_tsv, \
-    render_tsv, write_new_tsv
+from nvfp4lab.suite import file_prompts, read_suite
+from nvfp4lab.tsv import DataError, _data_lines, normalize_prompt, render_tsv, write_new_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "data" / "dev-greetings-en-v1.txt"
@@ -30,18 +29,8 @@ KINDS = ("identity", "nearmiss", "context-nearmiss", "fact", "general")
 def known_prompts(data_dir: Path) -> set[str]:
     """normalize_prompt forms of every prompt in data_dir's TSV files (this script's own output
     excluded, so a second run finds the same set)."""
-    forms = set()
-    for path in sorted(data_dir.glob("*.tsv")):
-        if path.name == NAME:
-            continue
-        if path.name.startswith("suite-"):
-            rows = [r.prompt for r in read_suite(path)]
-        elif path.name.startswith("probes-"):
-            rows = [p.prompt for p in read_probes(path)]
-        else:
-            rows = [r.prompt for r in read_tsv(path)]
-        forms |= {normalize_prompt(p) for p in rows}
-    return forms
+    return {normalize_prompt(p) for path in sorted(data_dir.glob("*.tsv")) if path.name != NAME
+            for p in file_prompts(path)}
 
 
 def greeting_rows(source: Path, known: set[str]) -> list[tuple]:

@@ -169,14 +169,9 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
         evaluate.with_base_answers(attempt_set, tok, model, model)
     replay = (trainer.replay_answers(model, tok, all_sources, cfg.input_dat, cfg.replay_max_tokens,
                                      str(paths.CACHE_DIR), log) if cfg.replay == "self" else {})
-    if cfg.replay_drop_wrong and replay:
-        sources, retry_sources = drop_wrong_anchors(sources, retry_sources, replay)
+    if replay and (cfg.replay_drop_wrong or cfg.replay_fix_wrong):
+        sources, retry_sources, replay = wrong_anchors(cfg, sources, retry_sources, replay)
         all_sources = sources + (retry_sources or [])
-    if cfg.replay_fix_wrong and replay:
-        replay, fixed = anchor_check.fix_wrong_anchors(all_sources, replay)
-        examples = "; ".join(f"{r.prompt!r} -> {r.target!r}" for r in fixed[:3])
-        log(f"--replay-fix-wrong: {len({r.prompt for r in fixed})} anchor prompts learn the "
-            f"file's answer, their base answer misses it ({examples})")
     deltas = make_trainable(model, DTYPES[cfg.delta_dtype])
     on_cuda = torch.device(cfg.device).type == "cuda"
     if cfg.checkpoint_layers == "on" or (cfg.checkpoint_layers == "auto" and on_cuda):
@@ -191,15 +186,23 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
                                        projectors, fisher, pools)
 
 
-def drop_wrong_anchors(sources, retry_sources, replay) -> tuple:
-    """--replay-drop-wrong on the first attempt's and the fallback's sources; logs what went."""
+def wrong_anchors(cfg, sources, retry_sources, replay) -> tuple:
+    """(sources, retry_sources, replay) after --replay-drop-wrong (the anchors whose replayed
+    answer misses the file's leave the first attempt's and the fallback's sources) or
+    --replay-fix-wrong (they learn the file's answer: the replay changes); logs which."""
+    if cfg.replay_fix_wrong:
+        replay, fixed = anchor_check.fix_wrong_anchors(sources + (retry_sources or []), replay)
+        examples = "; ".join(f"{r.prompt!r} -> {r.target!r}" for r in fixed[:3])
+        log(f"--replay-fix-wrong: {len({r.prompt for r in fixed})} anchor prompts learn the "
+            f"file's answer, their base answer misses it ({examples})")
+        return sources, retry_sources, replay
     sources, dropped = anchor_check.drop_wrong_anchors(sources, replay)
     if retry_sources:
         retry_sources, _ = anchor_check.drop_wrong_anchors(retry_sources, replay)
     examples = "; ".join(f"{r.prompt!r} -> {replay[r.prompt][:40]!r}" for r in dropped[:3])
     log(f"--replay-drop-wrong: {len(dropped)} anchor rows of the first attempt's files left out, "
         f"their base answer misses the file's ({examples})")
-    return sources, retry_sources
+    return sources, retry_sources, replay
 
 
 def verdict(model, tok, attempts, attempt_set, final) -> tuple:

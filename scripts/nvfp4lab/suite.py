@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from .tsv import DataError, _data_lines, _short, normalize_prompt, read_tsv
+from .tsv import DataError, _data_lines, _short, normalize_prompt, read_probes, read_tsv
 
 SUITE_KINDS = ("identity", "nearmiss", "context-nearmiss", "fact", "general")
 ROLES = ("system", "user", "assistant")
@@ -127,6 +127,17 @@ def training_files(data_dir="data") -> list[str]:
     proxy-knowledge-*."""
     return sorted(str(p) for p in Path(data_dir).glob("*.tsv")
                   if not p.name.startswith(NON_TRAINING_PREFIXES))
+
+
+def file_prompts(path) -> list[str]:
+    """The judged or trained prompts of any data TSV, read by its kind (a suite-*, a probes-* or a
+    training file): what the data generators compare a new prompt against."""
+    name = Path(path).name
+    if name.startswith("suite-"):
+        return [r.prompt for r in read_suite(path)]
+    if name.startswith("probes-"):
+        return [p.prompt for p in read_probes(path)]
+    return [r.prompt for r in read_tsv(path)]
 
 
 def check_disjoint(rows: Iterable[SuiteRow], training_paths: Iterable) -> None:
