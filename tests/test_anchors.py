@@ -13,14 +13,33 @@ from nvfp4lab.tsv import normalize_prompt, read_tsv
 DATA = ROOT / "data"
 
 
-def test_committed_file_is_what_the_generator_writes(tmp_path):
-    assert make_anchors.main(["--out-dir", str(tmp_path)]) == 0
-    assert (tmp_path / make_anchors.OUT_NAME).read_bytes() == (DATA / make_anchors.OUT_NAME).read_bytes()
-    assert make_anchors.main([]) == 0          # data/: exists with the same bytes, left alone
+V2 = ["--source", str(DATA / "anchors-source-v2.txt"), "--out-name", "real-anchor-wide-en-v2.tsv"]
 
 
-def test_no_suite_prompt_and_no_close_rewording_of_a_suite_question():
-    anchors = read_tsv(DATA / make_anchors.OUT_NAME)
+@pytest.mark.parametrize("flags, name", [([], make_anchors.OUT_NAME), (V2, "real-anchor-wide-en-v2.tsv")])
+def test_committed_file_is_what_the_generator_writes(tmp_path, flags, name):
+    # v1 regenerates as it was written although v2 now lies in data/ (later pools are not read)
+    assert make_anchors.main(flags + ["--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes()
+    assert make_anchors.main(flags) == 0       # data/: exists with the same bytes, left alone
+
+
+def test_the_second_pool_adds_new_prompts_only():
+    v1 = {normalize_prompt(r.prompt) for r in read_tsv(DATA / make_anchors.OUT_NAME)}
+    v2 = [normalize_prompt(r.prompt) for r in read_tsv(DATA / "real-anchor-wide-en-v2.tsv")]
+    assert len(v2) >= 200 and len(set(v2)) == len(v2)
+    assert not v1 & set(v2)
+
+
+def test_an_output_name_without_a_version_is_refused(tmp_path, capsys):
+    assert make_anchors.main(V2[:2] + ["--out-name", "wide.tsv", "--out-dir", str(tmp_path)]) == 1
+    assert "wide.tsv: an output name ends in -vN.tsv" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", [make_anchors.OUT_NAME, "real-anchor-wide-en-v2.tsv"])
+def test_no_suite_prompt_and_no_close_rewording_of_a_suite_question(name):
+    anchors = read_tsv(DATA / name)
     assert len(anchors) >= 150
     suites = [r for p in sorted(DATA.glob("suite-*.tsv")) for r in read_suite(p)]
     keys = {normalize_prompt(r.prompt) for r in suites}
