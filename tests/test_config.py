@@ -222,8 +222,8 @@ def test_real_en_v9_is_round_17s_choice_with_the_fallback():
 
 
 def test_real_en_v10_is_round_18s_choice_with_the_fallback():
-    """The shipped default of `make demo-real` is round 18's dev choice (d2: v9's c1 with the
-    wrong anchors learning the file's answer), plus only the user's fallback (--max-retries)."""
+    """v10 (the default before round 20) is round 18's dev choice (d2: v9's c1 with the wrong
+    anchors learning the file's answer), plus only the user's fallback (--max-retries)."""
     import sweep
     stages = ROOT / "data" / "stages"
     flags = dict(sweep.read_variants(str(stages / "method-study-en-r18.sweep")))
@@ -233,3 +233,19 @@ def test_real_en_v10_is_round_18s_choice_with_the_fallback():
     assert shipped.max_retries == 2 and chosen.max_retries == 0
     assert shipped.replay_fix_wrong and not shipped.replay_drop_wrong
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+
+
+def test_real_en_v11_is_round_20s_choice_with_the_fallback():
+    """The shipped default of `make demo-real` is round 20's dev choice (f4: d2 with the second wide
+    anchor pool beside the first, still 1:1, and 256 self-KL candidates), plus only the user's
+    fallback (--max-retries)."""
+    import sweep
+    stages = ROOT / "data" / "stages"
+    flags = dict(sweep.read_variants(str(stages / "method-study-en-r20.sweep")))
+    chosen = train.parse_args(["--recipe", str(stages / "method-study-en.args"),
+                               *shlex.split(flags["f4-f1-selfkl256"])])
+    shipped = train.parse_args(["--recipe", str(stages / "real-en-v11.args")])
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert "data/real-anchor-wide-en-v2.tsv:1:anchor" in shipped.mix and shipped.self_kl_candidates == 256
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v11.args") == 1
