@@ -13,6 +13,7 @@ Every added prompt must differ (tsv.normalize_prompt) from every prompt of every
 error naming the line. Writes a NEW file only (an existing one with other bytes is refused).
 """
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -23,14 +24,15 @@ from nvfp4lab.tsv import DataError, _data_lines, normalize_prompt, render_tsv, w
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "data" / "dev-greetings-en-v1.txt"
 NAME = "suite-en-dev-v2.tsv"
+LATER_DEV = re.compile(r"suite-en-dev-v([2-9]|\d\d+)\.tsv")   # v2 (this one) and the suites built on it
 KINDS = ("identity", "nearmiss", "context-nearmiss", "fact", "general")
 
 
 def known_prompts(data_dir: Path) -> set[str]:
     """normalize_prompt forms of every prompt in data_dir's TSV files (this script's own output
-    excluded, so a second run finds the same set)."""
-    return {normalize_prompt(p) for path in sorted(data_dir.glob("*.tsv")) if path.name != NAME
-            for p in file_prompts(path)}
+    and the later dev suites that contain it excluded, so a second run finds the same set)."""
+    return {normalize_prompt(p) for path in sorted(data_dir.glob("*.tsv"))
+            if not LATER_DEV.fullmatch(path.name) for p in file_prompts(path)}
 
 
 def greeting_rows(source: Path, known: set[str]) -> list[tuple]:
