@@ -50,20 +50,26 @@ def greeting_rows(source: Path, known: set[str]) -> list[tuple]:
     return rows
 
 
-def build(source=SOURCE, data_dir=ROOT / "data") -> tuple[list, str]:
-    """(rows, header) of suite-en-dev-v2.tsv; the same on every call."""
-    v1_rows, v1_header = make_suites.build()["suite-en-dev-v1.tsv"]
+def with_near_misses(suite_rows: list, added: list) -> tuple[list, str]:
+    """(a suite's rows with `added` appended to its nearmiss section, "kind N, ..." counts); the
+    "kind: N rows" labels are rebuilt."""
     sections: dict[str, list] = {k: [] for k in KINDS}
-    for row in v1_rows:
-        if not isinstance(row, str):        # the "kind: N rows" labels are rebuilt below
+    for row in suite_rows:
+        if not isinstance(row, str):
             sections[row[0]].append(row)
-    added = greeting_rows(source, known_prompts(data_dir))
     sections["nearmiss"] += added
     rows = []
     for kind, members in sections.items():
         rows.append(f"{kind}: {len(members)} rows")
         rows += members
-    counts = ", ".join(f"{k} {len(v)}" for k, v in sections.items())
+    return rows, ", ".join(f"{k} {len(v)}" for k, v in sections.items())
+
+
+def build(source=SOURCE, data_dir=ROOT / "data") -> tuple[list, str]:
+    """(rows, header) of suite-en-dev-v2.tsv; the same on every call."""
+    v1_rows, v1_header = make_suites.build()["suite-en-dev-v1.tsv"]
+    added = greeting_rows(source, known_prompts(data_dir))
+    rows, counts = with_near_misses(v1_rows, added)
     header = (f"Evaluation v2 suite (English), DEV v2: dev v1's rows as scripts/make_suites.py "
               f"writes them, plus {len(added)} greeting-like near misses\n(group greeting) from "
               f"{source.name}: greetings that invite an introduction, acknowledgements alone, "

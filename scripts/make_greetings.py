@@ -64,16 +64,8 @@ def build(source=SOURCE, data_dir=ROOT / "data") -> dict:
     source = Path(source)
     train, dev = split(source, known_prompts(data_dir))
     v2_rows, v2_header = make_dev_suite.build()
-    sections: dict[str, list] = {k: [] for k in make_dev_suite.KINDS}
-    for row in v2_rows:
-        if not isinstance(row, str):        # the "kind: N rows" labels are rebuilt below
-            sections[row[0]].append(row)
-    sections["nearmiss"] += [("nearmiss", "greeting", p, "", "") for p in dev]
-    rows = []
-    for kind, members in sections.items():
-        rows.append(f"{kind}: {len(members)} rows")
-        rows += members
-    counts = ", ".join(f"{k} {len(v)}" for k, v in sections.items())
+    rows, counts = make_dev_suite.with_near_misses(
+        v2_rows, [("nearmiss", "greeting", p, "", "") for p in dev])
     dev_header = (f"Evaluation v2 suite (English), DEV v3: dev v2's rows as "
                   f"scripts/make_dev_suite.py writes them, plus {len(dev)} greetings and small\n"
                   f"talk aimed at the assistant (group greeting; lines 1, 4, 7, ... of each "
