@@ -36,6 +36,7 @@ DEV_EVERY = 3          # lines 1, 4, 7, ... of each section go to dev
 
 
 def known_prompts(data_dir: Path) -> set[str]:
+    """normalize_prompt forms of every prompt of data_dir's TSV files but this script's outputs."""
     return {normalize_prompt(p) for path in sorted(data_dir.glob("*.tsv"))
             if path.name not in (TRAIN_NAME, DEV_NAME) for p in file_prompts(path)}
 

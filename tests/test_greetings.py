@@ -12,7 +12,7 @@ from nvfp4lab.tsv import normalize_prompt, read_tsv
 DATA = ROOT / "data"
 
 
-def test_committed_files_are_the_generator_output(tmp_path):
+def test_committed_files_are_the_generator_output():
     data = render_all(make_greetings.build())
     for name in (make_greetings.TRAIN_NAME, make_greetings.DEV_NAME):
         assert (DATA / name).read_bytes() == data[name], name
