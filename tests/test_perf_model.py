@@ -124,10 +124,19 @@ def test_h200_check():
             assert (x <= r.h200_roofline * 1.0001) if faster else (x >= r.h200_roofline * 0.9999)
         g = r.gb10_expected
         assert (g <= r.gb10_roofline) if faster else (g >= r.gb10_roofline)
-        if r.who == "ours":   # the model with its fitted kernel costs lands within 15% on the H200
+        if r.who == "ours" and r.key != "decode_fused":
+            # the model with its fitted kernel costs lands within 15% on the H200
             assert 0.85 < r.efficiency < 1.15, (r.key, r.efficiency)
     # The GB10 is bandwidth-bound where the H200 is not: decode is several times slower there.
     assert rows["decode"].gb10_expected < rows["decode"].h200_measured / 2
+    # The fused step (511 kernels) and the prefill graph: the model expects it faster than the eager
+    # step's 2,220 kernels on the H200, and on the GB10 no faster than its bandwidth ceiling.
+    # Its kernel cost was fitted on the eager step's small kernels; the fused step's 2.42 ms of GPU
+    # time (bench --profile) is well over the model's 1.77 ms, so the model is optimistic there.
+    fused = rows["decode_fused"]
+    assert fused.h200_model > rows["decode"].h200_model
+    assert 0.5 < fused.efficiency < 0.85
+    assert fused.gb10_expected <= fused.gb10_roofline
 
 
 def test_cli_prints_json_with_what_a_user_needs():

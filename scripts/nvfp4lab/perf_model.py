@@ -323,6 +323,7 @@ class Overheads:
 # layer checkpointing"): the figures the per-kernel costs are fitted on.
 H100_DECODE_STEP_S = 6.28e-3        # one replayed decode step
 DECODE_STEP_KERNELS = 2220          # kernels of one decode step (eager profile of the same step)
+FUSED_DECODE_STEP_KERNELS = 511     # --compile-step --fused-gemv (bench.py --profile, 2026-11-30)
 H100_EAGER_DECODE_TOK_S = 23.7      # transformers.generate eager, ours
 TRAIN_STEP_KERNELS = 9029           # kernels of one train step without checkpointing
 H100_TRAIN_STEP_S = 0.291           # that step, no checkpointing
@@ -420,23 +421,29 @@ H200_MEASURED = [
     Figure("peer_decode", "peer decode, static cache + torch.compile (bf16)", "peer", 149, "tok/s"),
     Figure("peer_prefill", "peer prefill 512 tokens (bf16)", "peer", 1.58e4, "tok/s"),
     Figure("peer_train", "peer train step 16x64 (fp32 master, bf16 autocast)", "peer", 0.208, "s"),
+    # a later run (eighth session, doc/BENCHMARKS.md): the compiled + fused step, and the prompt's
+    # prefill replayed as a CUDA graph (its padded bucket) instead of run eagerly
+    Figure("decode_fused", "decode batch 1, compiled step + fused GEMVs + prefill graph (64 tokens "
+           "incl. prefill)", "ours", 355, "tok/s"),
 ]
 
 
 def figure_tokens(f: Figure) -> int | None:
     """Tokens behind a tok/s figure (None for a figure in seconds)."""
     return {"decode": BENCH_DECODE_TOKENS, "peer_decode": BENCH_DECODE_TOKENS,
-            "prefill": 512, "peer_prefill": 512}.get(f.key)
+            "decode_fused": BENCH_DECODE_TOKENS, "prefill": 512, "peer_prefill": 512}.get(f.key)
 
 
 def figure_timing(key: str, s: Shape, m: Machine, oh: Overheads) -> Timing:
-    if key in ("decode", "peer_decode"):
-        weights = "nvfp4" if key == "decode" else "bf16"
-        kernels = DECODE_STEP_KERNELS if key == "decode" else None
+    if key in ("decode", "peer_decode", "decode_fused"):
+        weights = "bf16" if key == "peer_decode" else "nvfp4"
+        kernels = {"decode": DECODE_STEP_KERNELS, "decode_fused": FUSED_DECODE_STEP_KERNELS}.get(key)
         step = work_timing(decode_step(s, BENCH_CACHE_TOKENS, weights, kernels), m, oh)
-        pre = work_timing(prefill(s, BENCH_PROMPT_TOKENS, weights,
-                                  prefill_kernels(s) if kernels else None), m, oh)
-        # bench's greedy(): one eager prefill of the prompt, then 63 replayed steps. Counted as
+        pre_work = prefill(s, BENCH_PROMPT_TOKENS, weights, prefill_kernels(s) if kernels else None)
+        if key == "decode_fused":      # the same kernels, replayed: no host time per kernel
+            pre_work.mode = "graph"
+        pre = work_timing(pre_work, m, oh)
+        # bench's greedy(): one prefill of the prompt, then 63 replayed steps. Counted as
         # GPU time: the steps are most of it on both machines.
         steps = BENCH_DECODE_TOKENS - 1
         return Timing(pre.model_s + steps * step.model_s, 0.0,
