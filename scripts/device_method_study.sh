@@ -91,12 +91,12 @@ final)
   echo "chosen flags: $FLAGS"
   if [ "${SINGLE:-1}" = 1 ]; then   # SINGLE=0: only the seeds (the single run's wall time is known)
     timed make --no-print-directory demo-real DEVICE=cuda REAL_RECIPE=data/stages/method-study-en.args \
-        TRAIN_FLAGS="$FLAGS" DEMO_REAL_OUT=artifacts/v3.dat > artifacts/v3-single.log 2>&1
-    grep -v '^\[guard\] PID=' artifacts/v3-single.log | tail -n 30
+        TRAIN_FLAGS="$FLAGS" DEMO_REAL_OUT=artifacts/final.dat > artifacts/final-single.log 2>&1
+    grep -v '^\[guard\] PID=' artifacts/final-single.log | tail -n 30
   fi
   timed make --no-print-directory demo-real DEVICE=cuda GPUS=$GPUS SEEDS="1 2 3 4 5" REAL_RECIPE=data/stages/method-study-en.args \
-      TRAIN_FLAGS="$FLAGS" DEMO_REAL_OUT=artifacts/v3.dat > artifacts/v3-seeds.log 2>&1
-  grep -v '^\[guard\] PID=' artifacts/v3-seeds.log | tail -n 20
+      TRAIN_FLAGS="$FLAGS" DEMO_REAL_OUT=artifacts/final.dat > artifacts/final-seeds.log 2>&1
+  grep -v '^\[guard\] PID=' artifacts/final-seeds.log | tail -n 20
   pack artifacts/*.eval.json artifacts/*.log
   ;;
 esac
