@@ -52,14 +52,14 @@ def close(a: frozenset, b: frozenset) -> bool:
     return len(a & b) / len(a | b) >= 0.5 or (len(small) >= 2 and small <= large)
 
 
-def known_prompts(data_dir: Path, out_name: str = OUT_NAME):
+def known_prompts(data_dir: Path, version: int = 1):
     """(every normalised prompt of the data files, content words of the suites' fact/general
-    rows). Wide anchor files of `out_name`'s version or later are not read: v1 regenerates as it
-    was written before v2 existed, and v2 leaves out v1's prompts."""
+    rows). Wide anchor files of `version` or later are not read: v1 regenerates as it was
+    written before v2 existed, and v2 leaves out v1's prompts."""
     seen, guarded = set(), []
     for path in sorted(data_dir.glob("*.tsv")):
         later = WIDE.fullmatch(path.name)
-        if later and int(later.group(1)) >= int(version_of(out_name)[1:]):
+        if later and int(later.group(1)) >= version:
             continue
         if path.name.startswith("suite-"):
             for r in read_suite(path):
@@ -71,18 +71,18 @@ def known_prompts(data_dir: Path, out_name: str = OUT_NAME):
     return seen, guarded
 
 
-def version_of(out_name: str) -> str:
-    """'v2' of 'real-anchor-wide-en-v2.tsv' (the header says which file it is)."""
-    m = re.search(r"-(v\d+)\.tsv$", out_name)
+def version_of(out_name: str) -> int:
+    """2 of 'real-anchor-wide-en-v2.tsv' (the header says which file it is)."""
+    m = re.search(r"-v(\d+)\.tsv$", out_name)
     if not m:
         raise DataError(f"{out_name}: an output name ends in -vN.tsv")
-    return m.group(1)
+    return int(m.group(1))
 
 
 def build(source=SOURCE, data_dir=ROOT / "data", out_name=OUT_NAME) -> tuple[dict, dict]:
     """({file name: (rows, header)}, {section: dropped count})."""
     version = version_of(out_name)
-    seen, guarded = known_prompts(data_dir, out_name)
+    seen, guarded = known_prompts(data_dir, version)
     rows, dropped = [], {}
     for section, items in read_source(source).items():
         for text, answer, line in items:
@@ -95,7 +95,7 @@ def build(source=SOURCE, data_dir=ROOT / "data", out_name=OUT_NAME) -> tuple[dic
                     continue
                 seen.add(key)
                 rows.append((prompt, answer))
-    header = (f"Wide anchor rows (English), {version}: {len(rows)} ordinary requests the edit must leave "
+    header = (f"Wide anchor rows (English), v{version}: {len(rows)} ordinary requests the edit must leave "
               f"as the base answers them\n(facts, writing, advice, explanations, code, small tasks; "
               f"--replay self replaces the answers by the base's own).\n"
               f"{sum(dropped.values())} source prompts were dropped as equal or close to a suite / "

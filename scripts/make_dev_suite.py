@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import make_suites
-from nvfp4lab.suite import file_prompts, read_suite
+from nvfp4lab.suite import data_prompts, read_suite
 from nvfp4lab.tsv import DataError, _data_lines, normalize_prompt, render_tsv, write_new_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,10 +29,8 @@ KINDS = ("identity", "nearmiss", "context-nearmiss", "fact", "general")
 
 
 def known_prompts(data_dir: Path) -> set[str]:
-    """normalize_prompt forms of every prompt in data_dir's TSV files (this script's own output
-    and the later dev suites that contain it excluded, so a second run finds the same set)."""
-    return {normalize_prompt(p) for path in sorted(data_dir.glob("*.tsv"))
-            if not LATER_DEV.fullmatch(path.name) for p in file_prompts(path)}
+    """Every data file's prompts but this script's output and the later dev suites holding it."""
+    return data_prompts(data_dir, LATER_DEV.fullmatch)
 
 
 def greeting_rows(source: Path, known: set[str]) -> list[tuple]:

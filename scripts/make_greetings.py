@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 import make_dev_suite
-from make_suites import read_source, write_new_files
-from nvfp4lab.suite import file_prompts
+from make_suites import build_and_write, read_source
+from nvfp4lab.suite import data_prompts
 from nvfp4lab.tsv import DataError, normalize_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +33,6 @@ SOURCE = ROOT / "data" / "greetings-source-v1.txt"
 TRAIN_NAME = "real-greetings-en-v1.tsv"
 DEV_NAME = "suite-en-dev-v3.tsv"
 DEV_EVERY = 3          # lines 1, 4, 7, ... of each section go to dev
-
-
-def known_prompts(data_dir: Path) -> set[str]:
-    """normalize_prompt forms of every prompt of data_dir's TSV files but this script's outputs."""
-    return {normalize_prompt(p) for path in sorted(data_dir.glob("*.tsv"))
-            if path.name not in (TRAIN_NAME, DEV_NAME) for p in file_prompts(path)}
 
 
 def split(source: Path, known: set[str]) -> tuple[list, list]:
@@ -63,7 +57,7 @@ def split(source: Path, known: set[str]) -> tuple[list, list]:
 def build(source=SOURCE, data_dir=ROOT / "data") -> dict:
     """{file name: (rows, header)} of both outputs; the same on every call."""
     source = Path(source)
-    train, dev = split(source, known_prompts(data_dir))
+    train, dev = split(source, data_prompts(data_dir, {TRAIN_NAME, DEV_NAME}.__contains__))
     v2_rows, v2_header = make_dev_suite.build()
     rows, counts = make_dev_suite.with_near_misses(
         v2_rows, [("nearmiss", "greeting", p, "", "") for p in dev])
@@ -87,12 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--source", type=Path, default=SOURCE)
     ap.add_argument("--data-dir", type=Path, default=ROOT / "data")
     args = ap.parse_args(argv)
-    try:
-        files = build(args.source, args.data_dir)
-    except DataError as e:
-        print(f"make_greetings: {e}", file=sys.stderr)
-        return 1
-    return write_new_files(files, args.out_dir, "make_greetings")
+    return build_and_write("make_greetings", lambda: build(args.source, args.data_dir), args.out_dir)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from make_suites import render_all, write_new_files  # noqa: F401 (render_all: tests use it)
+from make_suites import build_and_write, render_all  # noqa: F401 (render_all: tests use it)
 from nvfp4lab.tsv import DataError, normalize_prompt, read_probes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,12 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "data")
     ap.add_argument("--probes", type=Path, default=PROBES)
     args = ap.parse_args(argv)
-    try:
-        files = build(args.probes)
-    except DataError as e:
-        print(f"make_proxy_suites: {e}", file=sys.stderr)
-        return 1
-    return write_new_files(files, args.out_dir, "make_proxy_suites")
+    return build_and_write("make_proxy_suites", lambda: build(args.probes), args.out_dir)
 
 
 if __name__ == "__main__":

@@ -536,6 +536,17 @@ def write_new_files(files, out_dir: Path, prog: str) -> int:
     return 0
 
 
+def build_and_write(prog: str, build, out_dir: Path) -> int:
+    """A generator's CLI body: build() -> {name: (rows, header)}, written by write_new_files; a
+    DataError of the build is one line on stderr and exit 1, nothing written."""
+    try:
+        files = build()
+    except DataError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    return write_new_files(files, out_dir, prog)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out-dir", type=Path, default=ROOT / "data")
@@ -543,12 +554,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", type=Path, default=ROOT / "data",
                     help="where the existing v1 files are read from")
     args = ap.parse_args(argv)
-    try:
-        files = build(args.source, args.data_dir)
-    except DataError as e:
-        print(f"make_suites: {e}", file=sys.stderr)
-        return 1
-    return write_new_files(files, args.out_dir, "make_suites")
+    return build_and_write("make_suites", lambda: build(args.source, args.data_dir), args.out_dir)
 
 
 if __name__ == "__main__":

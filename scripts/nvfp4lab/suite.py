@@ -140,6 +140,14 @@ def file_prompts(path) -> list[str]:
     return [r.prompt for r in read_tsv(path)]
 
 
+def data_prompts(data_dir, skip=lambda name: False) -> set[str]:
+    """normalize_prompt forms of every prompt of data_dir's TSV files whose name `skip` does not
+    match: the set a data generator's new prompt must stay out of (its own outputs skipped, so a
+    second run finds the same set)."""
+    return {normalize_prompt(p) for path in sorted(Path(data_dir).glob("*.tsv"))
+            if not skip(path.name) for p in file_prompts(path)}
+
+
 def check_disjoint(rows: Iterable[SuiteRow], training_paths: Iterable) -> None:
     """A suite prompt that is (normalised) also a prompt of a training file is a DataError
     naming both places. Only the judged prompt is compared, not the context."""
