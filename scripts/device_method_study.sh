@@ -4,9 +4,12 @@
 #                                                  # real-en-v2 on 5 seeds (held-out, side by side)
 #   bash scripts/device_method_study.sh study      # GRID (default method-study-en.sweep) x seeds
 #                                                  # 1 2 3 on DEV (DEV, default suite-en-dev-v2.tsv;
-#                                                  # rounds 1-16 ran on -v1); JOBS runs at once (default 9
-#                                                  # a GPU: 15 v6-like runs on one H200 did not
-#                                                  # finish in 520 s, step ~237 of 240)
+#                                                  # rounds 1-16 ran on -v1); JOBS runs at once (default 6
+#                                                  # a GPU: v11-like runs took 277 s at 4 a GPU, 346 s
+#                                                  # at 6, 465 s or over 520 s at 7-8, round 21);
+#                                                  # RESUME=1 reuses the judgments already in
+#                                                  # artifacts/sweep (sweep.py --resume): a second call
+#                                                  # runs only what timed out
 #   bash scripts/device_method_study.sh final      # the chosen variant: one timed make demo-real
 #                                                  # (+ both runners), then 5 seeds on held-out
 #                                                  # (SINGLE=0: the 5 seeds only; VARIANT=NAME
@@ -73,7 +76,8 @@ study)
   timed timeout $(( ${JOB_TIMEOUT:-540} + 30 )) python3 scripts/sweep.py --recipe data/stages/method-study-en.args \
       --variants ${GRID:-data/stages/method-study-en.sweep} --seeds "1 2 3" --dev-suite ${DEV:-data/suite-en-dev-v2.tsv} \
       --monitor data/suite-en-monitor-v1.tsv --input-dat $DAT --model-dir $SMOL --device cuda \
-      --jobs ${JOBS:-$((9 * GPUS))} --gpus $GPUS --timeout ${JOB_TIMEOUT:-540} --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
+      --jobs ${JOBS:-$((6 * GPUS))} --gpus $GPUS --timeout ${JOB_TIMEOUT:-540} --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
+      ${RESUME:+--resume} \
       > artifacts/study.log 2>&1
   cp artifacts/sweep/chosen.flags ~/chosen.flags 2>/dev/null
   grep -v '^\[guard\] PID=' artifacts/study.log | tail -n 40

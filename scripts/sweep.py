@@ -12,6 +12,11 @@ tuned one. Choice rule, fixed before any run: success on the dev set first, then
 near-miss leak, then facts kept, then the lower NLL drift. The chosen variant's flags are
 written to --chosen (one line) for `make demo-real`, and the table goes to the DevLog.
 
+`--resume` runs only what is missing: a judgment already in --work-dir is reused when its JSON's
+`command` has the very arguments this run would give train.py (the `.dat`'s folder aside), so a
+study some of whose runs timed out is finished by running those again, and judgments of runs
+done in several calls are tabled together by the same rule.
+
 Exit codes: 0 a variant reached the target on the dev set, 3 none did (best one still written),
 1 bad input, 2 usage.
 """
@@ -60,6 +65,28 @@ def job_env(env: dict, index: int, gpus: int) -> dict:
     return {**env, "CUDA_VISIBLE_DEVICES": str(index % gpus)} if gpus > 1 else env
 
 
+def train_args(args: list[str]) -> list[str]:
+    """train.py's arguments as compared by --resume: repository paths relative, and the `.dat`'s
+    folder left out (where a run wrote its weights does not change what it learnt)."""
+    out = [devlog.repo_relative(t) for t in args]
+    for k in range(len(out) - 1):
+        if out[k] == "--output-dat":
+            out[k + 1] = os.path.basename(out[k + 1])
+    return out
+
+
+def same_run(json_file: str, cmd: list[str]) -> bool:
+    """--resume: the judgment was written by train.py run with these very arguments (the JSON's
+    `command`), so it is this run's result. Any other judgment is stale and never read."""
+    try:
+        doc = evaluate.read_json(json_file)
+    except DataError:
+        return False
+    words = shlex.split(doc.get("command") or "")   # python scripts/train.py ARGS
+    script = next((k for k, w in enumerate(words) if w.endswith(".py")), None)
+    return script is not None and train_args(words[script + 1:]) == train_args(cmd[2:])
+
+
 def run_variant(name, flags, args, env) -> dict:
     out_dat = os.path.join(args.work_dir, f"sweep-{name}.dat")
     judged = ["--heldout", args.dev_suite] if args.dev_suite else ["--probes", args.dev_probes]
@@ -68,6 +95,11 @@ def run_variant(name, flags, args, env) -> dict:
            "--input-dat", args.input_dat, "--model-dir", args.model_dir,
            "--output-dat", out_dat, "--stage", f"sweep-{name}", "--device", args.device]
     json_file = evaluate.json_path(out_dat)
+    if args.resume and os.path.exists(json_file) and same_run(json_file, cmd):
+        doc = evaluate.read_json(json_file)
+        return {**result_of(name, flags, doc.get("exit", 3), json_file,
+                            doc.get("total_seconds") or 0.0, "judgment reused (--resume)"),
+                "reused": True}
     if os.path.exists(json_file):   # a judgment left by an earlier sweep must never be read
         os.remove(json_file)
     t0 = time.time()
@@ -221,6 +253,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="",
                    help="run every variant once per seed (e.g. \"1 2 3\") and choose on the pooled "
                         "results: seeds reached, then mean dev score (sweep.dev_score)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse a run's judgment in --work-dir when train.py wrote it with the very "
+                        "arguments this run would use (its JSON's command; the .dat's folder "
+                        "aside); run only the others (e.g. after timeouts)")
     args = p.parse_args(argv)
     try:
         for path in (args.recipe, args.dev_suite or args.dev_probes, args.monitor, args.input_dat):
@@ -248,6 +284,7 @@ def main(argv=None) -> int:
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(one, range(len(runs))))
+    reused = sum(bool(v.get("reused")) for v in results)
     for v in results:
         print(f"[{v['name']}] {v['status']} {v['seconds']:.0f}s: {v['last']}", flush=True)
     print(table(results))
@@ -276,7 +313,9 @@ def main(argv=None) -> int:
         ("結果/Results", table(results) + ("\n\n" + pooled_text if seeds else "")),
         ("結論/Conclusion", f"chosen: {best['name']} (`{best['flags'] or '(recipe)'}`), "
                             f"{best['status']}; {time.time() - t0:.0f}s for {len(results)} variants, "
-                            f"{args.jobs} at once; flags in {args.chosen}"),
+                            f"{args.jobs} at once"
+                            + (f" ({reused} judgments reused by --resume)" if reused else "")
+                            + f"; flags in {args.chosen}"),
     ])
     return 0 if best["status"] == "success" else 3
 

@@ -236,7 +236,7 @@ def test_real_en_v10_is_round_18s_choice_with_the_fallback():
 
 
 def test_real_en_v11_is_round_20s_choice_with_the_fallback():
-    """The shipped default of `make demo-real` is round 20's dev choice (f4: d2 with the second wide
+    """v11 (the default before round 21) is round 20's dev choice (f4: d2 with the second wide
     anchor pool beside the first, still 1:1, and 256 self-KL candidates), plus only the user's
     fallback (--max-retries)."""
     import sweep
@@ -248,4 +248,18 @@ def test_real_en_v11_is_round_20s_choice_with_the_fallback():
     assert shipped.max_retries == 2 and chosen.max_retries == 0
     assert "data/real-anchor-wide-en-v2.tsv:1:anchor" in shipped.mix and shipped.self_kl_candidates == 256
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
-    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v11.args") == 1
+
+
+def test_real_en_v12_is_round_21s_choice_with_the_fallback():
+    """The shipped default of `make demo-real` is round 21's dev choice (g2: v11 with the training
+    greetings taking half of the neighbours' weight, still 1:1), plus only the user's fallback."""
+    import sweep
+    stages = ROOT / "data" / "stages"
+    flags = dict(sweep.read_variants(str(stages / "method-study-en-r21.sweep")))
+    chosen = train.parse_args(["--recipe", str(stages / "method-study-en.args"),
+                               *shlex.split(flags["g2-f4-greet2"])])
+    shipped = train.parse_args(["--recipe", str(stages / "real-en-v12.args")])
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert "data/real-greetings-en-v1.tsv:2:neighbour" in shipped.mix
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v12.args") == 1

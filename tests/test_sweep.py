@@ -221,3 +221,48 @@ def test_gpus_below_one_is_one_line_and_exit_1(tmp_path, capsys):
     assert code == 1
     assert capsys.readouterr().err.strip() == "error: --gpus 0: must be at least 1"
     assert not (tmp_path / "w").exists()                    # nothing was started or written
+
+
+def test_resume_reuses_only_judgments_written_with_the_same_arguments(tmp_path, monkeypatch, capsys):
+    """A study finished in two calls (runs that timed out, run again): --resume tables the
+    judgments already there when their train.py command is this run's (the .dat's folder aside),
+    runs the missing ones, and never reads a judgment of other flags."""
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN, encoding="utf-8")
+    docs = {"a": {"verdict": "not-reached", "summary": summary(identity=(1, 10))},
+            "b": {"verdict": "not-reached", "summary": summary(identity=(2, 10))},
+            "c": {"verdict": "not-reached", "summary": summary(identity=(3, 10))}}
+    (tmp_path / "docs.json").write_text(json.dumps(docs), encoding="utf-8")
+    monkeypatch.setenv("FAKE_DOCS", str(tmp_path / "docs.json"))
+    monkeypatch.setattr(sweep, "TRAIN", str(fake))
+    files = {n: tmp_path / n for n in ("r.args", "dev.tsv", "base.dat")}
+    for p in files.values():
+        p.write_text("x", encoding="utf-8")
+    (tmp_path / "v.sweep").write_text("a\t--lr 1\nb\t--lr 2\nc\t--lr 3\n", encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def written(flags, name, folder):   # the JSON train.py leaves, run from another work dir
+        cmd = ["python", "scripts/train.py", "--recipe", str(files["r.args"]), *flags.split(),
+               "--heldout", str(files["dev.tsv"]), "--input-dat", str(files["base.dat"]),
+               "--model-dir", str(tmp_path), "--output-dat", f"{folder}/sweep-{name}.dat",
+               "--stage", f"sweep-{name}", "--device", "cpu"]
+        return {"verdict": "success", "exit": 0, "total_seconds": 12.0,
+                "summary": summary(identity=(9, 10)), "command": " ".join(cmd)}
+    (work / "sweep-a.eval.json").write_text(json.dumps(written("--lr 1", "a", "elsewhere")))
+    (work / "sweep-b.eval.json").write_text(json.dumps(written("--lr 9", "b", str(work))))
+    args = ["--recipe", str(files["r.args"]), "--variants", str(tmp_path / "v.sweep"),
+            "--dev-suite", str(files["dev.tsv"]), "--input-dat", str(files["base.dat"]),
+            "--model-dir", str(tmp_path), "--work-dir", str(work), "--chosen", str(tmp_path / "f")]
+    code = sweep.main(args + ["--resume"])
+    out = capsys.readouterr().out
+    assert code == 0, out                                   # a's reused success is the choice
+    assert "chosen: a --lr 1" in out and "[a] success 12s: judgment reused (--resume)" in out
+    assert not (work / "argv-a").exists()                   # a was not run again
+    assert (work / "argv-b").exists() and (work / "argv-c").exists()
+    assert "| b | `--lr 2` | not-reached | 0.20" in out     # b's stale JSON (--lr 9) was not read
+    # without --resume every run starts afresh
+    (work / "argv-a").unlink(missing_ok=True)
+    (work / "sweep-a.eval.json").write_text(json.dumps(written("--lr 1", "a", "elsewhere")))
+    assert sweep.main(args) == 3
+    assert (work / "argv-a").exists()
