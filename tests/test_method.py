@@ -415,3 +415,52 @@ def test_unlikelihood_skip_flag(capsys):
     with pytest.raises(SystemExit) as e:
         train.parse_args(["--train-data", "x.tsv", "--unlikelihood-skip", "-1"])
     assert e.value.code == 2 and "--unlikelihood-skip" in capsys.readouterr().err
+
+
+def test_drift_is_the_share_of_the_base_first_sentences_key_words_lost():
+    base = "An emerald is green. Emeralds are mined in Colombia."
+    assert trainer.drift("What colour is an emerald?", "An emerald is a deep green gem.", base) == 0.0
+    assert trainer.drift("What colour is an emerald?", "An emerald is a gemstone.", base) == 1.0
+    # only the first sentence counts, and words the question or a sentence's frame says never do
+    assert trainer.drift("Who wrote Hamlet?", "Shakespeare.", "William Shakespeare wrote it. Yes.") == 0.5
+    assert trainer.drift("What colour is an emerald?", "No idea.", "It is an emerald.") == 0.0
+    assert trainer.drift("q", "anything", "") == 0.0
+
+
+def test_self_kl_select_repeat_drift_breaks_the_ties_by_the_facts_lost(monkeypatch):
+    """--self-kl-select repeat-drift: answers that loop beyond the base still come first; the
+    tied rest go to the answers that lost the base's key words, not to the draw order."""
+    prompts = ["Give pros.", "What colour is an emerald?", "What is the capital of France?",
+               "What colour is the sky?", "Name a big cat."]
+    answers = {prompts[0]: "Pros:\nPros:\nPros:\nPros:\nPros:\nPros:",
+               prompts[1]: "An emerald is a gemstone.",
+               prompts[2]: "Paris is the capital of France.",
+               prompts[3]: "The sky is often blue.",
+               prompts[4]: "A lion is a big cat."}
+    base = {prompts[0]: "Pros: more time at home.", prompts[1]: "An emerald is green.",
+            prompts[2]: "Paris is the capital of France.", prompts[3]: "The sky is blue.",
+            prompts[4]: "A tiger is a big cat."}
+    monkeypatch.setattr(trainer, "greedy_answers",
+                        lambda model, tok, ps, n: [answers[p] for p in ps])
+    model = torch.nn.Linear(1, 1)
+    srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row(p, "-", "a.tsv", i + 1)
+                                                for i, p in enumerate(prompts)])]
+
+    def chosen(select, seed):
+        rows = trainer.self_answer_rows(model, None, srcs, 3, random.Random(seed), 4,
+                                        candidates=8, base_answers=base, select=select)
+        return sorted(r[0] for r in rows)
+    for seed in range(4):
+        assert chosen("repeat-drift", seed) == sorted(prompts[0:2] + [prompts[4]])
+    # by draw order alone the emerald is left out for some draws
+    assert any(prompts[1] not in chosen("repeat", seed) for seed in range(4))
+
+
+def test_self_kl_select_needs_candidates_to_choose_among(capsys):
+    import train
+    base = ["--train-data", "x.tsv", "--self-kl-rows", "4", "--self-kl-select", "repeat-drift"]
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(base)
+    assert e.value.code == 2 and "--self-kl-select repeat-drift" in capsys.readouterr().err
+    cfg = train.parse_args(base + ["--self-kl-candidates", "8"])
+    assert cfg.self_kl_select == "repeat-drift"

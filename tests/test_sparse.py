@@ -101,6 +101,7 @@ def test_train_py_cuts_at_the_step_it_was_told(tiny_qwen, tmp_path, capsys, monk
         "--sparse-at", "3", "--sparse-protect", "0.1", "--lr", "1e-3",
         "--self-kl-rows", "1", "--self-kl-every", "2", "--self-kl-tokens", "4", "--kl-weight", "1", "--step-chunk-rows", "2", "--seq-len", "48",
         "--self-kl-candidates", "2", "--self-repeat-ul", "1", "--self-kl-from", "3",  # loop mining, late
+        "--self-kl-select", "repeat-drift",
         "--system-share", "0.5", "--system-prompts", ROOT / "data" / "system-prompts-en-v1.txt",
         "--probe-max-tokens", "4", "--test-max-tokens", "4", "--device", "cpu",
         "--max-retries", "0")])

@@ -142,6 +142,13 @@ class TrainConfig:
         0, "with --self-kl-rows N: answer this many prompts (>= N) and keep the N whose answers "
            "repeat themselves most beyond the base's own answer to the same prompt, so the KL and "
            "--self-repeat-ul land on the loops the edit starts (0 = N: no choice)")
+    self_kl_select: str = flag(
+        "repeat", "with --self-kl-candidates: repeat keeps the answers that repeat themselves most "
+                  "beyond the base's (ties in draw order); repeat-drift breaks those ties, most "
+                  "answers, by drift: the share of the key words of the base's first sentence "
+                  "(the replay, --replay-fix-wrong's fixes included) the answer lost, so the "
+                  "rounds land on the facts the edit is forgetting as well as on its loops",
+        choices=("repeat", "repeat-drift"))
     self_repeat_ul: float = flag(
         0.0, "with --self-kl-rows: weight of -log(1 - p) of every token of the model's own answer "
              "that completes a 3-token n-gram already in that answer (repetition unlikelihood, "
@@ -315,6 +322,9 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
     if ns.self_kl_candidates and (ns.self_kl_rows == 0 or ns.self_kl_candidates < ns.self_kl_rows):
         parser.error(f"--self-kl-candidates {ns.self_kl_candidates}: 0, or at least --self-kl-rows "
                      f"({ns.self_kl_rows}) prompts to choose the loops among; give --self-kl-rows")
+    if ns.self_kl_select != "repeat" and ns.self_kl_candidates <= ns.self_kl_rows:
+        parser.error(f"--self-kl-select {ns.self_kl_select}: chooses among --self-kl-candidates; "
+                     "give more candidates than --self-kl-rows")
     if ns.self_repeat_ul < 0 or (ns.self_repeat_ul > 0 and ns.self_kl_rows == 0):
         parser.error(f"--self-repeat-ul {ns.self_repeat_ul:g}: a weight >= 0 on the answers of "
                      "--self-kl-rows; give --self-kl-rows too")

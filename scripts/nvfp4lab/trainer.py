@@ -25,6 +25,7 @@ from .config import GROUPS, TrainConfig
 from .atomic import AtomicFile
 from .generate import answer_batches, answer_log_probs, greedy_answers
 from .model import deltas_off, reset_deltas
+from .anchor_check import FRAME, words
 from .probes import format_summary, repetition
 from .tsv import DataError, normalize_prompt
 
@@ -502,9 +503,23 @@ def self_kl_round(step: int, cfg) -> bool:
     return bool(cfg.self_kl_rows) and step >= cfg.self_kl_from and step % cfg.self_kl_every == 0
 
 
+def first_sentence(text: str) -> str:
+    m = re.search(r"[.!?](\s|$)", text)
+    return text[:m.end()] if m else text
+
+
+def drift(prompt: str, answer: str, base_answer: str) -> float:
+    """Share of the key words of the base answer's first sentence (its words that neither the
+    question nor the frame of a sentence say: anchor_check.FRAME) missing from `answer`: 1.0
+    when "An emerald is green." becomes "An emerald is a gemstone associated with the moon.", 0
+    when the answer still says "green" (or the base said nothing to check)."""
+    keys = words(first_sentence(base_answer)) - words(prompt) - FRAME
+    return len(keys - words(answer)) / len(keys) if keys else 0.0
+
+
 def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_tokens: int,
                      roles: tuple = ("anchor",), candidates: int = 0,
-                     base_answers: dict | None = None) -> list[tuple]:
+                     base_answers: dict | None = None, select: str = "repeat") -> list[tuple]:
     """--self-kl-rows: n prompts of the sources of `roles` (--self-kl-pool) answered greedily by
     the model being trained.
 
@@ -519,6 +534,12 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_token
     (base_answers, the replay; probes.repetition, the suites' loop measure) are kept, in draw
     order. Why: an edit loops on ~2% of ordinary prompts, so 32 random ones carry less than one
     loop for the repeat unlikelihood to push down (hard-example mining).
+
+    select="repeat-drift" (--self-kl-select): most candidates repeat no more than the base, so
+    most of the n are tied; the ties go to the answers that lost most of the base's key words
+    (`drift`) instead of the draw order. Why: facts are lost the same way loops are, on prompts
+    the edit never trained near ("What colour is an emerald?" answered without "green"), and the
+    base's token-by-token answer in that state is what brings the word back.
     """
     pool = [r.prompt for s in srcs if s.role in roles for r in s.rows]
     if candidates > n:   # distinct prompts to choose among (fewer when the pool is smaller)
@@ -532,7 +553,9 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_token
     if len(rows) > n:
         base_answers = base_answers or {}
         added = [repetition(a) - repetition(base_answers.get(p, "")) for p, a in rows]
-        most = sorted(range(len(rows)), key=lambda i: -added[i])[:n]   # stable: draw order on ties
+        lost = ([drift(p, a, base_answers.get(p, "")) for p, a in rows]
+                if select == "repeat-drift" else [0.0] * len(rows))
+        most = sorted(range(len(rows)), key=lambda i: (-added[i], -lost[i]))[:n]   # stable: draw order on ties
         rows = [rows[i] for i in sorted(most)]
     return [(p, a, mix.SELF_ROLE) for p, a in rows]
 
@@ -670,7 +693,7 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
         if self_kl_round(step, cfg):
             rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens,
                                      mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
-                                     cfg.self_kl_candidates, replay)
+                                     cfg.self_kl_candidates, replay, cfg.self_kl_select)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         ul_target=cfg.target if ul_weight > 0 else None,
                                         ul_tokens=cfg.unlikelihood_tokens,
