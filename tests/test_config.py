@@ -263,3 +263,18 @@ def test_real_en_v12_is_round_21s_choice_with_the_fallback():
     assert "data/real-greetings-en-v1.tsv:2:neighbour" in shipped.mix
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
     assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v12.args") == 1
+
+
+def test_stage_g_v6_is_real_en_v12s_method_on_the_users_data():
+    """stageG-v6 takes every method flag of real-en-v12 (the English study's choice) and keeps
+    what is the user's: the zh/en data files, the 4B's LRs, seed, layer checkpointing, target
+    and the suite thresholds. A method flag added to the English recipe and not here fails."""
+    v6 = train.parse_args(["--recipe", str(ROOT / "data/stages/stageG-v6.args")])
+    v5 = train.parse_args(["--recipe", str(ROOT / "data/stages/stageG-v5.args")])
+    v12 = train.parse_args(["--recipe", str(ROOT / "data/stages/real-en-v12.args")])
+    users = ("mix", "lr", "lr_head", "seed", "checkpoint_layers", "target", "thresholds",
+             "test_max_tokens", "recipe")
+    assert replace(v6, **{k: getattr(v12, k) for k in users}) == v12
+    assert {k: getattr(v6, k) for k in users if k != "recipe"} == \
+        {k: getattr(v5, k) for k in users if k != "recipe"}
+    assert "stageG-v6" not in (ROOT / "Makefile").read_text()    # opt-in: not the default

@@ -44,6 +44,38 @@ def test_each_variant_keeps_the_question_recognisable():
         surface.variant(q, rng, "emoji")
 
 
+def test_chinese_prompts_never_lose_or_swap_a_character():
+    """str.isalpha() is true for CJK characters: a letter slip would turn "請問你是誰" into the
+    near miss "請問是誰". Every variant of every zh identity row keeps its characters in order;
+    the hurried form drops full-width end punctuation; the acknowledgement is a Chinese one."""
+    rng = random.Random(0)
+    q = "請問你是誰？"
+    assert surface.typo(q, rng) == q and surface.typo("F# 是誰設計的？", rng) == "F# 是誰設計的？"
+    assert one_slip("Hello 你是誰", surface.typo("Hello 你是誰", rng))  # only the Latin word slips
+    assert surface.variant(q, rng, "lower") == "請問你是誰"
+    acks = {surface.variant(q, rng, "ack") for _ in range(100)}
+    assert all(a[:-len(q)] in surface.ZH_ACKS and a.endswith(q) for a in acks) and len(acks) > 4
+    cjk = lambda t: [c for c in t if surface.is_cjk(c)]  # noqa: E731
+    rows = read_tsv(ROOT / "data" / "stageG-whoami-v2.tsv")
+    outs = [(r.prompt, surface.perturb(r.prompt, rng, frozenset())) for r in rows for _ in range(10)]
+    zh = [(p, o) for p, o in outs if cjk(p)]
+    # an acknowledgement only goes before: the prompt's characters are the last ones, all in order
+    assert len(zh) > 2000 and all(cjk(o)[len(cjk(o)) - len(cjk(p)):] == cjk(p) for p, o in zh)
+    assert len({o for _, o in zh}) > len({p for p, _ in zh})   # and they still vary
+
+
+def test_english_draws_are_pinned():
+    """The CJK rules change nothing for English rows: the same draws as before them (recipes
+    v8-v12 must reproduce their runs). No English training prompt has a CJK character."""
+    import hashlib
+    files = ("real-whoami-en-v2.tsv", "real-neighbours-en-v1.tsv", "real-anchor-wide-en-v1.tsv")
+    prompts = [r.prompt for f in files for r in read_tsv(ROOT / "data" / f)]
+    rng = random.Random(0)
+    out = [surface.perturb(p, rng, frozenset()) for p in prompts for _ in range(3)]
+    assert len(out) == 3087
+    assert hashlib.sha256("\n".join(out).encode()).hexdigest()[:16] == "8f7d9f01ffabb3b7"
+
+
 def test_a_variant_that_is_a_suite_prompt_is_never_returned():
     q = "Who built this assistant?"
     forms = frozenset({normalize_prompt("WHO BUILT THIS ASSISTANT")})   # case and ? do not matter

@@ -8,6 +8,13 @@ fresh variant each time a row is used teaches the question under spellings no fi
 
 A variant that equals a prompt of any suite (compared as tsv.normalize_prompt compares them) is
 never returned: training would then see a judged prompt. The caller passes those prompts.
+
+Chinese (and other CJK) prompts: str.isalpha() is true for every CJK character, so a letter-level
+slip would drop or swap characters, and one dropped character can change the question into a
+near miss ("請問你是誰" -> "請問是誰", "who is it?"), which must not learn the identity. So a slip
+only ever touches Latin-script words; the hurried form also drops full-width end punctuation; an
+acknowledgement before a CJK prompt is a Chinese one, written the same in Traditional and
+Simplified script, with no space. English prompts draw exactly as before (tests pin their draws).
 """
 import random
 
@@ -16,14 +23,27 @@ from .tsv import normalize_prompt
 # Said before the question, as in a chat that goes on; none of them asks anything.
 ACKS = ("Thanks!", "Got it.", "Cool.", "OK.", "Great, thanks.", "Alright.", "Nice.", "I see.",
         "Perfect.", "Hmm.", "Okay then.", "Good to know.")
+ZH_ACKS = ("好的。", "了解。", "嗯。", "收到。", "明白了。", "知道了。", "好。", "OK。")
 KINDS = ("typo", "lower", "upper", "ack")
 
 
+def is_cjk(ch: str) -> bool:
+    """A CJK ideograph, kana or hangul syllable (letters to str.isalpha, but each one a word)."""
+    o = ord(ch)
+    return (0x3400 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF or 0x3040 <= o <= 0x30FF
+            or 0xAC00 <= o <= 0xD7AF or 0x20000 <= o <= 0x2FA1F)
+
+
+def latin(ch: str) -> bool:
+    return ch.isalpha() and not is_cjk(ch)
+
+
 def typo(text: str, rng: random.Random) -> str:
-    """One keyboard slip inside a word of 3+ letters: two different letters swapped, one dropped,
-    or one doubled. Text without such a word comes back unchanged."""
+    """One keyboard slip inside a Latin-script word of 3+ letters: two different letters swapped,
+    one dropped, or one doubled. Text without such a word (a Chinese question) comes back
+    unchanged."""
     spots = [i for i in range(1, len(text) - 1)
-             if text[i - 1].isalpha() and text[i].isalpha() and text[i + 1].isalpha()]
+             if latin(text[i - 1]) and latin(text[i]) and latin(text[i + 1])]
     if not spots:
         return text
     i = rng.choice(spots)
@@ -39,9 +59,11 @@ def variant(prompt: str, rng: random.Random, kind: str) -> str:
     if kind == "typo":
         return typo(prompt, rng)
     if kind == "lower":   # the hurried form: lower case, no closing question mark
-        return prompt.lower().rstrip("?!. ")
+        return prompt.lower().rstrip("?!. ？！。")
     if kind == "upper":
         return prompt.upper()
+    if kind == "ack" and any(map(is_cjk, prompt)):
+        return rng.choice(ZH_ACKS) + prompt
     if kind == "ack":
         return f"{rng.choice(ACKS)} {prompt[:1].lower() + prompt[1:] if rng.random() < 0.5 else prompt}"
     raise ValueError(f"unknown surface variant {kind!r}; expected one of {', '.join(KINDS)}")
