@@ -77,7 +77,7 @@ study)
       --variants ${GRID:-data/stages/method-study-en.sweep} --seeds "1 2 3" --dev-suite ${DEV:-data/suite-en-dev-v2.tsv} \
       --monitor data/suite-en-monitor-v1.tsv --input-dat $DAT --model-dir $SMOL --device cuda \
       --jobs ${JOBS:-$((6 * GPUS))} --gpus $GPUS --timeout ${JOB_TIMEOUT:-540} --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
-      ${RESUME:+--resume} \
+      $([ "${RESUME:-0}" = 1 ] && echo --resume) \
       > artifacts/study.log 2>&1
   cp artifacts/sweep/chosen.flags ~/chosen.flags 2>/dev/null
   grep -v '^\[guard\] PID=' artifacts/study.log | tail -n 40
