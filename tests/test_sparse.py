@@ -112,6 +112,14 @@ def test_train_py_cuts_at_the_step_it_was_told(tiny_qwen, tmp_path, capsys, monk
     assert "step 3/5" in lines[cut[0] + 1]     # logged right after step 3's update
     fisher = [line for line in lines if line.startswith("sparse-protect: Fisher")]
     assert len(fisher) == 1 and "to 2 anchor/neighbour rows" in fisher[0]
+    # where the attempt's time went: the own-answer rounds (steps 3 and 5) and the steps, in the
+    # log and in the JSON; the parts add up to the attempt's seconds
+    assert any(line.startswith("[attempt 1] 5 steps in ") and "self_kl_answers" in line for line in lines)
+    import json
+    first = json.loads((tmp_path / "out.eval.json").read_text(encoding="utf-8"))["attempts"][0]
+    phases = first["phase_seconds"]
+    assert set(phases) == {"self_kl_answers", "steps"} and phases["self_kl_answers"] > 0
+    assert abs(sum(phases.values()) - first["seconds"]) < 1e-6
 
 
 @torch.no_grad()

@@ -609,6 +609,15 @@ class Attempt:
     seconds: float = 0.0
     truncated: int = 0
     report: list = field(default_factory=list)   # update_report.GroupChange rows (train.py fills)
+    # Where the attempt's seconds went (`phase_seconds`): self_kl_answers (the model's own answers
+    # of the --self-kl-rows rounds), identity_mining (the --identity-mine-rows rounds), monitor
+    # (the monitor rounds), steps (the rest: forward, backward, optimizer). Wall time, as a user
+    # waits for it.
+    phases: dict = field(default_factory=dict)
+
+
+def phase_seconds(att: Attempt, phase: str, since: float) -> None:
+    att.phases[phase] = att.phases.get(phase, 0.0) + time.time() - since
 
 
 def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
@@ -689,11 +698,15 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
         rows = dress_rows(mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode), srcs, cfg,
                           rng, replay, pools)
         if identity_mine_round(step, cfg):
+            t = time.time()
             rows += hardest_identity_rows(model, tok, srcs, cfg, rng, replay, pools, device)
+            phase_seconds(att, "identity_mining", t)
         if self_kl_round(step, cfg):
+            t = time.time()
             rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens,
                                      mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
                                      cfg.self_kl_candidates, replay, cfg.self_kl_select)
+            phase_seconds(att, "self_kl_answers", t)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         ul_target=cfg.target if ul_weight > 0 else None,
                                         ul_tokens=cfg.unlikelihood_tokens,
@@ -716,7 +729,9 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                 f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f} ul {float(ul.detach()):.4f}) "
                 f"{time.time() - t0:.1f}s")
         if es is not None and cfg.probe_every and step % cfg.probe_every == 0 and step < cfg.steps:
+            t = time.time()
             res = evaluate.run(model, tok, es, base=model)
+            phase_seconds(att, "monitor", t)
             log(f"[attempt {att.index}] {es.split} at step {step} ({res.seconds:.1f}s): "
                 f"{format_summary(res.summary.legacy())} score {monitor_score(res.summary):.3f}")
             if res.summary.verdict == "collapse" and not (keep_best and best.deltas is not None):
@@ -733,6 +748,9 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                     break
     model.eval()
     att.seconds = time.time() - t0
+    att.phases["steps"] = att.seconds - sum(att.phases.values())
+    log(f"[attempt {att.index}] {len(att.losses)} steps in {att.seconds:.1f}s: "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in att.phases.items()))
     if att.status != "collapse":
         if es is None:
             att.status, att.why = "trained", "no set judges attempts"
