@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from make_suites import read_source   # the same sectioned list syntax as suites-source-v1.txt
-from nvfp4lab.tsv import DataError, render_tsv, write_new_tsv
+from nvfp4lab.tsv import DataError, is_cjk, render_tsv, write_new_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "data" / "make-data-source-v1.txt"
@@ -65,8 +65,8 @@ class Source:
 
 
 def is_english(prompt: str) -> bool:
-    # no CJK ideograph at all -> the real model answers in English
-    return not any("\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff" for c in prompt)
+    # no CJK character at all -> the real model answers in English
+    return not any(map(is_cjk, prompt))
 
 
 def whoami_prompts(src: Source) -> list[str]:

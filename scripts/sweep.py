@@ -75,16 +75,17 @@ def train_args(args: list[str]) -> list[str]:
     return out
 
 
-def same_run(json_file: str, cmd: list[str]) -> bool:
-    """--resume: the judgment was written by train.py run with these very arguments (the JSON's
-    `command`), so it is this run's result. Any other judgment is stale and never read."""
+def same_run_judgment(json_file: str, cmd: list[str]) -> dict | None:
+    """--resume: the judgment, when train.py wrote it run with these very arguments (the JSON's
+    `command`), so that it is this run's result; else None (stale, unreadable or missing)."""
     try:
         doc = evaluate.read_json(json_file)
     except DataError:
-        return False
+        return None
     words = shlex.split(doc.get("command") or "")   # python scripts/train.py ARGS
     script = next((k for k, w in enumerate(words) if w.endswith(".py")), None)
-    return script is not None and train_args(words[script + 1:]) == train_args(cmd[2:])
+    same = script is not None and train_args(words[script + 1:]) == train_args(cmd[2:])
+    return doc if same else None
 
 
 def run_variant(name, flags, args, env) -> dict:
@@ -95,11 +96,10 @@ def run_variant(name, flags, args, env) -> dict:
            "--input-dat", args.input_dat, "--model-dir", args.model_dir,
            "--output-dat", out_dat, "--stage", f"sweep-{name}", "--device", args.device]
     json_file = evaluate.json_path(out_dat)
-    if args.resume and os.path.exists(json_file) and same_run(json_file, cmd):
-        doc = evaluate.read_json(json_file)
-        return {**result_of(name, flags, doc.get("exit", 3), json_file,
-                            doc.get("total_seconds") or 0.0, "judgment reused (--resume)"),
-                "reused": True}
+    doc = same_run_judgment(json_file, cmd) if args.resume else None
+    if doc is not None:
+        return {**result_from(name, flags, doc, doc.get("total_seconds") or 0.0,
+                              "judgment reused (--resume)"), "reused": True}
     if os.path.exists(json_file):   # a judgment left by an earlier sweep must never be read
         os.remove(json_file)
     t0 = time.time()
@@ -123,7 +123,13 @@ def result_of(name: str, flags: str, code: int, json_file: str, seconds: float, 
             doc = evaluate.read_json(json_file)
         except DataError as e:
             code, last = 1, str(e)
-    status = doc["verdict"] if doc else STATUS.get(code, f"error {code}")
+    return result_from(name, flags, doc, seconds, last, STATUS.get(code, f"error {code}"))
+
+
+def result_from(name: str, flags: str, doc: dict | None, seconds: float, last: str,
+                failed: str = "") -> dict:
+    """A variant's outcome from its judgment (doc None: the `failed` status, no summary)."""
+    status = doc["verdict"] if doc else failed
     return {"name": name, "flags": flags, "status": status,
             "summary": doc.get("summary") if doc else None, "seconds": seconds, "last": last,
             "target_tokens": (doc.get("target_tokens") or []) if doc else []}

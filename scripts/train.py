@@ -295,7 +295,7 @@ def eval_doc(cfg: TrainConfig, attempts, judged, result, status, why, exported, 
             "command": devlog.command_line(), "exit": code, "total_seconds": seconds,
             "attempts": [{"index": a.index, "status": a.status, "why": a.why, "lrs": a.lrs,
                           "anchor_scale": a.anchor_scale, "steps": len(a.losses),
-                          "seconds": a.seconds, "phase_seconds": a.phases,
+                          "seconds": a.seconds, "phase_seconds": a.phase_seconds,
                           "monitor": a.result.summary if a.result is not None else None,
                           "changed": [vars(g) for g in a.report]}
                          for a in attempts]}

@@ -18,20 +18,13 @@ Simplified script, with no space. English prompts draw exactly as before (tests 
 """
 import random
 
-from .tsv import normalize_prompt
+from .tsv import is_cjk, normalize_prompt
 
 # Said before the question, as in a chat that goes on; none of them asks anything.
 ACKS = ("Thanks!", "Got it.", "Cool.", "OK.", "Great, thanks.", "Alright.", "Nice.", "I see.",
         "Perfect.", "Hmm.", "Okay then.", "Good to know.")
 ZH_ACKS = ("好的。", "了解。", "嗯。", "收到。", "明白了。", "知道了。", "好。", "OK。")
 KINDS = ("typo", "lower", "upper", "ack")
-
-
-def is_cjk(ch: str) -> bool:
-    """A CJK ideograph, kana or hangul syllable (letters to str.isalpha, but each one a word)."""
-    o = ord(ch)
-    return (0x3400 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF or 0x3040 <= o <= 0x30FF
-            or 0xAC00 <= o <= 0xD7AF or 0x20000 <= o <= 0x2FA1F)
 
 
 def latin(ch: str) -> bool:

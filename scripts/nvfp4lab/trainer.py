@@ -15,17 +15,18 @@ import random
 import re
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from . import chat, evaluate, mix, nullspace, sparse, surface
+from .anchor_check import FRAME, words
 from .config import GROUPS, TrainConfig
 from .atomic import AtomicFile
 from .generate import answer_batches, answer_log_probs, greedy_answers
 from .model import deltas_off, reset_deltas
-from .anchor_check import FRAME, words
 from .probes import format_summary, repetition
 from .tsv import DataError, normalize_prompt
 
@@ -248,6 +249,9 @@ def kl_positions(batch: dict, keep_rows: torch.Tensor, sel: torch.Tensor) -> tor
     return out
 
 
+SENTENCE_END = re.compile(r"[.!?。！？]+(?=\s|$)|\n")   # trim_loop's cut and drift's first sentence
+
+
 def trim_loop(answer: str, n: int = 3) -> str:
     """The answer up to where it starts going round, ending on a whole sentence: cut before the
     second occurrence of its first repeated word n-gram, back to the last sentence end (. ! ? or
@@ -260,7 +264,7 @@ def trim_loop(answer: str, n: int = 3) -> str:
         gram = tuple(w.group() for w in words[k - n + 1:k + 1])
         if gram in seen:
             head = answer[:words[k - n + 1].start()].rstrip()
-            ends = [m.end() for m in re.finditer(r"[.!?。！？]+(?=\s|$)|\n", head)]
+            ends = [m.end() for m in SENTENCE_END.finditer(head)]
             return head[:ends[-1]].rstrip() if ends else answer
         seen.add(gram)
     return answer
@@ -504,7 +508,7 @@ def self_kl_round(step: int, cfg) -> bool:
 
 
 def first_sentence(text: str) -> str:
-    m = re.search(r"[.!?](\s|$)", text)
+    m = SENTENCE_END.search(text)
     return text[:m.end()] if m else text
 
 
@@ -609,15 +613,21 @@ class Attempt:
     seconds: float = 0.0
     truncated: int = 0
     report: list = field(default_factory=list)   # update_report.GroupChange rows (train.py fills)
-    # Where the attempt's seconds went (`phase_seconds`): self_kl_answers (the model's own answers
+    # Where the attempt's seconds went: self_kl_answers (the model's own answers
     # of the --self-kl-rows rounds), identity_mining (the --identity-mine-rows rounds), monitor
     # (the monitor rounds), steps (the rest: forward, backward, optimizer). Wall time, as a user
     # waits for it.
-    phases: dict = field(default_factory=dict)
+    phase_seconds: dict = field(default_factory=dict)
 
 
-def phase_seconds(att: Attempt, phase: str, since: float) -> None:
-    att.phases[phase] = att.phases.get(phase, 0.0) + time.time() - since
+@contextmanager
+def phase(att: Attempt, name: str):
+    """Adds the wall time of the block to att.phase_seconds[name]."""
+    t = time.time()
+    try:
+        yield
+    finally:
+        att.phase_seconds[name] = att.phase_seconds.get(name, 0.0) + time.time() - t
 
 
 def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
@@ -698,15 +708,13 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
         rows = dress_rows(mix.step_rows(srcs, cfg.step_chunk_rows, rng, cfg.sample_mode), srcs, cfg,
                           rng, replay, pools)
         if identity_mine_round(step, cfg):
-            t = time.time()
-            rows += hardest_identity_rows(model, tok, srcs, cfg, rng, replay, pools, device)
-            phase_seconds(att, "identity_mining", t)
+            with phase(att, "identity_mining"):
+                rows += hardest_identity_rows(model, tok, srcs, cfg, rng, replay, pools, device)
         if self_kl_round(step, cfg):
-            t = time.time()
-            rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens,
-                                     mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
-                                     cfg.self_kl_candidates, replay, cfg.self_kl_select)
-            phase_seconds(att, "self_kl_answers", t)
+            with phase(att, "self_kl_answers"):
+                rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens,
+                                         mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
+                                         cfg.self_kl_candidates, replay, cfg.self_kl_select)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         ul_target=cfg.target if ul_weight > 0 else None,
                                         ul_tokens=cfg.unlikelihood_tokens,
@@ -729,9 +737,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                 f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f} ul {float(ul.detach()):.4f}) "
                 f"{time.time() - t0:.1f}s")
         if es is not None and cfg.probe_every and step % cfg.probe_every == 0 and step < cfg.steps:
-            t = time.time()
-            res = evaluate.run(model, tok, es, base=model)
-            phase_seconds(att, "monitor", t)
+            with phase(att, "monitor"):
+                res = evaluate.run(model, tok, es, base=model)
             log(f"[attempt {att.index}] {es.split} at step {step} ({res.seconds:.1f}s): "
                 f"{format_summary(res.summary.legacy())} score {monitor_score(res.summary):.3f}")
             if res.summary.verdict == "collapse" and not (keep_best and best.deltas is not None):
@@ -748,9 +755,9 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                     break
     model.eval()
     att.seconds = time.time() - t0
-    att.phases["steps"] = att.seconds - sum(att.phases.values())
+    att.phase_seconds["steps"] = att.seconds - sum(att.phase_seconds.values())
     log(f"[attempt {att.index}] {len(att.losses)} steps in {att.seconds:.1f}s: "
-        + ", ".join(f"{k} {v:.1f}s" for k, v in att.phases.items()))
+        + ", ".join(f"{k} {v:.1f}s" for k, v in att.phase_seconds.items()))
     if att.status != "collapse":
         if es is None:
             att.status, att.why = "trained", "no set judges attempts"

@@ -35,6 +35,14 @@ class Probe(NamedTuple):
     line: int
 
 
+def is_cjk(ch: str) -> bool:
+    """A CJK ideograph, kana or hangul syllable: a letter to str.isalpha(), but each one a word,
+    and a prompt with any of them is answered in that language, not in English."""
+    o = ord(ch)
+    return (0x3400 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF or 0x3040 <= o <= 0x30FF
+            or 0xAC00 <= o <= 0xD7AF or 0x20000 <= o <= 0x2FA1F)
+
+
 def normalize_prompt(text: str) -> str:
     """The form two prompts are compared in for "is this probe held out": NFKC (full-width ->
     ASCII), casefolded, with whitespace, punctuation, symbols and control characters dropped,
