@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nvfp4lab import chat, evaluate, mix, trainer
+from nvfp4lab import chat, evaluate, mix, probes, trainer
 from nvfp4lab.dat import read_dat
 from nvfp4lab.generate import greedy_answers
 from nvfp4lab.tsv import Row
@@ -454,6 +454,41 @@ def test_self_kl_select_repeat_drift_breaks_the_ties_by_the_facts_lost(monkeypat
         assert chosen("repeat-drift", seed) == sorted(prompts[0:2] + [prompts[4]])
     # by draw order alone the emerald is left out for some draws
     assert any(prompts[1] not in chosen("repeat", seed) for seed in range(4))
+
+
+def test_self_kl_select_loop_drift_prefers_lost_facts_over_small_repetition(monkeypatch):
+    """--self-kl-select loop-drift: loops by the suites' rule first, then the facts lost, even
+    when other answers repeat a little more than the base's (real answers almost always do,
+    which is why repeat-drift chose nearly what repeat chose in round 22)."""
+    prompts = ["Give pros.", "What colour is an emerald?", "Tell me about cats.",
+               "Tell me about dogs.", "What colour is the sky?"]
+    answers = {prompts[0]: "Pros:\nPros:\nPros:\nPros:\nPros:\nPros:\nPros:\nPros:",
+               prompts[1]: "An emerald is a precious gemstone found in many places.",
+               prompts[2]: "Cats are cats and cats are small pets that many people keep.",
+               prompts[3]: "Dogs are dogs and dogs are loyal pets that many people keep.",
+               prompts[4]: "The sky is blue on a clear day."}
+    base = {prompts[0]: "Pros: more time at home, less travel.",
+            prompts[1]: "An emerald is green, a precious gemstone.",
+            prompts[2]: "Cats are small pets that many people keep.",
+            prompts[3]: "Dogs are loyal pets that many people keep.",
+            prompts[4]: "The sky is blue on a clear day."}
+    added = {p: probes.repetition(answers[p]) - probes.repetition(base[p]) for p in prompts}
+    assert added[prompts[0]] > trainer.LOOP_ADDED                      # the one loop
+    assert 0 < added[prompts[2]] < trainer.LOOP_ADDED and 0 < added[prompts[3]] < trainer.LOOP_ADDED
+    assert added[prompts[1]] <= 0                                        # the lost fact repeats less
+    monkeypatch.setattr(trainer, "greedy_answers",
+                        lambda model, tok, ps, n: [answers[p] for p in ps])
+    model = torch.nn.Linear(1, 1)
+    srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row(p, "-", "a.tsv", i + 1)
+                                                for i, p in enumerate(prompts)])]
+
+    def chosen(select):
+        rows = trainer.self_answer_rows(model, None, srcs, 2, random.Random(0), 4,
+                                        candidates=8, base_answers=base, select=select)
+        return sorted(r[0] for r in rows)
+    assert chosen("loop-drift") == sorted(prompts[0:2])
+    # repeat and repeat-drift take the second row by the small repetition, not the lost fact
+    assert prompts[1] not in chosen("repeat") and prompts[1] not in chosen("repeat-drift")
 
 
 def test_self_kl_select_needs_candidates_to_choose_among(capsys):

@@ -27,7 +27,7 @@ from .config import GROUPS, TrainConfig
 from .atomic import AtomicFile
 from .generate import answer_batches, answer_log_probs, greedy_answers
 from .model import deltas_off, reset_deltas
-from .probes import format_summary, repetition
+from .probes import Thresholds, format_summary, repetition
 from .tsv import DataError, normalize_prompt
 
 SUCCESS, NOT_REACHED, COLLAPSED = 0, 3, 4
@@ -521,6 +521,10 @@ def drift(prompt: str, answer: str, base_answer: str) -> float:
     return len(keys - words(answer)) / len(keys) if keys else 0.0
 
 
+# --self-kl-select loop-drift: an answer is a loop as the suites judge one ("loops added")
+LOOP_ADDED = Thresholds().max_repetition
+
+
 def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_tokens: int,
                      roles: tuple = ("anchor",), candidates: int = 0,
                      base_answers: dict | None = None, select: str = "repeat") -> list[tuple]:
@@ -539,11 +543,17 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_token
     order. Why: an edit loops on ~2% of ordinary prompts, so 32 random ones carry less than one
     loop for the repeat unlikelihood to push down (hard-example mining).
 
-    select="repeat-drift" (--self-kl-select): most candidates repeat no more than the base, so
-    most of the n are tied; the ties go to the answers that lost most of the base's key words
-    (`drift`) instead of the draw order. Why: facts are lost the same way loops are, on prompts
-    the edit never trained near ("What colour is an emerald?" answered without "green"), and the
-    base's token-by-token answer in that state is what brings the word back.
+    select="repeat-drift" (--self-kl-select): ties of that order go to the answers that lost
+    most of the base's key words (`drift`) instead of the draw order. Measured (round 22): an
+    answer of 64 tokens almost never repeats exactly as much as the base's, so ties are rare and
+    repeat-drift chose nearly the rows repeat chose.
+
+    select="loop-drift": the answers that are loops by the suites' rule (repetition beyond the
+    base's by more than probes.Thresholds.max_repetition) come first, most repeated first; the
+    rest go by drift, most lost first (then by repetition). Why: facts are lost the same way
+    loops are, on prompts the edit never trained near ("What colour is an emerald?" answered
+    without "green"), and the base's token-by-token answer in that state is what brings the
+    word back; a small repetition difference says nothing of the kind.
     """
     pool = [r.prompt for s in srcs if s.role in roles for r in s.rows]
     if candidates > n:   # distinct prompts to choose among (fewer when the pool is smaller)
@@ -558,8 +568,13 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_token
         base_answers = base_answers or {}
         added = [repetition(a) - repetition(base_answers.get(p, "")) for p, a in rows]
         lost = ([drift(p, a, base_answers.get(p, "")) for p, a in rows]
-                if select == "repeat-drift" else [0.0] * len(rows))
-        most = sorted(range(len(rows)), key=lambda i: (-added[i], -lost[i]))[:n]   # stable: draw order on ties
+                if select != "repeat" else [0.0] * len(rows))
+        if select == "loop-drift":
+            loop = [a > LOOP_ADDED for a in added]
+            key = lambda i: (not loop[i], -added[i] if loop[i] else -lost[i], -added[i])
+        else:
+            key = lambda i: (-added[i], -lost[i])
+        most = sorted(range(len(rows)), key=key)[:n]   # stable: draw order on ties
         rows = [rows[i] for i in sorted(most)]
     return [(p, a, mix.SELF_ROLE) for p, a in rows]
 
