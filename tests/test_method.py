@@ -341,7 +341,7 @@ def test_self_kl_candidates_keep_the_answers_that_loop_beyond_the_base(monkeypat
     base = {"a": "Pros: more time at home.", "c": "1. one\n1. one\n1. one\n1. one",
             "d": "Blue, like the sky."}
     monkeypatch.setattr(trainer, "greedy_answers",
-                        lambda model, tok, prompts, n: [answers[p] for p in prompts])
+                        lambda model, tok, prompts, n, batch_size=None: [answers[p] for p in prompts])
     model = torch.nn.Linear(1, 1)
     srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row(p, "-", "a.tsv", i + 1)
                                                 for i, p in enumerate("abcd")])]
@@ -441,7 +441,7 @@ def test_self_kl_select_repeat_drift_breaks_the_ties_by_the_facts_lost(monkeypat
             prompts[2]: "Paris is the capital of France.", prompts[3]: "The sky is blue.",
             prompts[4]: "A tiger is a big cat."}
     monkeypatch.setattr(trainer, "greedy_answers",
-                        lambda model, tok, ps, n: [answers[p] for p in ps])
+                        lambda model, tok, ps, n, batch_size=None: [answers[p] for p in ps])
     model = torch.nn.Linear(1, 1)
     srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row(p, "-", "a.tsv", i + 1)
                                                 for i, p in enumerate(prompts)])]
@@ -477,7 +477,7 @@ def test_self_kl_select_loop_drift_prefers_lost_facts_over_small_repetition(monk
     assert 0 < added[prompts[2]] < trainer.LOOP_ADDED and 0 < added[prompts[3]] < trainer.LOOP_ADDED
     assert added[prompts[1]] <= 0                                        # the lost fact repeats less
     monkeypatch.setattr(trainer, "greedy_answers",
-                        lambda model, tok, ps, n: [answers[p] for p in ps])
+                        lambda model, tok, ps, n, batch_size=None: [answers[p] for p in ps])
     model = torch.nn.Linear(1, 1)
     srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row(p, "-", "a.tsv", i + 1)
                                                 for i, p in enumerate(prompts)])]
@@ -489,6 +489,29 @@ def test_self_kl_select_loop_drift_prefers_lost_facts_over_small_repetition(monk
     assert chosen("loop-drift") == sorted(prompts[0:2])
     # repeat and repeat-drift take the second row by the small repetition, not the lost fact
     assert prompts[1] not in chosen("repeat") and prompts[1] not in chosen("repeat-drift")
+
+
+def test_self_kl_batch_sets_the_decode_batch_of_the_candidates(monkeypatch, capsys):
+    """--self-kl-batch: the candidates of a round are answered in batches of that many (0 = the
+    suites' default batch); a negative batch is refused."""
+    import train
+    seen = []
+
+    def fake(model, tok, ps, n, batch_size=None):
+        seen.append(batch_size)
+        return ["An answer." for _ in ps]
+    monkeypatch.setattr(trainer, "greedy_answers", fake)
+    srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row(f"q{i}", "-", "a.tsv", i + 1) for i in range(9)])]
+    for batch in (None, 384):
+        trainer.self_answer_rows(torch.nn.Linear(1, 1), None, srcs, 2, random.Random(0), 4,
+                                 candidates=8, batch_size=batch)
+    assert seen == [None, 384]
+    base = ["--train-data", "x.tsv", "--self-kl-rows", "4"]
+    assert train.parse_args(base).self_kl_batch == 0
+    assert train.parse_args(base + ["--self-kl-batch", "384"]).self_kl_batch == 384
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(base + ["--self-kl-batch", "-1"])
+    assert e.value.code == 2 and "--self-kl-batch -1" in capsys.readouterr().err
 
 
 def test_self_kl_select_needs_candidates_to_choose_among(capsys):

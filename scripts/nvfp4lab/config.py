@@ -135,6 +135,11 @@ class TrainConfig:
            "the identity is learnt, to the identity and keep rows, and spends the rounds (and "
            "--self-repeat-ul) on the loops of the edit that exists by then")
     self_kl_tokens: int = flag(32, "answer length of --self-kl-rows (the suites judge 32)")
+    self_kl_batch: int = flag(
+        0, "answers per decode batch of a --self-kl-rows round (its candidates); 0 = the suites' "
+           "batch (64 on a GPU, 16 on the CPU). Why: a small model's decode step is launch-bound, "
+           "so one batch of 384 costs about what one of 64 does; its KV cache is rows x (prompt "
+           "+ --self-kl-tokens) tokens. Rows decoded in another batch may differ in the last bit")
     self_kl_pool: str = flag("anchor", "prompts of --self-kl-rows: anchor (ordinary requests) or "
                                        "keep (anchors and near-miss neighbours)",
                              choices=("anchor", "keep"))
@@ -295,6 +300,8 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error(f"--sparse-share {ns.sparse_share:g}: a share of the values, 0 <= SHARE < 1")
     if not 0.0 <= ns.keep_ce_weight <= 1.0:
         parser.error(f"--keep-ce-weight {ns.keep_ce_weight:g}: 0 <= WEIGHT <= 1")
+    if ns.self_kl_batch < 0:
+        parser.error(f"--self-kl-batch {ns.self_kl_batch}: 0 (the suites' batch) or more")
     if ns.self_kl_rows < 0 or ns.self_kl_every < 1 or ns.self_kl_tokens < 1:
         parser.error("--self-kl-rows >= 0, --self-kl-every >= 1 and --self-kl-tokens >= 1")
     if not 0.0 <= ns.system_share <= 1.0 or (ns.system_share > 0) != bool(ns.system_prompts):

@@ -527,7 +527,8 @@ LOOP_ADDED = Thresholds().max_repetition
 
 def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_tokens: int,
                      roles: tuple = ("anchor",), candidates: int = 0,
-                     base_answers: dict | None = None, select: str = "repeat") -> list[tuple]:
+                     base_answers: dict | None = None, select: str = "repeat",
+                     batch_size: int | None = None) -> list[tuple]:
     """--self-kl-rows: n prompts of the sources of `roles` (--self-kl-pool) answered greedily by
     the model being trained.
 
@@ -561,7 +562,7 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_token
     else:
         prompts = [rng.choice(pool) for _ in range(n)] if pool else []
     model.eval()     # generation: no layer checkpointing, the KV cache on
-    answers = greedy_answers(model, tok, prompts, max_new_tokens)
+    answers = greedy_answers(model, tok, prompts, max_new_tokens, batch_size)   # --self-kl-batch
     model.train()
     rows = list(zip(prompts, answers))
     if len(rows) > n:
@@ -729,7 +730,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
             with phase(att, "self_kl_answers"):
                 rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens,
                                          mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
-                                         cfg.self_kl_candidates, replay, cfg.self_kl_select)
+                                         cfg.self_kl_candidates, replay, cfg.self_kl_select,
+                                         cfg.self_kl_batch or None)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         ul_target=cfg.target if ul_weight > 0 else None,
                                         ul_tokens=cfg.unlikelihood_tokens,
