@@ -262,7 +262,28 @@ def test_real_en_v12_is_round_21s_choice_with_the_fallback():
     assert shipped.max_retries == 2 and chosen.max_retries == 0
     assert "data/real-greetings-en-v1.tsv:2:neighbour" in shipped.mix
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
-    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v12.args") == 1
+
+
+def test_real_en_v13_is_round_23s_choice_and_v14_only_adds_the_decode_batch():
+    """The shipped default of `make demo-real` is round 23's dev choice (i3: v12 with 384 self-KL
+    candidates chosen loops first, then by drift), plus only the user's fallback; the opt-in v14
+    differs from it only in how the candidates are batched (--self-kl-batch), a speed knob."""
+    import sweep
+    stages = ROOT / "data" / "stages"
+    flags = dict(sweep.read_variants(str(stages / "method-study-en-r23.sweep")))
+    chosen = train.parse_args(["--recipe", str(stages / "method-study-en.args"),
+                               *shlex.split(flags["i3-loopdrift-cand384"])])
+    shipped = train.parse_args(["--recipe", str(stages / "real-en-v13.args")])
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert shipped.self_kl_select == "loop-drift" and shipped.self_kl_candidates == 384
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+    v14 = train.parse_args(["--recipe", str(stages / "real-en-v14.args")])
+    assert v14.self_kl_batch == 384 and replace(v14, self_kl_batch=0, recipe=None) == replace(shipped, recipe=None)
+    # round 23b's i4 is v14 without the fallback
+    r23b = dict(sweep.read_variants(str(stages / "method-study-en-r23b.sweep")))
+    i4 = train.parse_args(["--recipe", str(stages / "method-study-en.args"), *shlex.split(r23b["i4-i3-batch384"])])
+    assert replace(i4, max_retries=2, recipe=None) == replace(v14, recipe=None)
+    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v13.args") == 1
 
 
 def test_stage_g_v6_is_real_en_v12s_method_on_the_users_data():
