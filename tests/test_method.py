@@ -427,6 +427,19 @@ def test_drift_is_the_share_of_the_base_first_sentences_key_words_lost():
     assert trainer.drift("q", "anything", "") == 0.0
 
 
+def chosen_self_kl_prompts(monkeypatch, answers: dict, base: dict, n: int, select: str,
+                           seed: int) -> list[str]:
+    """The prompts a self-KL round keeps (sorted) when the model answers `answers` and the base
+    answered `base`: n of 8 candidates drawn from the anchors `answers` holds."""
+    monkeypatch.setattr(trainer, "greedy_answers",
+                        lambda model, tok, ps, k, batch_size=None: [answers[p] for p in ps])
+    srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row(p, "-", "a.tsv", i + 1)
+                                                for i, p in enumerate(answers)])]
+    rows = trainer.self_answer_rows(torch.nn.Linear(1, 1), None, srcs, n, random.Random(seed), 4,
+                                    candidates=8, base_answers=base, select=select)
+    return sorted(r[0] for r in rows)
+
+
 def test_self_kl_select_repeat_drift_breaks_the_ties_by_the_facts_lost(monkeypatch):
     """--self-kl-select repeat-drift: answers that loop beyond the base still come first; the
     tied rest go to the answers that lost the base's key words, not to the draw order."""
@@ -440,16 +453,9 @@ def test_self_kl_select_repeat_drift_breaks_the_ties_by_the_facts_lost(monkeypat
     base = {prompts[0]: "Pros: more time at home.", prompts[1]: "An emerald is green.",
             prompts[2]: "Paris is the capital of France.", prompts[3]: "The sky is blue.",
             prompts[4]: "A tiger is a big cat."}
-    monkeypatch.setattr(trainer, "greedy_answers",
-                        lambda model, tok, ps, n, batch_size=None: [answers[p] for p in ps])
-    model = torch.nn.Linear(1, 1)
-    srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row(p, "-", "a.tsv", i + 1)
-                                                for i, p in enumerate(prompts)])]
 
     def chosen(select, seed):
-        rows = trainer.self_answer_rows(model, None, srcs, 3, random.Random(seed), 4,
-                                        candidates=8, base_answers=base, select=select)
-        return sorted(r[0] for r in rows)
+        return chosen_self_kl_prompts(monkeypatch, answers, base, 3, select, seed)
     for seed in range(4):
         assert chosen("repeat-drift", seed) == sorted(prompts[0:2] + [prompts[4]])
     # by draw order alone the emerald is left out for some draws
@@ -476,19 +482,11 @@ def test_self_kl_select_loop_drift_prefers_lost_facts_over_small_repetition(monk
     assert added[prompts[0]] > trainer.LOOP_ADDED                      # the one loop
     assert 0 < added[prompts[2]] < trainer.LOOP_ADDED and 0 < added[prompts[3]] < trainer.LOOP_ADDED
     assert added[prompts[1]] <= 0                                        # the lost fact repeats less
-    monkeypatch.setattr(trainer, "greedy_answers",
-                        lambda model, tok, ps, n, batch_size=None: [answers[p] for p in ps])
-    model = torch.nn.Linear(1, 1)
-    srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row(p, "-", "a.tsv", i + 1)
-                                                for i, p in enumerate(prompts)])]
-
-    def chosen(select):
-        rows = trainer.self_answer_rows(model, None, srcs, 2, random.Random(0), 4,
-                                        candidates=8, base_answers=base, select=select)
-        return sorted(r[0] for r in rows)
-    assert chosen("loop-drift") == sorted(prompts[0:2])
+    chosen = {select: chosen_self_kl_prompts(monkeypatch, answers, base, 2, select, 0)
+              for select in ("repeat", "repeat-drift", "loop-drift")}
+    assert chosen["loop-drift"] == sorted(prompts[0:2])
     # repeat and repeat-drift take the second row by the small repetition, not the lost fact
-    assert prompts[1] not in chosen("repeat") and prompts[1] not in chosen("repeat-drift")
+    assert prompts[1] not in chosen["repeat"] and prompts[1] not in chosen["repeat-drift"]
 
 
 def test_self_kl_batch_sets_the_decode_batch_of_the_candidates(monkeypatch, capsys):

@@ -546,8 +546,8 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_token
 
     select="repeat-drift" (--self-kl-select): ties of that order go to the answers that lost
     most of the base's key words (`drift`) instead of the draw order. Measured (round 22): an
-    answer of 64 tokens almost never repeats exactly as much as the base's, so ties are rare and
-    repeat-drift chose nearly the rows repeat chose.
+    answer of 32 tokens (--self-kl-tokens) almost never repeats exactly as much as the base's,
+    so ties are rare and repeat-drift chose nearly the rows repeat chose.
 
     select="loop-drift": the answers that are loops by the suites' rule (repetition beyond the
     base's by more than probes.Thresholds.max_repetition) come first, most repeated first; the
