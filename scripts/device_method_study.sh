@@ -9,7 +9,9 @@
 #                                                  # at 6, 465 s or over 520 s at 7-8, round 21);
 #                                                  # RESUME=1 reuses the judgments already in
 #                                                  # artifacts/sweep (sweep.py --resume): a second call
-#                                                  # runs only what timed out
+#                                                  # runs only what timed out; REUSE=DIR first copies
+#                                                  # DIR's *.eval.json there (judgments carried in from
+#                                                  # an earlier machine); SEEDS (default "1 2 3")
 #   bash scripts/device_method_study.sh final      # the chosen variant: one timed make demo-real
 #                                                  # (+ both runners), then 5 seeds on held-out
 #                                                  # (SINGLE=0: the 5 seeds only; VARIANT=NAME
@@ -21,8 +23,9 @@
 #                                                  # that runs two stages side by side: start the
 #                                                  # second with `&` and `wait` for it, or it is
 #                                                  # killed when the call ends)
-# The converted SmolLM2 (126 MiB) travels in parts (split -b 58M) copied to ~/smol in earlier
-# calls; it is joined into artifacts/smollm2/ here. Logs, JSON judgments and the DevLog entries
+# The converted SmolLM2 (126 MiB) travels in parts (split -b 45M) copied to ~/smol in earlier
+# calls (45 MiB parts since the tracked tree grew to 14 MiB: a call carries 64 MiB); it is joined
+# into artifacts/smollm2/ here. Logs, JSON judgments and the DevLog entries
 # come back under $OUT (results.tgz); DevLog entries are appended to doc/DevLog.md by hand.
 set -uo pipefail
 STAGE=${1:?usage: device_method_study.sh baseline|study|final}
@@ -73,8 +76,9 @@ baseline)
   pack artifacts/*.eval.json artifacts/*.log
   ;;
 study)
+  if [ -n "${REUSE:-}" ]; then mkdir -p artifacts/sweep && cp "$REUSE"/*.eval.json artifacts/sweep/ || exit 1; fi
   timed timeout $(( ${JOB_TIMEOUT:-540} + 30 )) python3 scripts/sweep.py --recipe data/stages/method-study-en.args \
-      --variants ${GRID:-data/stages/method-study-en.sweep} --seeds "1 2 3" --dev-suite ${DEV:-data/suite-en-dev-v2.tsv} \
+      --variants ${GRID:-data/stages/method-study-en.sweep} --seeds "${SEEDS:-1 2 3}" --dev-suite ${DEV:-data/suite-en-dev-v2.tsv} \
       --monitor data/suite-en-monitor-v1.tsv --input-dat $DAT --model-dir $SMOL --device cuda \
       --jobs ${JOBS:-$((6 * GPUS))} --gpus $GPUS --timeout ${JOB_TIMEOUT:-540} --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
       $([ "${RESUME:-0}" = 1 ] && echo --resume) \
