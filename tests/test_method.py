@@ -478,9 +478,10 @@ def test_self_kl_select_loop_drift_prefers_lost_facts_over_small_repetition(monk
             prompts[2]: "Cats are small pets that many people keep.",
             prompts[3]: "Dogs are loyal pets that many people keep.",
             prompts[4]: "The sky is blue on a clear day."}
+    loop_added = probes.Thresholds().max_repetition     # the suites' loop rule, --max-repetition
     added = {p: probes.repetition(answers[p]) - probes.repetition(base[p]) for p in prompts}
-    assert added[prompts[0]] > trainer.LOOP_ADDED                      # the one loop
-    assert 0 < added[prompts[2]] < trainer.LOOP_ADDED and 0 < added[prompts[3]] < trainer.LOOP_ADDED
+    assert added[prompts[0]] > loop_added                      # the one loop
+    assert 0 < added[prompts[2]] < loop_added and 0 < added[prompts[3]] < loop_added
     assert added[prompts[1]] <= 0                                        # the lost fact repeats less
     chosen = {select: chosen_self_kl_prompts(monkeypatch, answers, base, 2, select, 0)
               for select in ("repeat", "repeat-drift", "loop-drift")}

@@ -521,14 +521,11 @@ def drift(prompt: str, answer: str, base_answer: str) -> float:
     return len(keys - words(answer)) / len(keys) if keys else 0.0
 
 
-# --self-kl-select loop-drift: an answer is a loop as the suites judge one ("loops added")
-LOOP_ADDED = Thresholds().max_repetition
-
-
 def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_tokens: int,
                      roles: tuple = ("anchor",), candidates: int = 0,
                      base_answers: dict | None = None, select: str = "repeat",
-                     batch_size: int | None = None) -> list[tuple]:
+                     batch_size: int | None = None,
+                     loop_added: float = Thresholds().max_repetition) -> list[tuple]:
     """--self-kl-rows: n prompts of the sources of `roles` (--self-kl-pool) answered greedily by
     the model being trained.
 
@@ -550,11 +547,11 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_token
     so ties are rare and repeat-drift chose nearly the rows repeat chose.
 
     select="loop-drift": the answers that are loops by the suites' rule (repetition beyond the
-    base's by more than probes.Thresholds.max_repetition) come first, most repeated first; the
-    rest go by drift, most lost first (then by repetition). Why: facts are lost the same way
-    loops are, on prompts the edit never trained near ("What colour is an emerald?" answered
-    without "green"), and the base's token-by-token answer in that state is what brings the
-    word back; a small repetition difference says nothing of the kind.
+    base's by more than `loop_added`, the run's --max-repetition) come first, most repeated
+    first; the rest go by drift, most lost first (then by repetition). Why: facts are lost the
+    same way loops are, on prompts the edit never trained near ("What colour is an emerald?"
+    answered without "green"), and the base's token-by-token answer in that state is what brings
+    the word back; a small repetition difference says nothing of the kind.
     """
     pool = [r.prompt for s in srcs if s.role in roles for r in s.rows]
     if candidates > n:   # distinct prompts to choose among (fewer when the pool is smaller)
@@ -571,7 +568,7 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_token
         lost = ([drift(p, a, base_answers.get(p, "")) for p, a in rows]
                 if select != "repeat" else [0.0] * len(rows))
         if select == "loop-drift":
-            loop = [a > LOOP_ADDED for a in added]
+            loop = [a > loop_added for a in added]
             key = lambda i: (not loop[i], -added[i] if loop[i] else -lost[i], -added[i])
         else:
             key = lambda i: (-added[i], -lost[i])
@@ -731,7 +728,7 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                 rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens,
                                          mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
                                          cfg.self_kl_candidates, replay, cfg.self_kl_select,
-                                         cfg.self_kl_batch or None)
+                                         cfg.self_kl_batch or None, cfg.thresholds.max_repetition)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         ul_target=cfg.target if ul_weight > 0 else None,
                                         ul_tokens=cfg.unlikelihood_tokens,
