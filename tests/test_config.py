@@ -283,7 +283,23 @@ def test_real_en_v13_is_round_23s_choice_and_v14_only_adds_the_decode_batch():
     r23b = dict(sweep.read_variants(str(stages / "method-study-en-r23b.sweep")))
     i4 = train.parse_args(["--recipe", str(stages / "method-study-en.args"), *shlex.split(r23b["i4-i3-batch384"])])
     assert replace(i4, max_retries=2, recipe=None) == replace(v14, recipe=None)
-    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v13.args") == 1
+
+
+def test_real_en_v15_is_round_24s_choice_and_the_default():
+    """The shipped default of `make demo-real` is round 24's dev choice (j1: v14 answering every
+    anchor prompt in one batch each self-KL round), plus only the user's fallback."""
+    import sweep
+    stages = ROOT / "data" / "stages"
+    flags = dict(sweep.read_variants(str(stages / "method-study-en-r24.sweep")))
+    chosen = train.parse_args(["--recipe", str(stages / "method-study-en.args"),
+                               *shlex.split(flags["j1-i4-all-anchors"])])
+    shipped = train.parse_args(["--recipe", str(stages / "real-en-v15.args")])
+    v14 = train.parse_args(["--recipe", str(stages / "real-en-v14.args")])
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert shipped.self_kl_candidates == 512 == shipped.self_kl_batch
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+    assert replace(shipped, self_kl_candidates=384, self_kl_batch=384, recipe=None) == replace(v14, recipe=None)
+    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v15.args") == 1
 
 
 def test_stage_g_v6_is_real_en_v12s_method_on_the_users_data():
