@@ -11,7 +11,9 @@
 #                                                  # artifacts/sweep (sweep.py --resume): a second call
 #                                                  # runs only what timed out; REUSE=DIR first copies
 #                                                  # DIR's *.eval.json there (judgments carried in from
-#                                                  # an earlier machine); SEEDS (default "1 2 3")
+#                                                  # an earlier machine); SEEDS (default "1 2 3");
+#                                                  # RULE (sweep.py --rule: score, the default, or
+#                                                  # misses, round 25's)
 #   bash scripts/device_method_study.sh final      # the chosen variant: one timed make demo-real
 #                                                  # (+ both runners), then 5 seeds on held-out
 #                                                  # (SINGLE=0: the 5 seeds only; VARIANT=NAME
@@ -81,7 +83,7 @@ study)
       --variants ${GRID:-data/stages/method-study-en.sweep} --seeds "${SEEDS:-1 2 3}" --dev-suite ${DEV:-data/suite-en-dev-v2.tsv} \
       --monitor data/suite-en-monitor-v1.tsv --input-dat $DAT --model-dir $SMOL --device cuda \
       --jobs ${JOBS:-$((6 * GPUS))} --gpus $GPUS --timeout ${JOB_TIMEOUT:-540} --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
-      $([ "${RESUME:-0}" = 1 ] && echo --resume) \
+      --rule ${RULE:-score} $([ "${RESUME:-0}" = 1 ] && echo --resume) \
       > artifacts/study.log 2>&1
   cp artifacts/sweep/chosen.flags ~/chosen.flags 2>/dev/null
   grep -v '^\[guard\] PID=' artifacts/study.log | tail -n 40

@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from nvfp4lab import devlog, evaluate, trainer  # noqa: E402
 from nvfp4lab.atomic import AtomicFile  # noqa: E402
+from nvfp4lab.probes import Thresholds  # noqa: E402
 from nvfp4lab.tsv import DataError  # noqa: E402
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -132,7 +133,23 @@ def result_from(name: str, flags: str, doc: dict | None, seconds: float, last: s
     status = doc["verdict"] if doc else failed
     return {"name": name, "flags": flags, "status": status,
             "summary": doc.get("summary") if doc else None, "seconds": seconds, "last": last,
+            "misses": criteria_missed(doc) if doc and status != "collapse" else FAILED_MISSES,
             "target_tokens": (doc.get("target_tokens") or []) if doc else []}
+
+
+# a collapsed, failed or timed-out run counts as missing more criteria than a judgment can
+# (evaluate.missed checks 8 bounds), so --rule misses never prefers it to a judged run
+FAILED_MISSES = 9
+
+
+def criteria_missed(doc: dict) -> int | None:
+    """How many acceptance criteria a judgment misses (evaluate.missed, by its own thresholds);
+    None for a judgment too old to hold every measure or its thresholds."""
+    try:
+        return len(evaluate.missed(evaluate.summary_from_json(doc["summary"]),
+                                   Thresholds(**doc["thresholds"])))
+    except (KeyError, TypeError):
+        return None
 
 
 def value(s: dict, key: str) -> float:
@@ -179,25 +196,35 @@ def pooled(results: list[dict]) -> list[dict]:
         rows.append({"name": name, "flags": runs[0]["base_flags"], "runs": runs,
                      "successes": sum(r["status"] == "success" for r in runs),
                      "score": sum(scores) / len(scores),
+                     "misses": (None if any(r.get("misses") is None for r in runs)
+                                else sum(r["misses"] for r in runs)),
                      "facts": mean(lambda s: value(s, "facts_kept")),
                      "drift": mean(lambda s: value(s, "nll_drift")),
                      "rates": {k: rate_sum(k) for k in POOLED}})
     return rows
 
 
-def pooled_key(v: dict):
-    return (v["successes"], v["score"], v["facts"], -v["drift"])
+def pooled_key(v: dict, rule: str = "score"):
+    """The pooled rule: most seeds reached, then (--rule misses) the fewest acceptance criteria
+    missed over the seeds, then the mean dev score, facts kept, lower NLL drift. Why misses:
+    dev_score weighs identity, leak, facts and drift, not loops, so when no seed reaches, a
+    variant that adds loops can win over one that adds none (round 24)."""
+    if rule == "misses" and v["misses"] is None:
+        raise ValueError(f"{v['name']}: a judgment without every measure or its thresholds (an "
+                         "older JSON): --rule misses cannot count its criteria; run it again")
+    head = (v["successes"], -v["misses"]) if rule == "misses" else (v["successes"],)
+    return (*head, v["score"], v["facts"], -v["drift"])
 
 
 def pooled_table(rows: list[dict]) -> str:
-    out = ["| variant | flags | seeds reached | mean score | identity | near-miss leak | context leak "
-           "| greeting intro | facts kept | loops added | mean NLL drift | verdicts |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| variant | flags | seeds reached | criteria missed | mean score | identity | near-miss leak "
+           "| context leak | greeting intro | facts kept | loops added | mean NLL drift | verdicts |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in rows:
         cells = [f"{v['rates'][k][0]}/{v['rates'][k][1]} " + evaluate.rate_text(evaluate.rate(*v["rates"][k]))
                  for k in POOLED]
         out.append(f"| {v['name']} | `{v['flags'] or '(recipe)'}` | {v['successes']}/{len(v['runs'])} | "
-                   f"{v['score']:+.3f} | " + " | ".join(cells) + f" | {v['drift']:+.3f} | "
+                   f"{'-' if v['misses'] is None else v['misses']} | {v['score']:+.3f} | " + " | ".join(cells) + f" | {v['drift']:+.3f} | "
                    + ", ".join(r["status"] for r in v["runs"]) + " |")
     return "\n".join(out)
 
@@ -258,7 +285,11 @@ def main(argv=None) -> int:
                    help="where the chosen variant's flags are written")
     p.add_argument("--seeds", default="",
                    help="run every variant once per seed (e.g. \"1 2 3\") and choose on the pooled "
-                        "results: seeds reached, then mean dev score (sweep.dev_score)")
+                        "results: seeds reached, then (--rule) mean dev score (sweep.dev_score)")
+    p.add_argument("--rule", choices=("score", "misses"), default="score",
+                   help="--seeds' pooled rule after seeds reached: score = the mean dev score "
+                        "(rounds 1-24); misses = first the fewest acceptance criteria missed over "
+                        "the seeds (loops included), then the mean dev score")
     p.add_argument("--resume", action="store_true",
                    help="reuse a run's judgment in --work-dir when train.py wrote it with the very "
                         "arguments this run would use (its JSON's command; the .dat's folder "
@@ -297,7 +328,11 @@ def main(argv=None) -> int:
     pooled_text = ""
     if seeds:
         rows = pooled(results)
-        best = max(rows, key=pooled_key)
+        try:
+            best = max(rows, key=lambda v: pooled_key(v, args.rule))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         best = {**best, "status": "success" if best["successes"] * 2 > len(seeds) else "not-reached"}
         pooled_text = pooled_table(rows)
         profile = profile_table(rows)
@@ -312,9 +347,10 @@ def main(argv=None) -> int:
     devlog.append_devlog(f"sweep {os.path.basename(args.variants)}", [
         ("目標/Goal", f"compare recipe variants of {args.recipe} on the dev set "
                       f"{args.dev_suite or args.dev_probes} (monitor {args.monitor or '-'}; the "
-                      "held-out set is not read); rule: success, then identity - near-miss leak, "
-                      "then facts kept, then lower NLL drift; numbers from each variant's "
-                      "sweep-NAME.eval.json."),
+                      "held-out set is not read); rule: success, then "
+                      + ("fewest criteria missed (pooled), then " if args.rule == "misses" else "")
+                      + "identity - near-miss leak, then facts kept, then lower NLL drift; numbers "
+                      "from each variant's sweep-NAME.eval.json."),
         ("指令/Command", devlog.code(devlog.command_line())),
         ("結果/Results", table(results) + ("\n\n" + pooled_text if seeds else "")),
         ("結論/Conclusion", f"chosen: {best['name']} (`{best['flags'] or '(recipe)'}`), "

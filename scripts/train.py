@@ -32,7 +32,7 @@ from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
 from nvfp4lab.probes import format_summary  # noqa: E402
 from nvfp4lab.suite import check_disjoint, read_suite  # noqa: E402
 from nvfp4lab.update_report import format_report, update_report  # noqa: E402
-from nvfp4lab.tsv import DataError, normalize_prompt, read_lines  # noqa: E402
+from nvfp4lab.tsv import DataError, Row, normalize_prompt, read_lines  # noqa: E402
 
 
 def parse_args(argv) -> TrainConfig:
@@ -91,9 +91,14 @@ def run(cfg: TrainConfig) -> int:
         lines = read_lines(cfg.system_prompts)
         check_system_disjoint(cfg.system_prompts, lines, [monitor, final])
         system_prompts = tuple(text for _, text in lines)
+    self_kl_prompts = ()
+    if cfg.self_kl_prompts:
+        lines = read_lines(cfg.self_kl_prompts)
+        check_prompts_disjoint(cfg.self_kl_prompts, lines, [monitor, final])
+        self_kl_prompts = tuple(text for _, text in lines)
     pools = trainer.RowPools(system_prompts, suite_prompt_forms([monitor, final])
                              if cfg.identity_perturb > 0 or cfg.keep_perturb > 0
-                             else frozenset())
+                             else frozenset(), self_kl_prompts)
     dat = read_dat(cfg.input_dat)
     device = torch.device(cfg.device)
     model = load_model(dat, cfg.model_dir, device, DTYPES[cfg.compute_dtype])
@@ -142,6 +147,17 @@ def check_system_disjoint(path: str, lines: list[tuple[int, str]], sets) -> None
                             "of a judged suite")
 
 
+def check_prompts_disjoint(path: str, lines: list[tuple[int, str]], sets) -> None:
+    """A --self-kl-prompts prompt that a judged suite also asks would be trained on (KL to the
+    base on the very prompt judged): refused, naming both lines."""
+    judged = {normalize_prompt(r.prompt): r for es in sets if es is not None for r in es.rows}
+    for number, text in lines:
+        row = judged.get(normalize_prompt(text))
+        if row is not None:
+            raise DataError(f"{path}:{number}: prompt {text!r} is also a prompt of the judged "
+                            f"suite {row.file}:{row.line}")
+
+
 def load_sets(cfg: TrainConfig, all_sources) -> tuple:
     """(monitor set or None, the verdict's set, the set that judges attempts or None), each
     checked against the training files."""
@@ -167,8 +183,13 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
     # targets. The held-out set's base answers are made after training, with the deltas off.
     if attempt_set is not None:
         evaluate.with_base_answers(attempt_set, tok, model, model)
-    replay = (trainer.replay_answers(model, tok, all_sources, cfg.input_dat, cfg.replay_max_tokens,
-                                     str(paths.CACHE_DIR), log) if cfg.replay == "self" else {})
+    # --self-kl-prompts: their base answers too (the loop rule's and drift's reference)
+    asked = ([mix.Source(cfg.self_kl_prompts, 1.0, "anchor",
+                         [Row(p, "", cfg.self_kl_prompts, 0) for p in pools.self_kl_prompts])]
+             if pools.self_kl_prompts else [])
+    replay = (trainer.replay_answers(model, tok, all_sources + asked, cfg.input_dat,
+                                     cfg.replay_max_tokens, str(paths.CACHE_DIR), log)
+              if cfg.replay == "self" else {})
     if replay and (cfg.replay_drop_wrong or cfg.replay_fix_wrong):
         sources, retry_sources, replay = wrong_anchors(cfg, sources, retry_sources, replay)
         all_sources = sources + (retry_sources or [])

@@ -1,11 +1,12 @@
 """scripts/sweep.py: the variants file, the fixed choice rule, results read from JSON, bad input."""
 import json
 import os
+from dataclasses import asdict
 
 import pytest
 
 import sweep  # scripts/ is on sys.path (conftest)
-from nvfp4lab import evaluate, trainer
+from nvfp4lab import evaluate, probes, trainer
 
 
 def test_variants_file_parses_names_and_flags(tmp_path):
@@ -266,3 +267,49 @@ def test_resume_reuses_only_judgments_written_with_the_same_arguments(tmp_path, 
     (work / "sweep-a.eval.json").write_text(json.dumps(written("--lr 1", "a", "elsewhere")))
     assert sweep.main(args) == 3
     assert (work / "argv-a").exists()
+
+
+def judged_doc(verdict="not-reached", identity=(95, 100), facts=(14, 16), loops=(0, 400),
+               drift=0.03):
+    """A train.py judgment as sweep reads it: the whole summary and the run's thresholds."""
+    th = probes.Thresholds(min_identity=0.9, max_nearmiss_leak=0.05, max_context_leak=0.1,
+                           max_greeting_intro=0.1, min_facts=0.9, max_nll_drift=0.1, max_loops=0.0)
+    r = evaluate.rate
+    s = evaluate.Summary(verdict, "", 500, True, None, r(0, 0), r(*identity), r(3, 90), r(0, 30),
+                         r(1, 95), r(*facts), r(20, 100), r(*loops), 0, 0.1, drift, 0.05, 900, False)
+    return {"verdict": verdict, "summary": evaluate.jsonable(asdict(s)), "thresholds": asdict(th)}
+
+
+def test_rule_misses_counts_every_criterion_loops_included():
+    """--rule misses: after seeds reached, the fewest acceptance criteria missed over the seeds
+    decides, so a variant that keeps one fact less but adds no loop (round 24's j2 against j1)
+    wins over a higher dev score; --rule score (rounds 1-24) picks the other. A collapse counts
+    more misses than any judgment can have."""
+    def runs(name, *docs):
+        return [{**sweep.result_from(f"{name}-s{i}", "", d, 1.0, ""), "variant": name,
+                 "base_flags": f"--x {name}"} for i, d in enumerate(docs, 1)]
+    more_facts = runs("facts", judged_doc(facts=(15, 16), loops=(2, 400)),
+                      judged_doc(facts=(15, 16), loops=(1, 400)), judged_doc(facts=(15, 16)))
+    no_loops = runs("loops", *[judged_doc(facts=(13, 16))] * 3)
+    assert [r["misses"] for r in more_facts] == [1, 1, 0] and [r["misses"] for r in no_loops] == [1, 1, 1]
+    rows = {r["name"]: r for r in sweep.pooled(more_facts + no_loops)}
+    assert rows["facts"]["misses"] == 2 and rows["loops"]["misses"] == 3
+    assert rows["facts"]["score"] > rows["loops"]["score"]
+    # the same judgments: the score rule and the misses rule choose differently
+    more_facts[2] = {**more_facts[2], **sweep.result_from("facts-s3", "", judged_doc(facts=(14, 16), loops=(1, 400)), 1.0, "")}
+    rows = {r["name"]: r for r in sweep.pooled(more_facts + no_loops)}
+    assert rows["facts"]["misses"] == 4 > rows["loops"]["misses"] == 3
+    assert rows["facts"]["score"] > rows["loops"]["score"]
+    assert max(rows.values(), key=lambda v: sweep.pooled_key(v, "score"))["name"] == "facts"
+    assert max(rows.values(), key=lambda v: sweep.pooled_key(v, "misses"))["name"] == "loops"
+    # a collapsed seed counts FAILED_MISSES, more than the 8 bounds evaluate.missed checks
+    collapsed = sweep.result_from("c-s1", "", judged_doc("collapse"), 1.0, "")
+    assert collapsed["misses"] == sweep.FAILED_MISSES > 8
+    assert "| loops | `--x loops` | 0/3 | 3 |" in sweep.pooled_table(list(rows.values()))
+    # a judgment without its thresholds (older JSON) cannot be counted: one clear error
+    old = runs("old", {"verdict": "not-reached", "summary": judged_doc()["summary"]})
+    [row] = sweep.pooled(old)
+    assert row["misses"] is None
+    with pytest.raises(ValueError, match="old: .*--rule misses"):
+        sweep.pooled_key(row, "misses")
+    assert sweep.pooled_key(row, "score")          # the score rule still ranks it

@@ -143,6 +143,13 @@ class TrainConfig:
     self_kl_pool: str = flag("anchor", "prompts of --self-kl-rows: anchor (ordinary requests) or "
                                        "keep (anchors and near-miss neighbours)",
                              choices=("anchor", "keep"))
+    self_kl_prompts: str | None = flag(
+        None, "file of extra prompts, one a line (# comments), that only the --self-kl-rows rounds "
+              "ask, beside the anchor prompts: never a step row, no CE; their base answers join "
+              "the replay, so a loop on them is judged against the base's own answer. Why: the "
+              "edit loops on open requests (pros and cons, slogans, lists) that the anchor pool, "
+              "mostly short facts, seldom asks. None may be a prompt of a judged suite",
+        metavar="FILE")
     self_kl_candidates: int = flag(
         0, "with --self-kl-rows N: answer this many prompts (>= N) and keep the N whose answers "
            "repeat themselves most beyond the base's own answer to the same prompt, so the KL and "
@@ -328,6 +335,9 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
                      f"--identity-mine-rows ({ns.identity_mine_rows}) rows to choose among")
     if ns.self_kl_from < 1:
         parser.error(f"--self-kl-from {ns.self_kl_from}: a step, >= 1")
+    if ns.self_kl_prompts and ns.self_kl_rows == 0:
+        parser.error(f"--self-kl-prompts {ns.self_kl_prompts}: asked only by --self-kl-rows rounds; "
+                     "give --self-kl-rows")
     if ns.self_kl_candidates and (ns.self_kl_rows == 0 or ns.self_kl_candidates < ns.self_kl_rows):
         parser.error(f"--self-kl-candidates {ns.self_kl_candidates}: 0, or at least --self-kl-rows "
                      f"({ns.self_kl_rows}) prompts to choose the loops among; give --self-kl-rows")

@@ -233,6 +233,13 @@ def decide(s: Summary, th: Thresholds) -> tuple[str, str]:
         return "collapse", f"forgot what it knew: facts kept {s.facts_kept.value:.2f} < {th.collapse_facts}"
     if s.nll_drift > th.collapse_nll_drift:
         return "collapse", f"forgot what it knew: NLL drift {s.nll_drift:.2f} > {th.collapse_nll_drift}"
+    misses = missed(s, th)
+    return ("not-reached", "; ".join(misses)) if misses else ("success", "all thresholds met")
+
+
+def missed(s: Summary, th: Thresholds) -> list[str]:
+    """The acceptance criteria (min_/max_ bounds) a summary misses, one text each; [] = success.
+    sweep.py --rule misses counts them, so a choice sees every criterion, loops included."""
     misses = []
     if s.efficacy.n and s.efficacy.value < th.min_efficacy:
         misses.append(f"efficacy {s.efficacy.value:.2f} < {th.min_efficacy}")
@@ -250,7 +257,15 @@ def decide(s: Summary, th: Thresholds) -> tuple[str, str]:
             misses.append(f"{name} {r.value:.2f} {'>' if sign > 0 else '<'} {bound}")
     if s.nll_drift > th.max_nll_drift:
         misses.append(f"NLL drift {s.nll_drift:.3f} > {th.max_nll_drift}")
-    return ("not-reached", "; ".join(misses)) if misses else ("success", "all thresholds met")
+    return misses
+
+
+def summary_from_json(d: dict) -> Summary:
+    """A Summary back from its JSON form (asdict; a rate's value is NaN/null when n == 0)."""
+    fields = {k: (Rate(**{**v, "value": math.nan if v["value"] is None else v["value"]})
+                  if isinstance(v, dict) else v) for k, v in d.items()}
+    fields["nll_drift"] = math.nan if fields.get("nll_drift") is None else fields["nll_drift"]
+    return Summary(**fields)
 
 
 def summarize(rows: list[SuiteRow], results: list[RowResult], scores: list, has_base: bool,

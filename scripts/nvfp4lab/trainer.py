@@ -417,6 +417,7 @@ class RowPools:
     the prompts of every suite (normalize_prompt forms), which a surface variant must never be."""
     system_prompts: tuple[str, ...] = ()
     suite_prompts: frozenset = frozenset()
+    self_kl_prompts: tuple[str, ...] = ()   # --self-kl-prompts: asked by the self-KL rounds only
 
 
 def perturb_rows(rows: list[tuple], roles: tuple, share: float, rng: random.Random,
@@ -525,7 +526,8 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_token
                      roles: tuple = ("anchor",), candidates: int = 0,
                      base_answers: dict | None = None, select: str = "repeat",
                      batch_size: int | None = None,
-                     loop_added: float = Thresholds().max_repetition) -> list[tuple]:
+                     loop_added: float = Thresholds().max_repetition,
+                     extra_prompts: tuple = ()) -> list[tuple]:
     """--self-kl-rows: n prompts of the sources of `roles` (--self-kl-pool) answered greedily by
     the model being trained.
 
@@ -552,8 +554,13 @@ def self_answer_rows(model, tok, srcs, n: int, rng: random.Random, max_new_token
     same way loops are, on prompts the edit never trained near ("What colour is an emerald?"
     answered without "green"), and the base's token-by-token answer in that state is what brings
     the word back; a small repetition difference says nothing of the kind.
+
+    extra_prompts (--self-kl-prompts): asked too, after the pool's own prompts (those already in
+    it are not added twice); with none, the pool and so the draws are what they were.
     """
     pool = [r.prompt for s in srcs if s.role in roles for r in s.rows]
+    known = set(pool)
+    pool += [p for p in dict.fromkeys(extra_prompts) if p not in known]
     if candidates > n:   # distinct prompts to choose among (fewer when the pool is smaller)
         prompts = rng.sample(pool, min(candidates, len(pool)))
     else:
@@ -728,7 +735,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                 rows += self_answer_rows(model, tok, srcs, cfg.self_kl_rows, rng, cfg.self_kl_tokens,
                                          mix.KEEP_ROLES if cfg.self_kl_pool == "keep" else ("anchor",),
                                          cfg.self_kl_candidates, replay, cfg.self_kl_select,
-                                         cfg.self_kl_batch or None, cfg.thresholds.max_repetition)
+                                         cfg.self_kl_batch or None, cfg.thresholds.max_repetition,
+                                         pools.self_kl_prompts)
         batch, keep, cut = encode_batch(tok, rows, cfg.seq_len, replay, device,
                                         ul_target=cfg.target if ul_weight > 0 else None,
                                         ul_tokens=cfg.unlikelihood_tokens,
