@@ -302,9 +302,17 @@ def test_rule_misses_counts_every_criterion_loops_included():
     assert rows["facts"]["score"] > rows["loops"]["score"]
     assert max(rows.values(), key=lambda v: sweep.pooled_key(v, "score"))["name"] == "facts"
     assert max(rows.values(), key=lambda v: sweep.pooled_key(v, "misses"))["name"] == "loops"
-    # a collapsed seed counts FAILED_MISSES, more than the 8 bounds evaluate.missed checks
+    # a collapsed seed counts FAILED_MISSES, more than a judgment missing every bound can
     collapsed = sweep.result_from("c-s1", "", judged_doc("collapse"), 1.0, "")
-    assert collapsed["misses"] == sweep.FAILED_MISSES > 8
+    worst = judged_doc(identity=(0, 100), facts=(1, 16), loops=(40, 400), drift=1.0)
+    worst["summary"].update(efficacy=evaluate.jsonable(evaluate.rate(0, 1)),
+                            nearmiss_leak=evaluate.jsonable(evaluate.rate(50, 90)),
+                            context_leak=evaluate.jsonable(evaluate.rate(20, 30)),
+                            greeting_intro=evaluate.jsonable(evaluate.rate(50, 95)),
+                            exact_kept=evaluate.jsonable(evaluate.rate(0, 100)))
+    worst["thresholds"].update(min_efficacy=1.0, min_anchor_exact=0.9)
+    assert sweep.criteria_missed(worst) == 9
+    assert collapsed["misses"] == sweep.FAILED_MISSES > sweep.criteria_missed(worst)
     assert "| loops | `--x loops` | 0/3 | 3 |" in sweep.pooled_table(list(rows.values()))
     # a judgment without its thresholds (older JSON) cannot be counted: one clear error
     old = runs("old", {"verdict": "not-reached", "summary": judged_doc()["summary"]})
