@@ -175,7 +175,7 @@ def test_mining_trains_on_the_candidates_the_model_finds_hardest(monkeypatch):
                                                  for i, p in enumerate(prompts)])]
     loss_of = {p: float(i % 7) for i, p in enumerate(prompts)}
     monkeypatch.setattr(trainer, "answer_losses",
-                        lambda model, tok, rows, device: [loss_of[r[0]] for r in rows])
+                        lambda model, tok, rows, device, batch_size: [loss_of[r[0]] for r in rows])
     cfg = train.parse_args(["--train-data", "x.tsv", "--identity-mine-rows", "3",
                             "--identity-mine-candidates", "8"])
     got = trainer.hardest_identity_rows(None, None, srcs, cfg, random.Random(0), {},
@@ -204,6 +204,29 @@ def test_answer_losses_are_each_rows_own_answer_cross_entropy(tiny_qwen):
             logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
         want = F.cross_entropy(logits.float(), torch.tensor(labels[1:]), ignore_index=-100)
         assert value == pytest.approx(float(want), rel=1e-4, abs=1e-4)
+
+
+def test_identity_mine_batch_scores_the_same_losses_in_fewer_forwards(tiny_qwen, monkeypatch, capsys):
+    """--identity-mine-batch B: the candidates are scored B rows a forward (0 = 32, as before);
+    the losses are the same up to float rounding, so only the number of forwards changes."""
+    model_dir, dat_path = tiny_qwen
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    tok = chat.load_tokenizer(str(model_dir))
+    rows = [(f"Who are you, {i}?", TARGET, "target") for i in range(9)] + [("x", "a longer answer here", "target")]
+    one = trainer.answer_losses(model, tok, rows, "cpu", batch_size=len(rows))
+    assert one == pytest.approx(trainer.answer_losses(model, tok, rows, "cpu", batch_size=3), rel=1e-4, abs=1e-5)
+    seen = []
+    monkeypatch.setattr(trainer, "answer_losses",
+                        lambda model, tok, rows, device, batch_size: seen.append(batch_size) or [0.0] * len(rows))
+    srcs = [mix.Source("w.tsv", 1.0, "target", [Row(r[0], TARGET, "w.tsv", i + 1) for i, r in enumerate(rows)])]
+    base = ["--train-data", "x.tsv", "--identity-mine-rows", "2", "--identity-mine-candidates", "8"]
+    for flags in ([], ["--identity-mine-batch", "128"]):
+        trainer.hardest_identity_rows(None, None, srcs, train.parse_args(base + flags),
+                                      random.Random(0), {}, trainer.RowPools(), "cpu")
+    assert seen == [32, 128]
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(base + ["--identity-mine-batch", "-1"])
+    assert e.value.code == 2 and "--identity-mine-batch -1" in capsys.readouterr().err
 
 
 def test_the_mining_flags(capsys):

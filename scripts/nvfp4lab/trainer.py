@@ -474,12 +474,15 @@ def hardest_identity_rows(model, tok, srcs, cfg, rng: random.Random, replay: dic
         return []
     rows = dress_rows([rng.choice(pool) for _ in range(cfg.identity_mine_candidates)], srcs, cfg,
                       rng, replay, pools)
-    losses = answer_losses(model, tok, rows, device)
+    losses = answer_losses(model, tok, rows, device, cfg.identity_mine_batch or MINE_BATCH)
     hardest = sorted(range(len(rows)), key=lambda i: -losses[i])[:cfg.identity_mine_rows]
     return [rows[i] for i in sorted(hardest)]
 
 
-def answer_losses(model, tok, rows: list[tuple], device, batch_size: int = 32) -> list[float]:
+MINE_BATCH = 32   # rows per scoring forward of the identity mining, without --identity-mine-batch
+
+
+def answer_losses(model, tok, rows: list[tuple], device, batch_size: int = MINE_BATCH) -> list[float]:
     """Per row: the mean CE of its answer tokens, teacher-forced (the suites' scoring batches
     and log-probs: generate.answer_batches, answer_log_probs)."""
     chats = [[*(row[3] if len(row) > 3 and row[3] else ()), {"role": "user", "content": row[0]}]
