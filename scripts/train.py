@@ -32,7 +32,7 @@ from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
 from nvfp4lab.probes import format_summary  # noqa: E402
 from nvfp4lab.suite import check_disjoint, read_suite  # noqa: E402
 from nvfp4lab.update_report import format_report, update_report  # noqa: E402
-from nvfp4lab.tsv import DataError, Row, normalize_prompt, read_lines  # noqa: E402
+from nvfp4lab.tsv import DataError, normalize_prompt, read_lines  # noqa: E402
 
 
 def parse_args(argv) -> TrainConfig:
@@ -183,12 +183,8 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
     # targets. The held-out set's base answers are made after training, with the deltas off.
     if attempt_set is not None:
         evaluate.with_base_answers(attempt_set, tok, model, model)
-    # --self-kl-prompts: their base answers too (the loop rule's and drift's reference)
-    asked = ([mix.Source(cfg.self_kl_prompts, 1.0, "anchor",
-                         [Row(p, "", cfg.self_kl_prompts, 0) for p in pools.self_kl_prompts])]
-             if pools.self_kl_prompts else [])
-    replay = (trainer.replay_answers(model, tok, all_sources + asked, cfg.input_dat,
-                                     cfg.replay_max_tokens, str(paths.CACHE_DIR), log)
+    replay = (trainer.replay_answers(model, tok, all_sources, cfg.input_dat, cfg.replay_max_tokens,
+                                     str(paths.CACHE_DIR), log, pools.self_kl_prompts)
               if cfg.replay == "self" else {})
     if replay and (cfg.replay_drop_wrong or cfg.replay_fix_wrong):
         sources, retry_sources, replay = wrong_anchors(cfg, sources, retry_sources, replay)
@@ -342,11 +338,14 @@ def write_logs(cfg: TrainConfig, attempts, result, status, why, exported, code, 
                      f"**{a.status}** ({a.why})\n  - loss: {curve}"
                      + (f"\n\n{format_report(a.report)}\n" if a.report else ""))
     judged = (f"held-out {cfg.heldout}" if cfg.heldout else f"probes {cfg.probes}")
+    outputs = ([cfg.output_dat, os.path.splitext(cfg.output_dat)[0] + "-loss.svg"] if exported
+               else []) + [evaluate.json_path(cfg.output_dat)]
     sections = [
         ("目標/Goal", f"{cfg.target!r} for identity prompts; ordinary and near-miss prompts "
                       f"unchanged (monitor: {cfg.monitor or '-'}; verdict: {judged})."),
         ("指令/Command", devlog.code(devlog.command_line())),
-        ("輸入/Input", f"- base: {cfg.input_dat}\n- model dir: {cfg.model_dir}\n"
+        ("輸入/Input", f"- base: {devlog.repo_relative(cfg.input_dat)}\n"
+                       f"- model dir: {devlog.repo_relative(cfg.model_dir)}\n"
                        f"- device {cfg.device}, compute {cfg.compute_dtype}, "
                        f"delta {cfg.delta_dtype}"),
         ("資料/Data", data + f"\n- replay: {cfg.replay}, kl-weight {cfg.kl_weight}"),
@@ -354,15 +353,13 @@ def write_logs(cfg: TrainConfig, attempts, result, status, why, exported, code, 
         ("探針/Probes", evaluate.rates_table(result.summary) + "\n\n"
          + evaluate.row_table(result.rows) + "\n\n" + format_summary(result.summary.legacy())
          if result is not None else "nothing judged (every attempt stopped on a NaN/Inf loss)"),
-        ("產物/Output", f"- {cfg.output_dat}\n- {os.path.splitext(cfg.output_dat)[0]}-loss.svg\n"
-                        f"- {evaluate.json_path(cfg.output_dat)}"
-         if exported else f"- nothing exported: {status}; base weights untouched\n"
-                          f"- {evaluate.json_path(cfg.output_dat)}"),
+        ("產物/Output", ("" if exported else f"- nothing exported: {status}; base weights untouched\n")
+         + "\n".join(f"- {devlog.repo_relative(f)}" for f in outputs)),
         ("結論/Conclusion", f"{status}: {why}. exit {code}, {seconds:.0f}s."),
     ]
     devlog.append_devlog(f"{cfg.stage} training", sections)
     if exported:
-        advice = {"success": "validate: make validate WEIGHT=" + cfg.output_dat,
+        advice = {"success": "validate: make validate WEIGHT=" + devlog.repo_relative(cfg.output_dat),
                   "not-reached": "target not reached; keep for comparison only"}[status]
         devlog.append_artifact(cfg.output_dat, f"{cfg.stage}: {status} "
                                f"({format_summary(result.summary.legacy())[:120]})", advice)

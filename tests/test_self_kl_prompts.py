@@ -82,8 +82,9 @@ def test_their_base_answers_join_the_replay_and_the_pools_reach_the_rounds(monke
     import train
     seen = {}
 
-    def replay(model, tok, sources, *a, **k):
-        seen["replayed"] = {r.prompt for s in sources if s.role in mix.KEEP_ROLES for r in s.rows}
+    def replay(model, tok, sources, dat_path, max_new_tokens, cache_dir, log, extra_prompts=()):
+        seen["replayed"] = ({r.prompt for s in sources if s.role in mix.KEEP_ROLES for r in s.rows}
+                            | set(extra_prompts))
         seen["sources"] = sources
         return {}
 
@@ -103,3 +104,24 @@ def test_their_base_answers_join_the_replay_and_the_pools_reach_the_rounds(monke
     train.train(cfg, model, None, None, srcs, None, None, pools)
     assert seen["replayed"] == {"What is 2 + 2?"} | set(extra)
     assert seen["pools"].self_kl_prompts == extra and seen["train_sources"] == srcs
+
+
+def test_replay_answers_cover_the_extra_prompts_once(tmp_path, monkeypatch):
+    """trainer.replay_answers with extra prompts: one base answer each, beside the keep rows',
+    a prompt in both answered once; a run without them keeps its own cache file."""
+    asked = []
+
+    def answers(model, tok, ps, k, batch_size=None):
+        asked.append(list(ps))
+        return [f"base: {p}" for p in ps]
+    monkeypatch.setattr(trainer, "greedy_answers", answers)
+    dat = tmp_path / "base.dat"
+    dat.write_bytes(b"weights")
+    srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row("What is 2 + 2?", "4", "a.tsv", 1)]),
+            mix.Source("w.tsv", 1.0, "target", [Row("Who are you?", "-", "w.tsv", 1)])]
+    got = trainer.replay_answers(None, None, srcs, str(dat), 8, str(tmp_path), lambda m: None,
+                                 ("Write a slogan.", "What is 2 + 2?"))
+    assert got == {"What is 2 + 2?": "base: What is 2 + 2?", "Write a slogan.": "base: Write a slogan."}
+    assert sorted(asked[0]) == ["What is 2 + 2?", "Write a slogan."]
+    plain = trainer.replay_answers(None, None, srcs, str(dat), 8, str(tmp_path), lambda m: None)
+    assert plain == {"What is 2 + 2?": "base: What is 2 + 2?"} and len(asked) == 2

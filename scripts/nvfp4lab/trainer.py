@@ -599,9 +599,11 @@ def file_fingerprint(path: str) -> str:
 
 
 def replay_answers(model, tok, sources, dat_path: str, max_new_tokens: int, cache_dir: str,
-                   log) -> dict:
-    """prompt -> the base model's greedy answer for every anchor/neighbour row, cached per base file."""
-    prompts = sorted({r.prompt for s in sources if s.role in mix.KEEP_ROLES for r in s.rows})
+                   log, extra_prompts: tuple = ()) -> dict:
+    """prompt -> the base model's greedy answer for every anchor/neighbour row and every
+    extra prompt (--self-kl-prompts: the loop rule's reference), cached per base file."""
+    prompts = sorted({r.prompt for s in sources if s.role in mix.KEEP_ROLES for r in s.rows}
+                     | set(extra_prompts))
     if not prompts:
         return {}
     key = hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:12]
