@@ -54,13 +54,14 @@ def main() -> int:
             for q, a in zip(probes, probe_answers):
                 f.write(f"{q.kind}\t{q.prompt}\t{a}\n")
     secs = time.time() - t0
+    out_dir = devlog.repo_relative(str(args.out_dir))
     msg = (f"proxy: {exact}/{len(rows)} corpus rows answered exactly after NVFP4 export; "
-           f"{secs:.0f}s; -> {args.out_dir}/proxy-base.dat")
+           f"{secs:.0f}s; -> {out_dir}/proxy-base.dat")
     print(msg)
     devlog.append_devlog("proxy base model", [
         ("目標/Goal", "Small Qwen3 proxy (real tokenizer) that answers like Qwen3-4B-Instruct"),
         ("指令/Command", devlog.code(devlog.command_line())),
-        ("產物/Output", f"- {args.out_dir}/proxy-base.dat, config.json, tokenizer, base-probes.tsv"),
+        ("產物/Output", f"- {out_dir}/proxy-base.dat, config.json, tokenizer, base-probes.tsv"),
         ("結論/Conclusion", msg),
     ])
     return 0 if exact >= 0.95 * len(rows) else 3

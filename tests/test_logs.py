@@ -76,3 +76,13 @@ def test_logged_command_names_repository_paths_relative_to_the_root(monkeypatch)
                                      str(paths.ROOT / "artifacts" / "x.dat"), "--out", "/elsewhere/y.dat"])
     monkeypatch.delenv("NVFP4LAB_GUARD_PREFIX", raising=False)
     assert devlog.command_line() == "python scripts/train.py --input-dat artifacts/x.dat --out /elsewhere/y.dat"
+
+
+def test_artifact_rows_name_repository_paths_relative_to_the_root(tmp_path):
+    """The artifact list, like the DevLog's commands, names a file inside the checkout by its
+    repo-relative path (make_proxy and train.py pass absolute ones by default)."""
+    from nvfp4lab import paths
+    lst = tmp_path / "list.md"
+    devlog.append_artifact(str(paths.ROOT / "artifacts" / "proxy" / "proxy-base.dat"), "proxy", "keep", path=lst)
+    text = lst.read_text(encoding="utf-8")
+    assert "| artifacts/proxy/proxy-base.dat | proxy | keep |" in text and str(paths.ROOT) not in text

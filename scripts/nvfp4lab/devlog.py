@@ -66,7 +66,7 @@ def append_artifact(file: str, purpose: str, advice: str, path=None) -> None:
     with open(path, "a", encoding="utf-8") as f:
         if fresh:
             f.write(ARTIFACT_HEADER.format(now=now()))
-        f.write(f"| {file} | {purpose} | {advice} |\n")
+        f.write(f"| {repo_relative(file)} | {purpose} | {advice} |\n")
         f.write(f"- {os.path.basename(file)}: {now('%Y-%m-%d')} {purpose}\n")
 
 
