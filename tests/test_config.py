@@ -299,7 +299,24 @@ def test_real_en_v15_is_round_24s_choice_and_the_default():
     assert shipped.self_kl_candidates == 512 == shipped.self_kl_batch
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
     assert replace(shipped, self_kl_candidates=384, self_kl_batch=384, recipe=None) == replace(v14, recipe=None)
-    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v15.args") == 1
+
+
+def test_real_en_v16_is_round_25s_choice_and_the_default():
+    """The shipped default of `make demo-real` is round 25's dev choice by its pre-registered rule
+    (`--rule misses` on seeds 4-6: j2, v14 with a self-KL round every step), plus only the user's
+    fallback."""
+    import sweep
+    stages = ROOT / "data" / "stages"
+    flags = dict(sweep.read_variants(str(stages / "method-study-en-r25.sweep")))
+    chosen = train.parse_args(["--recipe", str(stages / "method-study-en.args"),
+                               *shlex.split(flags["j2-i4-every-step"])])
+    shipped = train.parse_args(["--recipe", str(stages / "real-en-v16.args")])
+    v14 = train.parse_args(["--recipe", str(stages / "real-en-v14.args")])
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert shipped.self_kl_every == 1 and v14.self_kl_every == 2
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+    assert replace(shipped, self_kl_every=2, recipe=None) == replace(v14, recipe=None)
+    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v16.args") == 1
 
 
 def test_stage_g_v6_is_real_en_v12s_method_on_the_users_data():
