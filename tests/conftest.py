@@ -21,6 +21,9 @@ _RECORDS = tempfile.mkdtemp(prefix="nvfp4lab-test-records-")
 os.environ.setdefault("NVFP4LAB_DEVLOG", os.path.join(_RECORDS, "DevLog.md"))
 os.environ.setdefault("NVFP4LAB_ARTIFACT_LIST", os.path.join(_RECORDS, "artifacts-list.md"))
 os.environ.setdefault("NVFP4LAB_CACHE", os.path.join(_RECORDS, "cache"))
+# ...and never hand a runner to a warm runner server the developer left running
+# (tests/test_warm_runner.py starts its own).
+os.environ.setdefault("NVFP4LAB_RUNNER_SERVER", "off")
 
 
 @pytest.fixture(autouse=True)

@@ -34,6 +34,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
+from . import warm
+
 MIB = 1 << 20
 GIB = 1 << 30
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -204,7 +206,8 @@ def child_tree_pids(root, seen=None, parents=(), procs=None):
     that is still the same process, every member of root's session (root is its leader), and
     the children of `parents` (the guard, when it is a subreaper and orphans land on it). A
     grandchild that called setsid() and whose parent died is reparented away from the tree,
-    so it is found only because an earlier poll remembered it in `seen`."""
+    so it is found only because an earlier poll remembered it in `seen`. A runner handed to the
+    warm runner server has its child there, recorded as adopted (warm.adopted): walked too."""
     procs = scan_procs() if procs is None else procs
     seen = {} if seen is None else seen
     kids = {}
@@ -221,6 +224,7 @@ def child_tree_pids(root, seen=None, parents=(), procs=None):
             continue
         tree[pid] = procs[pid][2]
         todo += kids.get(pid, [])
+        todo += warm.adopted(pid, procs)   # a runner's child forked by the warm runner server
     seen.update(tree)
     # zombies hold no memory and cannot be signalled; they stay walkable above, but not listed
     return {p: s for p, s in tree.items() if procs[p][3] != "Z"}
