@@ -76,8 +76,14 @@ proxy: $(PROXY_DAT)
 # train.py, then both runners on the file it exported: after success (0) and after not-reached
 # (3), whose file is kept for comparison (the user validated every stage's file with both runners);
 # a collapse (4) exports nothing. Exit: train.py's code, or validate's if that failed.
+# WARM=1 (the default on CUDA): a warm runner server (make runner-server) starts in the background
+# while training runs, so the validation's two runners skip their imports; it ends with the
+# recipe (--owner: the recipe shell's pid). A server already up (make runner-server) is used and
+# left running. WARM=0, or NVFP4LAB_RUNNER_SERVER=off, keeps the runners' cold start.
+WARM ?= $(if $(filter cuda%,$(DEVICE)),1,0)
+WARM_START = $(if $(filter 1,$(WARM)),if [ "$$NVFP4LAB_RUNNER_SERVER" != off ]; then $(PY) scripts/runner_server.py --detach --idle-exit 7200 --owner $$$$ > artifacts/runner-server-start.log 2>&1 & fi;)
 # $(call train_then_validate,TRAIN COMMAND,WEIGHT,MODEL_DIR)
-train_then_validate = code=0; $(1) || code=$$?; \
+train_then_validate = code=0; $(WARM_START) $(1) || code=$$?; \
 	if [ $$code = 0 ] || [ $$code = 3 ]; then $(MAKE) validate WEIGHT=$(2) MODEL_DIR=$(3) || exit $$?; fi; \
 	exit $$code
 

@@ -70,6 +70,8 @@ def detach(args) -> int:
         return 0
     log = open(args.log, "a")
     cmd = [sys.executable, os.path.abspath(__file__), "--idle-exit", str(args.idle_exit)]
+    if args.owner:
+        cmd += ["--owner", str(args.owner)]
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                          start_new_session=True)
     t0 = time.monotonic()
@@ -98,6 +100,10 @@ def main() -> int:
     p.add_argument("--log", default=os.path.join("artifacts", "runner-server.log"),
                    help="the detached server's output (default artifacts/runner-server.log)")
     p.add_argument("--wait", type=float, default=120.0, help="--detach: how long to wait")
+    p.add_argument("--owner", type=int, default=None,
+                   help="also exit once this pid has ended and no runner is left (make stageG/"
+                        "demo/demo-real pass their recipe shell's pid: the server they start for "
+                        "their validation ends with them)")
     p.add_argument("--stop", action="store_true", help="stop the running server")
     p.add_argument("--status", action="store_true", help="say whether a server is up")
     args = p.parse_args()
@@ -119,7 +125,7 @@ def main() -> int:
     print(f"[runner server] imports done in {time.monotonic() - t0:.1f} s"
           + (f" (not in this transformers: {', '.join(skipped)})" if skipped else ""), flush=True)
     return warm.serve(warm.socket_path(), args.idle_exit,
-                      log=lambda m: print(m, flush=True))
+                      log=lambda m: print(m, flush=True), owner=args.owner)
 
 
 if __name__ == "__main__":

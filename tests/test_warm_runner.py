@@ -162,3 +162,23 @@ print("LATE", late)
                        env=dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr
     assert "LATE []" in r.stdout, r.stdout[-2000:]
+
+
+def test_a_server_started_for_a_recipe_ends_with_it(tmp_path):
+    """make stageG/demo/demo-real start a server with --owner (their recipe shell): once that
+    process has ended, the server exits instead of idling on."""
+    owner = subprocess.Popen(["sleep", "600"])
+    env = dict(os.environ, NVFP4LAB_RUNNER_SERVER=str(tmp_path / "s.sock"))
+    r = subprocess.run([sys.executable, SERVER, "--detach", "--idle-exit", "600", "--owner",
+                        str(owner.pid), "--log", str(tmp_path / "server.log")], env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert subprocess.run([sys.executable, SERVER, "--status"], env=env).returncode == 0
+    owner.kill()
+    owner.wait()
+    for _ in range(100):
+        if not (tmp_path / "s.sock").exists():
+            break
+        time.sleep(0.1)
+    assert not (tmp_path / "s.sock").exists()
+    assert f"owner pid {owner.pid} ended: exiting" in (tmp_path / "server.log").read_text()

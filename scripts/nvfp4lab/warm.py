@@ -295,8 +295,10 @@ def watch_runner(conn: socket.socket) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def serve(path: str, idle_exit: float, log=print) -> int:
-    """Accept runner launches until idle for idle_exit seconds, a stop request, or stale sources.
+def serve(path: str, idle_exit: float, log=print, owner: int | None = None) -> int:
+    """Accept runner launches until idle for idle_exit seconds, a stop request, stale sources, or
+    (owner given) the owner process gone with no runner left: a make recipe that starts a server
+    for its own validation passes its shell's pid, so the server ends with the recipe.
     The imports are the caller's (scripts/runner_server.py preloads them before calling)."""
     import select
     import time
@@ -313,6 +315,10 @@ def serve(path: str, idle_exit: float, log=print) -> int:
     srv.listen(16)
     children: dict[int, tuple] = {}   # child pid -> (the runner's connection, adoption record)
     last = time.monotonic()
+    owner_start = start_time(owner) if owner else None
+    if owner and owner_start is None:
+        log(f"[runner server] owner pid {owner} is not running: exiting")
+        return 0
     log(f"[runner server] pid {os.getpid()} ready on {path}; exits after {idle_exit:g} s idle")
     try:
         while True:
@@ -322,40 +328,42 @@ def serve(path: str, idle_exit: float, log=print) -> int:
                     if record and os.path.exists(record):
                         os.unlink(record)
                     code = os.waitstatus_to_exitcode(status)
-                    try:
-                        send(conn, {"exit": code if code >= 0 else 128 - code})
-                    except OSError:
-                        pass
+                    reply(conn, {"exit": code if code >= 0 else 128 - code})
                     conn.close()
                     del children[pid]
                     last = time.monotonic()
             if not children and time.monotonic() - last > idle_exit:
                 log(f"[runner server] idle for {idle_exit:g} s: exiting")
                 return 0
+            if owner and not children and start_time(owner) != owner_start:
+                log(f"[runner server] owner pid {owner} ended: exiting")
+                return 0
             if not select.select([srv], [], [], 0.05)[0]:
                 continue
             conn, _ = srv.accept()
+            conn.settimeout(10)   # a client that connects and says nothing must not stall us
             try:
                 req, fds = recv(conn, nfds=3)
             except (OSError, EOFError, ValueError):
                 conn.close()
                 continue
+            conn.settimeout(None)
             last = time.monotonic()
             if req.get("stop") or req.get("status"):
                 for fd in fds:   # only a launch keeps the runner's descriptors
                     os.close(fd)
             if req.get("stop"):
-                send(conn, {"ok": True, "server": os.getpid()})
+                reply(conn, {"ok": True, "server": os.getpid()})
                 conn.close()
                 log("[runner server] stop requested: exiting")
                 return 0
             if req.get("status"):
-                send(conn, {"ok": True, "server": os.getpid(), "children": len(children)})
+                reply(conn, {"ok": True, "server": os.getpid(), "children": len(children)})
                 conn.close()
                 continue
             why = refusal(req, stamp)
             if why:
-                send(conn, {"ok": False, "why": why})
+                reply(conn, {"ok": False, "why": why})
                 conn.close()
                 for fd in fds:
                     os.close(fd)
@@ -373,10 +381,14 @@ def serve(path: str, idle_exit: float, log=print) -> int:
                 run_child(conn, req, fds, added_env)
             for fd in fds:
                 os.close(fd)
-            runner_pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                             struct.calcsize("3i")))[0]
-            record = adopt(runner_pid, pid)   # before the runner hears of the child: the guard
-            send(conn, {"ok": True, "pid": pid, "server": os.getpid()})   # sees it from the start
+            try:   # the record before the runner hears of the child: the guard sees it at once
+                runner_pid = struct.unpack("3i", conn.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+                record = adopt(runner_pid, pid)
+            except OSError as e:
+                log(f"[runner server] child {pid}: no adoption record ({e})")
+                record = None
+            reply(conn, {"ok": True, "pid": pid, "server": os.getpid()})
             children[pid] = (conn, record)
             log(f"[runner server] child {pid}: {os.path.basename(req['script'])} "
                 f"{' '.join(req['argv'])}")
@@ -384,6 +396,14 @@ def serve(path: str, idle_exit: float, log=print) -> int:
         srv.close()
         if os.path.exists(path):
             os.unlink(path)
+
+
+def reply(conn: socket.socket, msg: dict) -> None:
+    """The server's answers: a runner that went away meanwhile is no reason to stop serving."""
+    try:
+        send(conn, msg)
+    except OSError:
+        pass
 
 
 def request(msg: dict, path: str | None = None) -> dict | None:
