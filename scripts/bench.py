@@ -264,6 +264,20 @@ def our_train_step(model, device, vocab, profile=False) -> dict:
     out["kernels"] = kernel_count(step, device)      # no recompute: the last mode set above
     if profile:
         print_profile(step, device, "train step (no recompute)")
+    # the same two modes with every decoder layer's training forward compiled (opt-in candidate)
+    trainer.compile_layers(model)
+    t0 = time.time()
+    step()   # compiles (its time is reported apart)
+    out["compile_s"] = time.time() - t0
+    for recompute in (False, True):
+        if recompute:
+            trainer.checkpoint_layers(model)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        out[("compiled", recompute)] = timed(step, device, repeat=5, warmup=2), peak_gib(device)
+    out["compiled_kernels"] = kernel_count(step, device)   # with recompute: the default mode
+    getattr(model, "activation_checkpointing_disable",       # as before the compiled rows
+            getattr(model, "gradient_checkpointing_disable", None))()
     stepper.close()   # the hooks hold the optimizer (and its states) alive otherwise
     model.eval()
     return out
@@ -440,6 +454,16 @@ def run_gpu(args):
         row(rows, f"train peak GPU memory, {what}", step_peak, peer_peak, "GiB", better="lower")
     row(rows, "GPU kernels per train step (no checkpointing)", steps["kernels"], peer_kernels,
         better="lower")
+    for recompute, what in ((True, "layer checkpointing"), (False, "no checkpointing")):
+        (step_s, step_peak) = steps[("compiled", recompute)]
+        row(rows, f"train step 16x64, compiled decoder layers (trainer.compile_layers), {what}",
+            step_s, peer_s, "s", better="lower")
+        row(rows, f"train peak GPU memory, compiled decoder layers, {what}", step_peak,
+            peer_peak, "GiB", better="lower")
+    row(rows, "GPU kernels per train step, compiled decoder layers, layer checkpointing",
+        steps["compiled_kernels"], peer_kernels, better="lower")
+    row(rows, "compile of the decoder layers (first compiled step)", steps["compile_s"],
+        unit="s", better="lower")
     row(rows, "export trained .dat", export_s, unit="s", better="lower")
 
     if not args.skip_stage:

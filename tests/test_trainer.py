@@ -157,6 +157,47 @@ def test_step_in_backward_equals_adamw_after_backward(tiny_qwen):
     assert any(bool(v.any()) for v in finals[0].values())
 
 
+def test_compiled_layers_train_as_the_eager_ones_and_leave_generation_eager(tiny_qwen):
+    """trainer.compile_layers (bench.py's candidate for the 4B train step): the same losses and
+    nearly the same deltas over 3 steps with layer checkpointing and StepInBackward (compiled
+    kernels may round differently); a no-grad forward (generation, the KL's base) stays eager."""
+    model_dir, dat_path = tiny_qwen
+    tok = chat.load_tokenizer(str(model_dir))
+    rows = [("你是誰", "我是 F# 之神", "target"), ("1+1等於多少？", "1+1等於2。", "anchor")] * 2
+    lrs = {"head": 1e-3, "embed": 1e-4, "norm": 1e-4, "blocks": 1e-3}
+    runs = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()   # other tests in this process may have compiled
+        model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+        deltas = make_trainable(model, torch.float32)
+        trainer.checkpoint_layers(model)
+        if compiled:
+            trainer.compile_layers(model)
+        model.train()
+        batch, anchor, _ = trainer.encode_batch(tok, rows, 48, {}, torch.device("cpu"))
+        stepper = trainer.StepInBackward(deltas, lrs, 0.0, 1.0)
+        losses = []
+        for _ in range(3):
+            loss = trainer.batch_loss(model, batch, anchor, 1.0)[0]
+            loss.backward()
+            stepper.flush()
+            losses.append(float(loss.detach()))
+        stepper.close()
+        frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert (frames > 0) == compiled   # the compiled run did run compiled graphs
+        model.eval()
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"][:1]).logits
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames   # eager
+        runs.append((losses, {k: d.detach().clone() for k, d in deltas}, logits))
+    (l0, d0, g0), (l1, d1, g1) = runs
+    assert l0 == pytest.approx(l1, rel=1e-5) and l0[-1] < l0[0]
+    for k in d0:
+        torch.testing.assert_close(d1[k], d0[k], rtol=1e-2, atol=1e-5, msg=k)
+    torch.testing.assert_close(g1, g0, rtol=1e-3, atol=1e-3)
+
+
 def test_lr_zero_exports_byte_identical_file_and_input_untouched(tiny_qwen, tmp_path, small_data):
     model_dir, dat = tiny_qwen
     before = sha(dat)

@@ -76,6 +76,26 @@ def checkpoint_layers(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def compile_layers(model) -> None:
+    """torch.compile each decoder layer's TRAINING forward (grad on, train mode); every other call
+    (generation, the no-grad base forward of the KL) keeps the eager forward, which the CUDA-graph
+    decoders capture. Why: on the H200 the 4B train step is host-bound (8,468 kernels, ~half the
+    step's wall time is launch overhead; doc/BENCHMARKS.md), and a compiled layer fuses the
+    fake-quant, norm, rope and SwiGLU element-wise work into fewer kernels with no Python per op.
+    The layers share one compiled graph (their parameters are its inputs). Works under layer
+    checkpointing and with StepInBackward's hooks (tests/test_trainer.py). Opt-in: measured by
+    bench.py's "compiled decoder layers" rows before it may become a train.py default."""
+    for layer in getattr(model, model.base_model_prefix).layers:
+        eager = layer.forward
+        compiled = torch.compile(eager)
+
+        def forward(*args, _eager=eager, _compiled=compiled, _layer=layer, **kwargs):
+            if _layer.training and torch.is_grad_enabled():
+                return _compiled(*args, **kwargs)
+            return _eager(*args, **kwargs)
+        layer.forward = forward
+
+
 def bucket_of(key: str) -> str:
     """Tensors stepped together: one decoder layer, or one tensor outside the layers."""
     layer = layer_of(key)
