@@ -26,7 +26,7 @@ ANSWER = ["--max-tokens", "6", "--stop-here", "false", "--check-logits", "false"
 
 @pytest.fixture(scope="module")
 def server(tiny_qwen, tmp_path_factory):
-    """(environment of runners that use the server, runner flags of the tiny model)."""
+    """(environment of runners that use the server, runner flags of the tiny model, its log)."""
     tmp = tmp_path_factory.mktemp("warm")
     env = dict(os.environ, NVFP4LAB_RUNNER_SERVER=str(tmp / "s.sock"), CUDA_VISIBLE_DEVICES="",
                OMP_NUM_THREADS="1")
@@ -35,7 +35,8 @@ def server(tiny_qwen, tmp_path_factory):
                        text=True, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr + (tmp / "server.log").read_text()
     tiny_dir, tiny_dat = tiny_qwen
-    yield env, ["--model-dir", str(tiny_dir), "--weight", str(tiny_dat), "--device", "cpu"]
+    yield (env, ["--model-dir", str(tiny_dir), "--weight", str(tiny_dat), "--device", "cpu"],
+           tmp / "server.log")
     subprocess.run([sys.executable, SERVER, "--stop"], env=env, timeout=60)
 
 
@@ -45,7 +46,7 @@ def run(env, *cmd, timeout=240):
 
 
 def test_a_runner_handed_to_the_server_answers_and_exits_as_a_cold_one(server):
-    env, tiny = server
+    env, tiny, _ = server
     cold_env = dict(env, NVFP4LAB_RUNNER_SERVER="off")
     for script, args in ((FP2, ANSWER), (RT2, ["--prompt", "你是誰", "--max-tokens", "8",
                                                "--check-logits", "false", "--timing", "false"])):
@@ -61,12 +62,14 @@ def test_a_runner_handed_to_the_server_answers_and_exits_as_a_cold_one(server):
 
 
 def test_the_guard_measures_and_kills_a_warm_child(server):
-    env, tiny = server
+    env, tiny, log = server
     r = run(env, GUARD, "--mode", "host", "--gpu-limit-gb", "0.05", "--",
             sys.executable, FP2, *tiny, "--max-tokens", "100000", "--ignore-eos", "true",
             "--timing", "false")
     assert r.returncode == 124, r.stdout + r.stderr
-    child = int(r.stderr.split("running in a child (pid ")[1].split(")")[0])
+    # the child's pid from the server's log (the guard may kill the runner before it says it)
+    line = [x for x in log.read_text().splitlines() if "--max-tokens 100000" in x][-1]
+    child = int(line.split("child ")[1].split(":")[0])
     assert "procs=2" in r.stderr    # the runner and its adopted child, measured together
     time.sleep(0.5)
     assert warm.start_time(child) is None or _zombie(child)
@@ -74,7 +77,7 @@ def test_the_guard_measures_and_kills_a_warm_child(server):
 
 
 def test_a_killed_runner_takes_its_child_along(server):
-    env, tiny = server
+    env, tiny, _ = server
     p = subprocess.Popen([sys.executable, FP2, *tiny, "--max-tokens", "100000", "--ignore-eos",
                           "true", "--timing", "false"], env=env, stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
