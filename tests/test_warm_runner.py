@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nvfp4lab import warm
+from nvfp4lab import guard, warm
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = str(ROOT / "scripts" / "runner_server.py")
@@ -94,12 +94,8 @@ def test_a_killed_runner_takes_its_child_along(server):
 
 
 def _zombie(pid) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return True
-    return data[data.rfind(b")") + 2:].split()[0] == b"Z"
+    st = guard.read_stat(pid)
+    return st is None or st[3] == "Z"
 
 
 def _only_others() -> bool:

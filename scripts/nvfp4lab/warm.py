@@ -62,12 +62,9 @@ def socket_path() -> str:
 # start time>": start times (from /proc) make a reused pid match nothing.
 
 def start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return int(data[data.rfind(b")") + 2:].split()[19])
+    from .guard import read_stat   # here, not at the top: guard imports this module
+    st = read_stat(pid)
+    return None if st is None else st[2]
 
 
 def _adopt_file(pid: int, start) -> str:
