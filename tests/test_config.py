@@ -285,16 +285,21 @@ def test_real_en_v13_is_round_23s_choice_and_v14_only_adds_the_decode_batch():
     assert replace(i4, max_retries=2, recipe=None) == replace(v14, recipe=None)
 
 
+def grid_row_and_recipes(grid: str, variant: str, *recipes: str) -> list:
+    """train.py's config of a study grid's row (on method-study-en.args), then of each recipe."""
+    import sweep
+    stages = ROOT / "data" / "stages"
+    flags = dict(sweep.read_variants(str(stages / grid)))
+    return [train.parse_args(["--recipe", str(stages / "method-study-en.args"),
+                              *shlex.split(flags[variant])])] + \
+        [train.parse_args(["--recipe", str(stages / r)]) for r in recipes]
+
+
 def test_real_en_v15_is_round_24s_choice_and_the_default():
     """The shipped default of `make demo-real` is round 24's dev choice (j1: v14 answering every
     anchor prompt in one batch each self-KL round), plus only the user's fallback."""
-    import sweep
-    stages = ROOT / "data" / "stages"
-    flags = dict(sweep.read_variants(str(stages / "method-study-en-r24.sweep")))
-    chosen = train.parse_args(["--recipe", str(stages / "method-study-en.args"),
-                               *shlex.split(flags["j1-i4-all-anchors"])])
-    shipped = train.parse_args(["--recipe", str(stages / "real-en-v15.args")])
-    v14 = train.parse_args(["--recipe", str(stages / "real-en-v14.args")])
+    chosen, shipped, v14 = grid_row_and_recipes("method-study-en-r24.sweep", "j1-i4-all-anchors",
+                                                "real-en-v15.args", "real-en-v14.args")
     assert shipped.max_retries == 2 and chosen.max_retries == 0
     assert shipped.self_kl_candidates == 512 == shipped.self_kl_batch
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
@@ -305,13 +310,8 @@ def test_real_en_v16_is_round_25s_choice_and_the_default():
     """The shipped default of `make demo-real` is round 25's dev choice by its pre-registered rule
     (`--rule misses` on seeds 4-6: j2, v14 with a self-KL round every step), plus only the user's
     fallback."""
-    import sweep
-    stages = ROOT / "data" / "stages"
-    flags = dict(sweep.read_variants(str(stages / "method-study-en-r25.sweep")))
-    chosen = train.parse_args(["--recipe", str(stages / "method-study-en.args"),
-                               *shlex.split(flags["j2-i4-every-step"])])
-    shipped = train.parse_args(["--recipe", str(stages / "real-en-v16.args")])
-    v14 = train.parse_args(["--recipe", str(stages / "real-en-v14.args")])
+    chosen, shipped, v14 = grid_row_and_recipes("method-study-en-r25.sweep", "j2-i4-every-step",
+                                                "real-en-v16.args", "real-en-v14.args")
     assert shipped.max_retries == 2 and chosen.max_retries == 0
     assert shipped.self_kl_every == 1 and v14.self_kl_every == 2
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
