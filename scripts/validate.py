@@ -72,7 +72,8 @@ def main() -> int:
         out = r.stdout + (("\n" + r.stderr) if r.stderr.strip() else "")
         print(f"$ {shown}\n" + out.rstrip() + f"\n[exit {r.returncode}, {took:.1f} s]", flush=True)
         sections.append((f"{script} (exit {r.returncode}, {took:.1f} s)",
-                         devlog.code(shown) + "\n\n" + devlog.code(out.strip() or "(no output)")))
+                         devlog.code(shown) + "\n\n"
+                         + devlog.code(devlog.scrub_output(out.strip()) or "(no output)")))
         first_bad = first_bad or r.returncode
     verdict = "both runners ran" if not first_bad else f"a runner failed (exit {first_bad})"
     devlog.append_devlog(f"validate {os.path.basename(args.weight)}", [

@@ -78,6 +78,15 @@ def test_logged_command_names_repository_paths_relative_to_the_root(monkeypatch)
     assert devlog.command_line() == "python scripts/train.py --input-dat artifacts/x.dat --out /elsewhere/y.dat"
 
 
+def test_logged_runner_output_names_the_interpreter_as_python():
+    """validate.py logs each runner's output; the guard's `cmd=` line names the interpreter by
+    its absolute path, which must not reach the log, nor the checkout's location."""
+    out = (f"[guard] start child_pid=7 cmd={sys.executable} scripts/run_training2.py "
+           f"--weight {ROOT}/artifacts/x.dat --model-dir /elsewhere/m\nout: hi")
+    assert devlog.scrub_output(out) == ("[guard] start child_pid=7 cmd=python scripts/run_training2.py "
+                                        "--weight artifacts/x.dat --model-dir /elsewhere/m\nout: hi")
+
+
 def test_artifact_rows_name_repository_paths_relative_to_the_root(tmp_path):
     """The artifact list, like the DevLog's commands, names a file inside the checkout by its
     repo-relative path (make_proxy and train.py pass absolute ones by default)."""

@@ -37,6 +37,13 @@ def repo_relative(arg: str) -> str:
     return arg
 
 
+def scrub_output(text: str) -> str:
+    """A subprocess's output as the log records it: the interpreter (the guard's `cmd=` line
+    names it) as `python` and repository paths relative to the root, like command_line."""
+    text = text.replace(sys.executable, "python")
+    return text.replace(str(paths.ROOT).rstrip(os.sep) + os.sep, "")
+
+
 def command_line() -> str:
     """The command as run, repository paths relative to its root (the guard passes its own
     prefix in NVFP4LAB_GUARD_PREFIX)."""
