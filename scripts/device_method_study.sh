@@ -87,7 +87,8 @@ study)
       > artifacts/study.log 2>&1
   cp artifacts/sweep/chosen.flags ~/chosen.flags 2>/dev/null
   grep -v '^\[guard\] PID=' artifacts/study.log | tail -n 40
-  pack artifacts/sweep/*.eval.json artifacts/sweep/*.log artifacts/study.log
+  # the replay cache too: the base answers the keep rows learn (--replay-stock-kl counts them)
+  pack artifacts/sweep/*.eval.json artifacts/sweep/*.log artifacts/study.log artifacts/cache/replay-*.tsv
   ;;
 final)
   # the flags: VARIANT's row of GRID (a fresh machine, e.g. real-en-v6 = round 14's z2), else the

@@ -323,12 +323,13 @@ def test_round_26_varies_one_thing_each_on_v16():
     """Round 26's control is v16 without the fallback, and each variant changes only the flag its
     header names (a variant that moved more would not say what helped)."""
     rows = [grid_row_and_recipes("method-study-en-r26.sweep", v, "real-en-v16.args")
-            for v in ("n0-j2", "n1-j2-keep-pool", "n2-j2-kl6", "n3-j2-lr6e-4")]
-    (n0, v16), (n1, _), (n2, _), (n3, _) = rows
+            for v in ("n0-j2", "n1-j2-keep-pool", "n2-j2-kl6", "n3-j2-lr6e-4", "n4-j2-stock-kl4")]
+    (n0, v16), (n1, _), (n2, _), (n3, _), (n4, _) = rows
     assert replace(v16, max_retries=0, recipe=None) == replace(n0, recipe=None)
     assert n1.self_kl_pool == "keep" and replace(n1, self_kl_pool=n0.self_kl_pool) == n0
     assert n2.kl_weight == 6 and replace(n2, kl_weight=n0.kl_weight) == n0
     assert n3.lr == 6e-4 and replace(n3, lr=n0.lr) == n0
+    assert n4.replay_stock_kl == 4 and replace(n4, replay_stock_kl=0) == n0
 
 
 def test_stage_g_v6_is_real_en_v12s_method_on_the_users_data():

@@ -85,6 +85,13 @@ class TrainConfig:
         False, "with --replay self: those same anchor rows (see --replay-drop-wrong) learn the "
                "file's short answer instead of the base's mistake ('A carrot is orange.'); their "
                "KL to the base stays. Not together with --replay-drop-wrong")
+    replay_stock_kl: int = flag(
+        0, "with --replay self: keep rows whose replayed base answer is the same text (case and "
+           "spacing aside) for N or more keep prompts get the KL alone, no CE. SmolLM2 answers 31 "
+           "greetings and near misses with \"I'm sorry for any mistakes.\" (11 of them twice in "
+           "a row): CE on one greedy answer over many prompts sharpens it into an attractor the "
+           "edit's near misses fall into; the KL keeps the base's whole distribution; 0 = off",
+        metavar="N")
     kl_weight: float = flag(0.0, "KL(base || model) on the answer tokens of anchor and neighbour "
                                  "rows")
     keep_ce_weight: float = flag(
@@ -330,6 +337,9 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error(f"--identity-perturb {ns.identity_perturb:g}: a share, 0 <= SHARE <= 1")
     if not 0.0 <= ns.keep_perturb <= 1.0:
         parser.error(f"--keep-perturb {ns.keep_perturb:g}: a share, 0 <= SHARE <= 1")
+    if ns.replay_stock_kl < 0 or (ns.replay_stock_kl and ns.replay != "self"):
+        parser.error(f"--replay-stock-kl {ns.replay_stock_kl}: a count >= 0 (0 = off), with "
+                     "--replay self")
     if ns.replay_fix_wrong and ns.replay_drop_wrong:
         parser.error("--replay-fix-wrong and --replay-drop-wrong: one or the other (the wrong "
                      "anchors either learn the file's answer or are left out)")

@@ -8,6 +8,7 @@ attempt starts again from the initial weights with a safer policy (every LR time
 --retry-lr-scale, anchor share doubled, and the --retry-mix data if the recipe gives one), up to
 --max-retries times. The held-out set is not seen here: train.py judges it once, afterwards.
 """
+import collections
 import hashlib
 import math
 import os
@@ -299,7 +300,8 @@ def unlikelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def encode_batch(tok, rows, seq_len: int, replay: dict, device,
                  ul_target: str | None = None, ul_tokens: int = 0,
-                 trim_loops: float = 0.0, ul_skip: int = 0) -> tuple[dict, torch.Tensor, int]:
+                 trim_loops: float = 0.0, ul_skip: int = 0,
+                 kl_only_prompts: frozenset = frozenset()) -> tuple[dict, torch.Tensor, int]:
     """Rows (prompt, target, role[, context messages]) -> a padded batch, the mask of rows that
     get the KL to the base, and how many rows were truncated.
 
@@ -316,8 +318,10 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
     trim_loops > 0 (--trim-base-loops): a keep row whose replayed base answer repeats itself
     that much (probes.repetition) learns it only up to where it goes round (trim_loop), then the
     end; the KL skips that end (kl_positions).
+    kl_only_prompts (--replay-stock-kl, stock_answer_prompts): keep rows asked alone with one of
+    these prompts get the KL to the base and no CE, like the model's own answers.
     """
-    enc, truncated, ul, kl_rows, trimmed = [], 0, [], [], []
+    enc, truncated, ul, kl_rows, trimmed, kl_only = [], 0, [], [], [], []
     for row in rows:
         prompt, target, role = row[:3]
         context = list(row[3]) if len(row) > 3 and row[3] else []
@@ -333,6 +337,8 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
         truncated += cut
         enc.append((ids, labels))
         kl_rows.append((role in mix.KEEP_ROLES or role == mix.SELF_ROLE) and not context)
+        kl_only.append(role == mix.SELF_ROLE or (role in mix.KEEP_ROLES and not context
+                                                 and prompt in kl_only_prompts))
         if ul_target is not None and role == "neighbour":
             uids, ulabels, _ = chat.encode_chat_row(tok, messages, ul_target, seq_len)
             shared = 0
@@ -346,8 +352,7 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
     keep = torch.tensor(kl_rows + [True] * len(ul), device=device)
     batch["ul_rows"] = torch.tensor([False] * len(enc) + [True] * len(ul), device=device)
     batch["trimmed"] = torch.tensor(trimmed + [False] * len(ul), device=device)
-    batch["kl_only"] = torch.tensor([len(r) > 2 and r[2] == mix.SELF_ROLE for r in rows]
-                                    + [False] * len(ul), device=device)
+    batch["kl_only"] = torch.tensor(kl_only + [False] * len(ul), device=device)
     own = [b for b, row in enumerate(rows) if row[2] == mix.SELF_ROLE]
     if own:   # the model's own answers (--self-kl-rows): where they repeat themselves
         batch["repeat"] = torch.zeros_like(batch["labels"], dtype=torch.bool)      # [B, T]
@@ -355,6 +360,19 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
             labels = enc[b][1]
             batch["repeat"][b, :len(labels)] = torch.tensor(repeated_ngram_ends(labels))
     return batch, keep, truncated
+
+
+def stock_answer_prompts(replay: dict, prompts, min_prompts: int) -> frozenset:
+    """The prompts (of `prompts`) whose replayed base answer is also the answer, case and spacing
+    aside, of min_prompts or more of them (--replay-stock-kl): the base's stock answers ("I'm
+    sorry for any mistakes."), which CE on so many prompts would make the edit's default."""
+    if min_prompts <= 0:
+        return frozenset()
+    by_answer: dict[str, set] = {}
+    for p in prompts:
+        if p in replay:
+            by_answer.setdefault(" ".join(replay[p].lower().split()), set()).add(p)
+    return frozenset(p for group in by_answer.values() if len(group) >= min_prompts for p in group)
 
 
 def repeated_ngram_ends(labels: list[int], n: int = 3) -> list[bool]:
@@ -746,6 +764,12 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
     keep_best = cfg.keep_best and es is not None
     patience = cfg.patience
     best = Best()
+    stock = stock_answer_prompts(replay, {r.prompt for s in srcs if s.role in mix.KEEP_ROLES
+                                          for r in s.rows}, cfg.replay_stock_kl)
+    if cfg.replay_stock_kl:
+        shown = collections.Counter(replay[p] for p in stock).most_common(3)
+        log(f"--replay-stock-kl {cfg.replay_stock_kl}: {len(stock)} keep prompts get the KL "
+            f"alone, their base answer is a stock one ({'; '.join(f'{a[:40]!r} x{n}' for a, n in shown)})")
     t0 = time.time()
     model.train()
     for step in range(1, cfg.steps + 1):
@@ -766,7 +790,7 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                                         ul_target=cfg.target if ul_weight > 0 else None,
                                         ul_tokens=cfg.unlikelihood_tokens,
                                         trim_loops=cfg.trim_base_loops,
-                                        ul_skip=cfg.unlikelihood_skip)
+                                        ul_skip=cfg.unlikelihood_skip, kl_only_prompts=stock)
         att.truncated += cut
         loss, ce, kl, ul = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
                                       cfg.keep_ce_weight, cfg.self_repeat_ul)
