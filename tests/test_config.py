@@ -306,17 +306,26 @@ def test_real_en_v15_is_round_24s_choice_and_the_default():
     assert replace(shipped, self_kl_candidates=384, self_kl_batch=384, recipe=None) == replace(v14, recipe=None)
 
 
-def test_real_en_v16_is_round_25s_choice_and_the_default():
-    """The shipped default of `make demo-real` is round 25's dev choice by its pre-registered rule
-    (`--rule misses` on seeds 4-6: j2, v14 with a self-KL round every step), plus only the user's
-    fallback."""
+def test_real_en_v16_is_round_25s_choice():
+    """real-en-v16 is round 25's dev choice by its pre-registered rule (`--rule misses` on seeds
+    4-6: j2, v14 with a self-KL round every step), plus only the user's fallback."""
     chosen, shipped, v14 = grid_row_and_recipes("method-study-en-r25.sweep", "j2-i4-every-step",
                                                 "real-en-v16.args", "real-en-v14.args")
     assert shipped.max_retries == 2 and chosen.max_retries == 0
     assert shipped.self_kl_every == 1 and v14.self_kl_every == 2
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
     assert replace(shipped, self_kl_every=2, recipe=None) == replace(v14, recipe=None)
-    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v16.args") == 1
+
+
+def test_real_en_v17_is_round_26s_choice_and_the_default():
+    """The shipped default of `make demo-real` is round 26's dev choice by its pre-registered rule
+    (`--rule misses` on seeds 7-9: n2, v16 with --kl-weight 6), plus only the user's fallback."""
+    chosen, shipped, v16 = grid_row_and_recipes("method-study-en-r26.sweep", "n2-j2-kl6",
+                                                "real-en-v17.args", "real-en-v16.args")
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+    assert shipped.kl_weight == 6 and replace(shipped, kl_weight=4, recipe=None) == replace(v16, recipe=None)
+    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v17.args") == 1
 
 
 def test_round_26_varies_one_thing_each_on_v16():
