@@ -354,3 +354,17 @@ def test_stage_g_v6_is_real_en_v12s_method_on_the_users_data():
     assert {k: getattr(v6, k) for k in users if k != "recipe"} == \
         {k: getattr(v5, k) for k in users if k != "recipe"}
     assert "stageG-v6" not in (ROOT / "Makefile").read_text()    # opt-in: not the default
+
+
+def test_round_27_varies_the_pool_and_the_stock_kl_on_v17():
+    """Round 27's control is v17 without the fallback; q1 and q2 each add one of round 26's
+    flags, q3 both (a variant that moved more would not say what helped)."""
+    rows = [grid_row_and_recipes("method-study-en-r27.sweep", v, "real-en-v17.args")
+            for v in ("q0-v17", "q1-v17-keep-pool", "q2-v17-stock-kl4", "q3-v17-keep-pool-stock-kl4")]
+    (q0, v17), (q1, _), (q2, _), (q3, _) = rows
+    assert replace(v17, max_retries=0, recipe=None) == replace(q0, recipe=None)
+    assert q1.self_kl_pool == "keep" and replace(q1, self_kl_pool=q0.self_kl_pool) == q0
+    assert q2.replay_stock_kl == 4 and replace(q2, replay_stock_kl=0) == q0
+    assert replace(q3, self_kl_pool=q0.self_kl_pool, replay_stock_kl=0) == q0
+    assert q3.self_kl_pool == "keep" and q3.replay_stock_kl == 4
+
