@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import train   # scripts/ is on sys.path (conftest)
+from conftest import steps_on_batch
 from nvfp4lab import chat, trainer
 
 STOCK = "I'm sorry for any mistakes."
@@ -38,41 +39,21 @@ def test_stock_rows_get_the_kl_and_no_ce_others_keep_both(tiny_qwen):
 def test_a_stock_answer_is_not_taught(tiny_qwen):
     """Steps on one stock row: with CE its answer becomes likelier; as KL alone the model starts
     at the base, so its answer stays about as likely as it was."""
-    from nvfp4lab.dat import read_dat
-    from nvfp4lab.model import load_model, make_trainable
-    model_dir, dat_path = tiny_qwen
-    tok = chat.load_tokenizer(str(model_dir))
     rows = [("Hi!", "-", "neighbour")]
 
-    def answer_logp(stock):
+    def answer_logp(steps, stock=frozenset()):
         torch.manual_seed(0)
-        model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
-        deltas = make_trainable(model, torch.float32)
-        batch, keep, _ = trainer.encode_batch(tok, rows, 96, REPLAY, torch.device("cpu"),
-                                              kl_only_prompts=stock)
-        stepper = trainer.StepInBackward(deltas, {g: 3e-3 for g in trainer.GROUPS}, 0.0, 1.0)
-        model.train()
-        for _ in range(10):
-            loss, *_ = trainer.batch_loss(model, batch, keep, 1.0)
-            loss.backward()
-            stepper.flush()
-        stepper.close()
-        sel = batch["labels"][0, 1:] != -100
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[0, :-1].float(), -1)
-        return float(logp[sel].gather(1, batch["labels"][0, 1:][sel][:, None]).sum())
-
-    def base_logp():
-        model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+        model, tok = steps_on_batch(tiny_qwen, lambda tok: trainer.encode_batch(
+            tok, rows, 96, REPLAY, torch.device("cpu"), kl_only_prompts=stock), steps)
         batch, _, _ = trainer.encode_batch(tok, rows, 96, REPLAY, torch.device("cpu"))
         sel = batch["labels"][0, 1:] != -100
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[0, :-1].float(), -1)
         return float(logp[sel].gather(1, batch["labels"][0, 1:][sel][:, None]).sum())
 
-    base = base_logp()
-    taught = answer_logp(frozenset()) - base
-    kept = answer_logp(frozenset({"Hi!"})) - base
+    base = answer_logp(0)
+    taught = answer_logp(10) - base
+    kept = answer_logp(10, frozenset({"Hi!"})) - base
     assert taught > 1.0
     # Not exactly 0: at the base the KL's gradient is float noise, and AdamW divides every element
     # by its own RMS, so noise still takes LR-sized steps in no particular direction. What the

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import train   # scripts/ is on sys.path (conftest)
+from conftest import steps_on_batch
 from nvfp4lab import chat, trainer
 
 LOOP = "I'm sorry for any mistakes. I'm sorry for any mistakes. I'm sorry for"
@@ -53,24 +54,12 @@ def test_a_looping_base_answer_is_learnt_up_to_the_loop_and_its_end_gets_no_kl(t
 def test_the_trimmed_row_learns_to_end_where_the_base_went_round(tiny_qwen):
     """A few steps on the trimmed row: the end token becomes likelier right after the first
     sentence, while the untrimmed run keeps going round."""
-    from nvfp4lab.dat import read_dat
-    from nvfp4lab.model import load_model, make_trainable
-    model_dir, dat_path = tiny_qwen
-    tok = chat.load_tokenizer(str(model_dir))
     rows = [("Do you remember me?", "-", "neighbour")]
     replay = {"Do you remember me?": LOOP}
 
     def p_end(trim):
-        model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
-        deltas = make_trainable(model, torch.float32)
-        batch, keep, _ = trainer.encode_batch(tok, rows, 96, replay, torch.device("cpu"), None, 0, trim)
-        stepper = trainer.StepInBackward(deltas, {g: 3e-3 for g in trainer.GROUPS}, 0.0, 1.0)
-        model.train()
-        for _ in range(15):
-            loss, *_ = trainer.batch_loss(model, batch, keep, 1.0)
-            loss.backward()
-            stepper.flush()
-        stepper.close()
+        model, tok = steps_on_batch(tiny_qwen, lambda tok: trainer.encode_batch(
+            tok, rows, 96, replay, torch.device("cpu"), None, 0, trim), 15)
         ids, labels, _ = chat.encode_chat_row(tok, [{"role": "user", "content": rows[0][0]}],
                                               "I'm sorry for any mistakes.", 96)
         end = max(i for i, x in enumerate(labels) if x != -100)   # the end token's label
