@@ -87,10 +87,13 @@ class TrainConfig:
                "KL to the base stays. Not together with --replay-drop-wrong")
     replay_stock_kl: int = flag(
         0, "with --replay self: keep rows whose replayed base answer is the same text (case and "
-           "spacing aside) for N or more keep prompts get the KL alone, no CE. SmolLM2 answers 31 "
-           "greetings and near misses with \"I'm sorry for any mistakes.\" (11 of them twice in "
-           "a row): CE on one greedy answer over many prompts sharpens it into an attractor the "
-           "edit's near misses fall into; the KL keeps the base's whole distribution; 0 = off",
+           "spacing aside) for N or more keep prompts get the KL alone, no CE. SmolLM2 on the "
+           "H200 answers 24 of v16's keep prompts with \"I'm sorry for any mistakes.\" and 12 "
+           "more with it twice (round 26's log): CE on one greedy answer over many prompts "
+           "sharpens it into an attractor the edit's near misses fall into; the KL keeps the "
+           "base's whole distribution. Rows asked in a --keep-perturb variant are matched by "
+           "prompt, so they are not covered (with --keep-perturb-answer file they learn the "
+           "file's answer, not the stock one); 0 = off",
         metavar="N")
     kl_weight: float = flag(0.0, "KL(base || model) on the answer tokens of anchor and neighbour "
                                  "rows")
