@@ -367,4 +367,3 @@ def test_round_27_varies_the_pool_and_the_stock_kl_on_v17():
     assert q2.replay_stock_kl == 4 and replace(q2, replay_stock_kl=0) == q0
     assert replace(q3, self_kl_pool=q0.self_kl_pool, replay_stock_kl=0) == q0
     assert q3.self_kl_pool == "keep" and q3.replay_stock_kl == 4
-

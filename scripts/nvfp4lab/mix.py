@@ -55,6 +55,12 @@ def load_sources(spec: list[tuple[str, float, str]]) -> list[Source]:
     return sources
 
 
+def keep_prompts(sources: list[Source]) -> set[str]:
+    """The prompts of the rows whose answers are kept (anchor / neighbour sources): what the
+    replay answers and --replay-stock-kl groups."""
+    return {r.prompt for s in sources if s.role in KEEP_ROLES for r in s.rows}
+
+
 def split_counts(weights: list[float], n: int) -> list[int]:
     """n rows in proportion to weights, largest remainder first (deterministic)."""
     total = sum(weights)

@@ -337,8 +337,9 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
         truncated += cut
         enc.append((ids, labels))
         kl_rows.append((role in mix.KEEP_ROLES or role == mix.SELF_ROLE) and not context)
-        kl_only.append(role == mix.SELF_ROLE or (role in mix.KEEP_ROLES and not context
-                                                 and prompt in kl_only_prompts))
+        # own answers; a stock prompt's row where it gets the KL (asked alone; the set holds
+        # keep prompts only)
+        kl_only.append(role == mix.SELF_ROLE or (kl_rows[-1] and prompt in kl_only_prompts))
         if ul_target is not None and role == "neighbour":
             uids, ulabels, _ = chat.encode_chat_row(tok, messages, ul_target, seq_len)
             shared = 0
@@ -640,8 +641,7 @@ def replay_answers(model, tok, sources, dat_path: str, max_new_tokens: int, cach
                    log, extra_prompts: tuple = ()) -> dict:
     """prompt -> the base model's greedy answer for every anchor/neighbour row and every
     extra prompt (--self-kl-prompts: the loop rule's reference), cached per base file."""
-    prompts = sorted({r.prompt for s in sources if s.role in mix.KEEP_ROLES for r in s.rows}
-                     | set(extra_prompts))
+    prompts = sorted(mix.keep_prompts(sources) | set(extra_prompts))
     if not prompts:
         return {}
     key = hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:12]
@@ -764,8 +764,7 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
     keep_best = cfg.keep_best and es is not None
     patience = cfg.patience
     best = Best()
-    stock = stock_answer_prompts(replay, {r.prompt for s in srcs if s.role in mix.KEEP_ROLES
-                                          for r in s.rows}, cfg.replay_stock_kl)
+    stock = stock_answer_prompts(replay, mix.keep_prompts(srcs), cfg.replay_stock_kl)
     if cfg.replay_stock_kl:
         shown = collections.Counter(replay[p] for p in stock).most_common(3)
         log(f"--replay-stock-kl {cfg.replay_stock_kl}: {len(stock)} keep prompts get the KL "
