@@ -317,15 +317,27 @@ def test_real_en_v16_is_round_25s_choice():
     assert replace(shipped, self_kl_every=2, recipe=None) == replace(v14, recipe=None)
 
 
-def test_real_en_v17_is_round_26s_choice_and_the_default():
-    """The shipped default of `make demo-real` is round 26's dev choice by its pre-registered rule
+def test_real_en_v17_is_round_26s_choice():
+    """real-en-v17 is round 26's dev choice by its pre-registered rule
     (`--rule misses` on seeds 7-9: n2, v16 with --kl-weight 6), plus only the user's fallback."""
     chosen, shipped, v16 = grid_row_and_recipes("method-study-en-r26.sweep", "n2-j2-kl6",
                                                 "real-en-v17.args", "real-en-v16.args")
     assert shipped.max_retries == 2 and chosen.max_retries == 0
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
     assert shipped.kl_weight == 6 and replace(shipped, kl_weight=4, recipe=None) == replace(v16, recipe=None)
-    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v17.args") == 1
+
+
+def test_real_en_v18_is_round_27s_choice_and_the_default():
+    """The shipped default of `make demo-real` is round 27's dev choice by its pre-registered rule
+    (`--rule misses` on seeds 10-12: q1, v17 with --self-kl-pool keep), plus only the user's
+    fallback."""
+    chosen, shipped, v17 = grid_row_and_recipes("method-study-en-r27.sweep", "q1-v17-keep-pool",
+                                                "real-en-v18.args", "real-en-v17.args")
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+    assert shipped.self_kl_pool == "keep"
+    assert replace(shipped, self_kl_pool=v17.self_kl_pool, recipe=None) == replace(v17, recipe=None)
+    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v18.args") == 1
 
 
 def test_round_26_varies_one_thing_each_on_v16():
