@@ -11,7 +11,9 @@
 #                                                  # artifacts/sweep (sweep.py --resume): a second call
 #                                                  # runs only what timed out; REUSE=DIR first copies
 #                                                  # DIR's *.eval.json there (judgments carried in from
-#                                                  # an earlier machine); SEEDS (default "1 2 3");
+#                                                  # an earlier machine, e.g. a round's judgments kept
+#                                                  # in artifacts/rounds/rNN by scripts/keep_judgments.py);
+#                                                  # SEEDS (default "1 2 3");
 #                                                  # RULE (sweep.py --rule: score, the default, or
 #                                                  # misses, round 25's)
 #   bash scripts/device_method_study.sh final      # the chosen variant: one timed make demo-real

@@ -379,3 +379,16 @@ def test_round_27_varies_the_pool_and_the_stock_kl_on_v17():
     assert q2.replay_stock_kl == 4 and replace(q2, replay_stock_kl=0) == q0
     assert replace(q3, self_kl_pool=q0.self_kl_pool, replay_stock_kl=0) == q0
     assert q3.self_kl_pool == "keep" and q3.replay_stock_kl == 4
+
+
+def test_round_28_varies_the_kl_and_the_own_answer_rows_on_v18():
+    """Round 28's control is v18 without the fallback; y1 and y2 each change one flag, y3 both
+    (a variant that moved more would not say what helped)."""
+    rows = [grid_row_and_recipes("method-study-en-r28.sweep", v, "real-en-v18.args")
+            for v in ("y0-v18", "y1-v18-kl8", "y2-v18-rows48", "y3-v18-kl8-rows48")]
+    (y0, v18), (y1, _), (y2, _), (y3, _) = rows
+    assert replace(v18, max_retries=0, recipe=None) == replace(y0, recipe=None)
+    assert y1.kl_weight == 8 and replace(y1, kl_weight=y0.kl_weight) == y0
+    assert y2.self_kl_rows == 48 and replace(y2, self_kl_rows=y0.self_kl_rows) == y0
+    assert y3.kl_weight == 8 and y3.self_kl_rows == 48
+    assert replace(y3, kl_weight=y0.kl_weight, self_kl_rows=y0.self_kl_rows) == y0

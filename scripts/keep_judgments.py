@@ -1,0 +1,68 @@
+"""Keep a study's judgments in the repository, without their per-row answers.
+
+    python scripts/keep_judgments.py artifacts/sweep/sweep-*-s13.eval.json --out artifacts/rounds/r28
+
+Why: a device machine's files are gone when the session ends, and a study run one seed a call
+can span sessions (round 27's seed-10 and -11 judgments were lost that way). A judgment
+(train.py's `<stem>.eval.json`) is ~250 KB, almost all of it the per-row answers (`rows`); what
+`sweep.py --resume` and its pooled rule read (command, verdict, summary, thresholds,
+target_tokens) is ~11 KB. The kept files go back into a study with
+`REUSE=DIR bash scripts/device_method_study.sh study` (copied into artifacts/sweep, then reused
+by `--resume` when their command is the run's).
+
+A kept file is never overwritten with a different one (a round's record stays what it was);
+the same judgment again is a no-op. Exit 0, or 1 with one line naming the file.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from nvfp4lab import evaluate  # noqa: E402
+from nvfp4lab.atomic import AtomicFile  # noqa: E402
+from nvfp4lab.tsv import DataError  # noqa: E402
+
+DROPPED = ("rows",)   # the per-row answers: the bulk of a judgment, read by no rule
+
+
+def kept(doc: dict) -> dict:
+    """The judgment without its per-row answers."""
+    return {k: v for k, v in doc.items() if k not in DROPPED}
+
+
+def keep(src: str, out_dir: str) -> str:
+    """Write src's judgment, rows dropped, to out_dir under the same name; the path written."""
+    doc = evaluate.read_json(src)
+    if "command" not in doc or "summary" not in doc:
+        raise DataError(f"{src}: not a train.py judgment (no command or summary)")
+    text = json.dumps(kept(doc), ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+    dst = os.path.join(out_dir, os.path.basename(src))
+    if os.path.exists(dst):
+        with open(dst, encoding="utf-8") as f:
+            if f.read() == text:
+                return dst
+        raise DataError(f"{dst}: already kept with other contents; not overwritten")
+    os.makedirs(out_dir, exist_ok=True)
+    with AtomicFile(dst) as f:
+        f.write(text.encode("utf-8"))
+    return dst
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("judgments", nargs="+", help="train.py's <stem>.eval.json files")
+    p.add_argument("--out", required=True, help="folder in the repository, e.g. artifacts/rounds/r28")
+    args = p.parse_args(argv)
+    try:
+        for src in args.judgments:
+            print(keep(src, args.out))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
