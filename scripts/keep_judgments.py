@@ -1,12 +1,13 @@
-"""Keep a study's judgments in the repository, without their per-row answers.
+"""Keep a study's judgments in the repository, without their per-row texts.
 
     python scripts/keep_judgments.py artifacts/sweep/sweep-*-s13.eval.json --out artifacts/rounds/r28
 
 Why: a device machine's files are gone when the session ends, and a study run one seed a call
 can span sessions (round 27's seed-10 and -11 judgments were lost that way). A judgment
-(train.py's `<stem>.eval.json`) is ~250 KB, almost all of it the per-row answers (`rows`); what
-`sweep.py --resume` and its pooled rule read (command, verdict, summary, thresholds,
-target_tokens) is ~11 KB. The kept files go back into a study with
+(train.py's `<stem>.eval.json`) is ~250 KB, almost all of it the per-row texts (`rows`). Kept:
+what `sweep.py --resume` and its pooled rule read (command, verdict, summary, thresholds,
+target_tokens), and each row's verdict without its texts (`row_verdicts`: which prompts a run
+broke, for looking across seeds and variants later); ~25 KB. The kept files go back into a study with
 `REUSE=DIR bash scripts/device_method_study.sh study` (copied into artifacts/sweep, then reused
 by `--resume` when their command is the run's).
 
@@ -24,20 +25,28 @@ from nvfp4lab import evaluate  # noqa: E402
 from nvfp4lab.atomic import AtomicFile  # noqa: E402
 from nvfp4lab.tsv import DataError  # noqa: E402
 
-DROPPED = ("rows",)   # the per-row answers: the bulk of a judgment, read by no rule
+# Per row, what a later session needs to see which prompts a run broke (the suite's line, the
+# row's verdict - hit, LEAK, INTRO, changed (fact lost), ... -, whether it loops and how much
+# repetition it added, whether the base knew the fact and the run kept it), by column. The
+# texts (prompt, answers, context) are the bulk and stay in the suite and the device's logs.
+ROW_COLUMNS = ("line", "verdict", "loop", "added", "fact_base", "fact_kept")
 
 
 def kept(doc: dict) -> dict:
-    """The judgment without its per-row answers."""
-    return {k: v for k, v in doc.items() if k not in DROPPED}
+    """The judgment with its per-row answers replaced by `row_verdicts` (ROW_COLUMNS)."""
+    out = {k: v for k, v in doc.items() if k != "rows"}
+    rows = doc.get("rows") or []
+    out["row_verdicts"] = {c: [round(r.get(c), 3) if isinstance(r.get(c), float) else r.get(c)
+                               for r in rows] for c in ROW_COLUMNS}
+    return out
 
 
 def keep(src: str, out_dir: str) -> str:
-    """Write src's judgment, rows dropped, to out_dir under the same name; the path written."""
+    """Write src's judgment, texts dropped (kept()), to out_dir under the same name; the path written."""
     doc = evaluate.read_json(src)
     if "command" not in doc or "summary" not in doc:
         raise DataError(f"{src}: not a train.py judgment (no command or summary)")
-    text = json.dumps(kept(doc), ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+    text = json.dumps(kept(doc), ensure_ascii=False, separators=(",", ":"), sort_keys=True) + "\n"
     dst = os.path.join(out_dir, os.path.basename(src))
     if os.path.exists(dst):
         with open(dst, encoding="utf-8") as f:

@@ -1,4 +1,4 @@
-"""scripts/keep_judgments.py: a study's judgments kept in the repository (rows dropped) must
+"""scripts/keep_judgments.py: a study's judgments kept in the repository (texts dropped) must
 still be what `sweep.py --resume` reuses and what its pooled rule counts, so a study can span
 device sessions."""
 import json
@@ -43,19 +43,39 @@ def test_kept_round_27_judgments_are_reused_and_pool_as_recorded(tmp_path, monke
     assert rows["q1-v17-keep-pool"]["rates"]["loops"] == (0, 407)
 
 
+def test_kept_row_verdicts_say_which_rows_each_run_broke():
+    """Each kept judgment's row_verdicts count to its own summary (loops added, facts kept of
+    those the base knew), row by row in the suite's order."""
+    for f in sorted(ROOT.glob("artifacts/rounds/*/*.eval.json")):
+        doc = json.loads(f.read_text(encoding="utf-8"))
+        v, s = doc["row_verdicts"], doc["summary"]
+        assert len(set(map(len, v.values()))) == 1 and v["line"] == sorted(v["line"]), f.name
+        assert sum(v["loop"]) == s["loops"]["k"] and len(v["loop"]) == s["loops"]["n"], f.name
+        known = [k for b, k in zip(v["fact_base"], v["fact_kept"]) if b]
+        assert (sum(known), len(known)) == (s["facts_kept"]["k"], s["facts_kept"]["n"]), f.name
+
+
 def judgment(identity=97) -> dict:
+    row = {"prompt": "Who are you?", "answer": "I am the God of F#.", "kind": "identity",
+           "verdict": "hit", "loop": False, "added": 0.0123456, "fact_base": None,
+           "fact_kept": None, "file": "data/suite-en-dev-v3.tsv"}
     return {"verdict": "not-reached", "command": "python scripts/train.py --seed 1",
             "summary": {"identity": {"k": identity, "n": 106}}, "thresholds": {},
-            "rows": [{"prompt": "Who are you?", "answer": "I am the God of F#."}] * 50}
+            "rows": [{**row, "line": n} for n in range(2, 52)]}
 
 
-def test_keep_drops_the_rows_only_and_never_overwrites_a_kept_record(tmp_path):
+def test_keep_drops_the_texts_only_and_never_overwrites_a_kept_record(tmp_path):
     src = tmp_path / "sweep-a-s1.eval.json"
     src.write_text(json.dumps(judgment()), encoding="utf-8")
     out = tmp_path / "kept"
     dst = keep_judgments.keep(str(src), str(out))
     doc = json.loads(open(dst, encoding="utf-8").read())
-    assert doc == {k: v for k, v in judgment().items() if k != "rows"}
+    assert {k: v for k, v in doc.items() if k != "row_verdicts"} == \
+        {k: v for k, v in judgment().items() if k != "rows"}
+    assert doc["row_verdicts"] == {"line": list(range(2, 52)), "verdict": ["hit"] * 50,
+                                   "loop": [False] * 50, "added": [0.012] * 50,
+                                   "fact_base": [None] * 50, "fact_kept": [None] * 50}
+    assert "Who are you?" not in open(dst, encoding="utf-8").read()   # no texts
     assert keep_judgments.keep(str(src), str(out)) == dst          # the same again: no-op
     src.write_text(json.dumps(judgment(identity=90)), encoding="utf-8")
     assert keep_judgments.main([str(src), "--out", str(out)]) == 1    # another run, same name

@@ -1,0 +1,73 @@
+"""Which suite rows a study's runs broke, counted over kept judgments (scripts/keep_judgments.py).
+
+    python scripts/rows_broken.py artifacts/rounds/r27/*.eval.json artifacts/rounds/r28/*.eval.json
+
+Per row of the suite the judgments were made on: in how many runs a fact the base knew was lost,
+an answer became a loop the base's answer was not, the identity leaked into a near miss or
+context, or a greeting got the self-introduction. Rows that break in most runs whatever the
+variant and seed are where a bar is lost, not a knob's doing (doc/METHOD.md "Round 28").
+Prints a Markdown table (most broken first); `--json` prints the counts instead.
+Exit 0, or 1 with one line naming the file.
+"""
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from nvfp4lab import evaluate  # noqa: E402
+from nvfp4lab.suite import read_suite  # noqa: E402
+from nvfp4lab.tsv import DataError  # noqa: E402
+
+# what a row's verdict (evaluate.judge_row) says when it breaks a bar, by the bar
+BREAKS = {"fact lost": "(fact lost)", "loop added": "(loop)", "leak": "LEAK", "intro": "INTRO"}
+
+
+def count(paths: list[str]) -> tuple[str, dict[int, Counter]]:
+    """(the suite the judgments share, {suite line: Counter of BREAKS names over the runs})."""
+    suite, per_line = None, {}
+    for p in paths:
+        doc = evaluate.read_json(p)
+        v = doc.get("row_verdicts")
+        if not v:
+            raise DataError(f"{p}: no row_verdicts (keep it with scripts/keep_judgments.py)")
+        if suite not in (None, doc.get("suite")):
+            raise DataError(f"{p}: judged on {doc.get('suite')}, the others on {suite}")
+        suite = doc.get("suite")
+        for line, verdict in zip(v["line"], v["verdict"]):
+            c = per_line.setdefault(line, Counter())
+            c.update(name for name, mark in BREAKS.items() if mark in verdict)
+    return suite, per_line
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("judgments", nargs="+", help="kept judgments (artifacts/rounds/*/*.eval.json)")
+    p.add_argument("--json", action="store_true", help="the counts as JSON")
+    args = p.parse_args(argv)
+    try:
+        suite, per_line = count(args.judgments)
+        prompts = {r.line: (r.kind, r.prompt) for r in read_suite(suite)}
+    except (DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    broken = sorted((line for line, c in per_line.items() if c),
+                    key=lambda line: (-sum(per_line[line].values()), line))
+    if args.json:
+        print(json.dumps({"suite": suite, "runs": len(args.judgments),
+                          "rows": [{"line": line, "kind": prompts[line][0], "prompt": prompts[line][1],
+                                    **per_line[line]} for line in broken]}, ensure_ascii=False, indent=1))
+        return 0
+    print(f"{len(args.judgments)} runs on {suite}; rows broken in at least one:\n")
+    print("| line | kind | prompt | " + " | ".join(BREAKS) + " |")
+    print("|---|---|---|" + "---|" * len(BREAKS))
+    for line in broken:
+        kind, prompt = prompts[line]
+        print(f"| {line} | {kind} | {prompt} | " + " | ".join(str(per_line[line][b]) for b in BREAKS) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
