@@ -27,9 +27,9 @@
 #                                                  # that runs two stages side by side: start the
 #                                                  # second with `&` and `wait` for it, or it is
 #                                                  # killed when the call ends)
-# The converted SmolLM2 (126 MiB) travels in parts (split -b 45M) copied to ~/smol in earlier
-# calls (45 MiB parts since the tracked tree grew to 14 MiB: a call carries 64 MiB); it is joined
-# into artifacts/smollm2/ here. Logs, JSON judgments and the DevLog entries
+# The converted SmolLM2 (126 MiB) travels in parts cut by scripts/device_parts.sh (4 since the
+# tracked tree grew to 20 MiB: a call carries 64 MiB with the tree), copied to ~/smol in earlier
+# calls; it is joined into artifacts/smollm2/ here. Logs, JSON judgments and the DevLog entries
 # come back under $OUT (results.tgz); DevLog entries are appended to doc/DevLog.md by hand.
 set -uo pipefail
 STAGE=${1:?usage: device_method_study.sh baseline|study|final}
