@@ -7,7 +7,7 @@ can span sessions (round 27's seed-10 and -11 judgments were lost that way). A j
 (train.py's `<stem>.eval.json`) is ~250 KB, almost all of it the per-row texts (`rows`). Kept:
 what `sweep.py --resume` and its pooled rule read (command, verdict, summary, thresholds,
 target_tokens), and each row's verdict without its texts (`row_verdicts`: which prompts a run
-broke, for looking across seeds and variants later); ~25 KB. The kept files go back into a study with
+broke, for looking across seeds and variants later); ~22 KB. The kept files go back into a study with
 `REUSE=DIR bash scripts/device_method_study.sh study` (copied into artifacts/sweep, then reused
 by `--resume` when their command is the run's).
 
@@ -33,7 +33,7 @@ ROW_COLUMNS = ("line", "verdict", "loop", "added", "fact_base", "fact_kept")
 
 
 def kept(doc: dict) -> dict:
-    """The judgment with its per-row answers replaced by `row_verdicts` (ROW_COLUMNS)."""
+    """The judgment with its per-row texts replaced by `row_verdicts` (ROW_COLUMNS)."""
     out = {k: v for k, v in doc.items() if k != "rows"}
     rows = doc.get("rows") or []
     out["row_verdicts"] = {c: [round(r.get(c), 3) if isinstance(r.get(c), float) else r.get(c)

@@ -21,8 +21,15 @@ from nvfp4lab import evaluate  # noqa: E402
 from nvfp4lab.suite import read_suite  # noqa: E402
 from nvfp4lab.tsv import DataError  # noqa: E402
 
-# what a row's verdict (evaluate.judge_row) says when it breaks a bar, by the bar
-BREAKS = {"fact lost": "(fact lost)", "loop added": "(loop)", "leak": "LEAK", "intro": "INTRO"}
+BREAKS = ("fact lost", "loop added", "leak", "intro")
+
+
+def breaks(verdict: str, loop: bool, fact_base, fact_kept) -> list[str]:
+    """The BREAKS of one row of one run: its kept flags, and for the two that have no flag of
+    their own, its verdict's mark (evaluate.judge_row: LEAK, INTRO)."""
+    return [name for name, on in (("fact lost", bool(fact_base) and not fact_kept),
+                                  ("loop added", loop), ("leak", "LEAK" in verdict),
+                                  ("intro", "INTRO" in verdict)) if on]
 
 
 def count(paths: list[str]) -> tuple[str, dict[int, Counter]]:
@@ -36,9 +43,8 @@ def count(paths: list[str]) -> tuple[str, dict[int, Counter]]:
         if suite not in (None, doc.get("suite")):
             raise DataError(f"{p}: judged on {doc.get('suite')}, the others on {suite}")
         suite = doc.get("suite")
-        for line, verdict in zip(v["line"], v["verdict"]):
-            c = per_line.setdefault(line, Counter())
-            c.update(name for name, mark in BREAKS.items() if mark in verdict)
+        for line, *row in zip(v["line"], v["verdict"], v["loop"], v["fact_base"], v["fact_kept"]):
+            per_line.setdefault(line, Counter()).update(breaks(*row))
     return suite, per_line
 
 
