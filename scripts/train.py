@@ -13,6 +13,7 @@ Exit codes: 0 target reached, 3 trained but not reached (exported, says why), 4 
 attempt or on the held-out set (nothing exported), 1 bad input / out of memory (one line naming the
 file), 2 usage.
 """
+import dataclasses
 import os
 import random
 import sys
@@ -187,8 +188,11 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
                                      str(paths.CACHE_DIR), log, pools.self_kl_prompts)
               if cfg.replay == "self" else {})
     if replay and (cfg.replay_drop_wrong or cfg.replay_fix_wrong):
-        sources, retry_sources, replay = wrong_anchors(cfg, sources, retry_sources, replay)
+        sources, retry_sources, replay, fixed = wrong_anchors(cfg, sources, retry_sources, replay)
         all_sources = sources + (retry_sources or [])
+        if cfg.replay_fix_no_kl:
+            pools = dataclasses.replace(pools, no_kl_prompts=frozenset(fixed))
+            log(f"--replay-fix-no-kl: the {len(fixed)} fixed anchor prompts get CE alone, no KL")
     deltas = make_trainable(model, DTYPES[cfg.delta_dtype])
     on_cuda = torch.device(cfg.device).type == "cuda"
     if cfg.checkpoint_layers == "on" or (cfg.checkpoint_layers == "auto" and on_cuda):
@@ -204,22 +208,23 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
 
 
 def wrong_anchors(cfg, sources, retry_sources, replay) -> tuple:
-    """(sources, retry_sources, replay) after --replay-drop-wrong (the anchors whose replayed
-    answer misses the file's leave the first attempt's and the fallback's sources) or
-    --replay-fix-wrong (they learn the file's answer: the replay changes); logs which."""
+    """(sources, retry_sources, replay, the fixed prompts) after --replay-drop-wrong (the anchors
+    whose replayed answer misses the file's leave the first attempt's and the fallback's sources;
+    none fixed) or --replay-fix-wrong (they learn the file's answer: the replay changes); logs
+    which."""
     if cfg.replay_fix_wrong:
         replay, fixed = anchor_check.fix_wrong_anchors(sources + (retry_sources or []), replay)
         examples = "; ".join(f"{r.prompt!r} -> {r.target!r}" for r in fixed[:3])
         log(f"--replay-fix-wrong: {len({r.prompt for r in fixed})} anchor prompts learn the "
             f"file's answer, their base answer misses it ({examples})")
-        return sources, retry_sources, replay
+        return sources, retry_sources, replay, {r.prompt for r in fixed}
     sources, dropped = anchor_check.drop_wrong_anchors(sources, replay)
     if retry_sources:
         retry_sources, _ = anchor_check.drop_wrong_anchors(retry_sources, replay)
     examples = "; ".join(f"{r.prompt!r} -> {replay[r.prompt][:40]!r}" for r in dropped[:3])
     log(f"--replay-drop-wrong: {len(dropped)} anchor rows of the first attempt's files left out, "
         f"their base answer misses the file's ({examples})")
-    return sources, retry_sources, replay
+    return sources, retry_sources, replay, set()
 
 
 def verdict(model, tok, attempts, attempt_set, final) -> tuple:

@@ -392,3 +392,15 @@ def test_round_28_varies_the_kl_and_the_own_answer_rows_on_v18():
     assert y2.self_kl_rows == 48 and replace(y2, self_kl_rows=y0.self_kl_rows) == y0
     assert y3.kl_weight == 8 and y3.self_kl_rows == 48
     assert replace(y3, kl_weight=y0.kl_weight, self_kl_rows=y0.self_kl_rows) == y0
+
+
+def test_round_29_takes_the_kl_off_the_fixed_anchors_of_v18():
+    """Round 29's control is v18 without the fallback; z1 adds --replay-fix-no-kl alone, z2 that
+    and 48 own-answer rows."""
+    rows = [grid_row_and_recipes("method-study-en-r29.sweep", v, "real-en-v18.args")
+            for v in ("z0-v18", "z1-v18-fixnokl", "z2-v18-fixnokl-rows48")]
+    (z0, v18), (z1, _), (z2, _) = rows
+    assert replace(v18, max_retries=0, recipe=None) == replace(z0, recipe=None)
+    assert not z0.replay_fix_no_kl and z0.replay_fix_wrong
+    assert z1.replay_fix_no_kl and replace(z1, replay_fix_no_kl=False) == z0
+    assert z2.self_kl_rows == 48 and replace(z2, self_kl_rows=z0.self_kl_rows) == z1

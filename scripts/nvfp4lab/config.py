@@ -85,6 +85,14 @@ class TrainConfig:
         False, "with --replay self: those same anchor rows (see --replay-drop-wrong) learn the "
                "file's short answer instead of the base's mistake ('A carrot is orange.'); their "
                "KL to the base stays. Not together with --replay-drop-wrong")
+    replay_fix_no_kl: bool = flag(
+        False, "with --replay-fix-wrong: the fixed anchor rows learn the file's answer by CE "
+               "alone, no KL to the base. Why: at the answer's key word the base's distribution "
+               "is the wrong answer it gave ('A lemon is' -> ' a fruit!'), so the KL (6 against a "
+               "CE of 1 in v18) holds the fix to about (6 p_base + 1)/7 and teaches, over the 30-odd "
+               "colour anchors, the base's usual answer to a colour question: a category (doc/"
+               "METHOD.md round 29). Their surface variants (--keep-perturb) and the model's own "
+               "answers to them (--self-kl-rows) keep the KL")
     replay_stock_kl: int = flag(
         0, "with --replay self: keep rows whose replayed base answer is the same text (case and "
            "spacing aside) for N or more keep prompts get the KL alone, no CE. SmolLM2 on the "
@@ -343,6 +351,9 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
     if ns.replay_stock_kl < 0 or (ns.replay_stock_kl and ns.replay != "self"):
         parser.error(f"--replay-stock-kl {ns.replay_stock_kl}: a count >= 0 (0 = off), with "
                      "--replay self")
+    if ns.replay_fix_no_kl and not ns.replay_fix_wrong:
+        parser.error("--replay-fix-no-kl: with --replay-fix-wrong (it concerns the anchors that "
+                     "learn the file's answer)")
     if ns.replay_fix_wrong and ns.replay_drop_wrong:
         parser.error("--replay-fix-wrong and --replay-drop-wrong: one or the other (the wrong "
                      "anchors either learn the file's answer or are left out)")

@@ -301,7 +301,8 @@ def unlikelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def encode_batch(tok, rows, seq_len: int, replay: dict, device,
                  ul_target: str | None = None, ul_tokens: int = 0,
                  trim_loops: float = 0.0, ul_skip: int = 0,
-                 kl_only_prompts: frozenset = frozenset()) -> tuple[dict, torch.Tensor, int]:
+                 kl_only_prompts: frozenset = frozenset(),
+                 no_kl_prompts: frozenset = frozenset()) -> tuple[dict, torch.Tensor, int]:
     """Rows (prompt, target, role[, context messages]) -> a padded batch, the mask of rows that
     get the KL to the base, and how many rows were truncated.
 
@@ -320,6 +321,9 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
     end; the KL skips that end (kl_positions).
     kl_only_prompts (--replay-stock-kl, stock_answer_prompts): keep rows asked alone with one of
     these prompts get the KL to the base and no CE, like the model's own answers.
+    no_kl_prompts (--replay-fix-no-kl): keep rows with one of these prompts (the anchors that
+    learn the file's answer, which the base got wrong) get the CE and no KL: the base's
+    distribution along that answer is the mistake the fix replaces.
     """
     enc, truncated, ul, kl_rows, trimmed, kl_only = [], 0, [], [], [], []
     for row in rows:
@@ -336,7 +340,8 @@ def encode_batch(tok, rows, seq_len: int, replay: dict, device,
         ids, labels, cut = chat.encode_chat_row(tok, messages, target, seq_len)
         truncated += cut
         enc.append((ids, labels))
-        kl_rows.append((role in mix.KEEP_ROLES or role == mix.SELF_ROLE) and not context)
+        kl_rows.append((role in mix.KEEP_ROLES or role == mix.SELF_ROLE) and not context
+                       and not (role in mix.KEEP_ROLES and prompt in no_kl_prompts))
         # own answers; a stock prompt's row where it gets the KL (asked alone; the set holds
         # keep prompts only)
         kl_only.append(role == mix.SELF_ROLE or (kl_rows[-1] and prompt in kl_only_prompts))
@@ -457,6 +462,7 @@ class RowPools:
     system_prompts: tuple[str, ...] = ()
     suite_prompts: frozenset = frozenset()
     self_kl_prompts: tuple[str, ...] = ()   # --self-kl-prompts: asked by the self-KL rounds only
+    no_kl_prompts: frozenset = frozenset()  # --replay-fix-no-kl: the fixed anchors, CE alone
 
 
 def perturb_rows(rows: list[tuple], roles: tuple, share: float, rng: random.Random,
@@ -789,7 +795,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                                         ul_target=cfg.target if ul_weight > 0 else None,
                                         ul_tokens=cfg.unlikelihood_tokens,
                                         trim_loops=cfg.trim_base_loops,
-                                        ul_skip=cfg.unlikelihood_skip, kl_only_prompts=stock)
+                                        ul_skip=cfg.unlikelihood_skip, kl_only_prompts=stock,
+                                        no_kl_prompts=pools.no_kl_prompts)
         att.truncated += cut
         loss, ce, kl, ul = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
                                       cfg.keep_ce_weight, cfg.self_repeat_ul)
