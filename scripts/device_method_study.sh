@@ -39,9 +39,14 @@ export NVFP4LAB_DEVLOG="$OUT/DevLog.md" NVFP4LAB_ARTIFACT_LIST="$OUT/list.md" PY
 SMOL=artifacts/smollm2
 DAT=$SMOL/smollm2-135m-instruct-nvfp4.dat
 if [ ! -f "$DAT" ]; then
-  mkdir -p $SMOL && cat ~/smol/part* > "$DAT" && cp ~/smol/*.json ~/smol/*.jinja $SMOL/ || exit 1
-  [ "$(sha256sum < "$DAT" | cut -d' ' -f1)" = "$(cut -d' ' -f1 ~/smol/dat.sha256)" ] \
-    || { echo "error: the joined .dat differs from the one split here"; exit 1; }
+  # joined beside it and moved into place only once its hash matches: a join that fails (a part
+  # not uploaded yet) must not leave a .dat that the next call takes as joined (round 29's first
+  # study call trained on an empty one)
+  mkdir -p $SMOL && cat ~/smol/part* > "$DAT.joining" && cp ~/smol/*.json ~/smol/*.jinja $SMOL/ \
+    || { rm -f "$DAT.joining"; exit 1; }
+  [ "$(sha256sum < "$DAT.joining" | cut -d' ' -f1)" = "$(cut -d' ' -f1 ~/smol/dat.sha256)" ] \
+    || { echo "error: the joined .dat differs from the one split here"; rm -f "$DAT.joining"; exit 1; }
+  mv "$DAT.joining" "$DAT"
 fi
 if [ ! -f build/.ext-stamp ]; then
   t=$(date +%s); python3 cuda/build.py 2>&1 | tail -1; mkdir -p build && touch build/.ext-stamp

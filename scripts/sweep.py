@@ -325,6 +325,13 @@ def main(argv=None) -> int:
     for v in results:
         print(f"[{v['name']}] {v['status']} {v['seconds']:.0f}s: {v['last']}", flush=True)
     print(table(results))
+    if not any(v["summary"] for v in results):
+        # e.g. an empty .dat left by a failed join: nothing was judged, so nothing is chosen (a
+        # stale choice file would be read by the next stage as this sweep's)
+        print(f"error: none of the {len(results)} runs was judged ("
+              + ", ".join(sorted({v['status'] for v in results})) + f"); {args.chosen} not written",
+              file=sys.stderr)
+        return 1
     pooled_text = ""
     if seeds:
         rows = pooled(results)

@@ -42,3 +42,29 @@ def test_a_call_over_the_limit_or_a_bad_count_is_one_line_and_exit_1(tmp_path):
         "error: a call would carry over 1 MiB: run again with more parts"]
     r, _, _ = cut(tmp_path, "x")
     assert r.returncode == 1 and "PARTS x" in r.stderr
+
+
+def test_a_join_with_a_part_missing_leaves_no_dat_behind(tmp_path):
+    """device_method_study.sh joins the parts in ~/smol into artifacts/smollm2/ only when their
+    hash matches: with a part not uploaded yet it stops (exit 1) and leaves no .dat, so the next
+    call joins again instead of training on a partial file."""
+    data = os.urandom(10_001)
+    home, work = tmp_path / "home", tmp_path / "work"
+    (home / "smol").mkdir(parents=True)
+    (work / "build").mkdir(parents=True)
+    (work / "build" / ".ext-stamp").write_text("")          # no extension build here
+    (home / "smol" / "dat.sha256").write_text(hashlib.sha256(data).hexdigest() + "  -\n")
+    for name in ("config.json", "tokenizer_config.json", "chat_template.jinja"):
+        (home / "smol" / name).write_text("{}")
+    (home / "smol" / "partaa").write_bytes(data[:6000])
+    env = {**os.environ, "HOME": str(home), "OUT": str(tmp_path / "out")}
+    script = str(ROOT / "scripts" / "device_method_study.sh")
+    dat = work / "artifacts" / "smollm2" / "smollm2-135m-instruct-nvfp4.dat"
+    r = subprocess.run(["bash", script, "prepare"], cwd=work, env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "the joined .dat differs" in r.stdout
+    assert sorted(p.name for p in dat.parent.iterdir()) == ["chat_template.jinja", "config.json",
+                                                             "tokenizer_config.json"]
+    (home / "smol" / "partab").write_bytes(data[6000:])
+    r = subprocess.run(["bash", script, "prepare"], cwd=work, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert dat.read_bytes() == data

@@ -125,6 +125,29 @@ def test_results_come_from_the_json_files_not_stdout(tmp_path, monkeypatch, caps
     assert "--probes" not in argv
 
 
+def test_no_run_judged_chooses_nothing(tmp_path, monkeypatch, capsys):
+    """Every run failed (round 29's first call: an empty .dat): exit 1, the choice file is not
+    written, with or without --seeds."""
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN, encoding="utf-8")
+    (tmp_path / "docs.json").write_text(json.dumps({"a": None, "b": None, "a-s1": None, "b-s1": None}), encoding="utf-8")
+    monkeypatch.setenv("FAKE_DOCS", str(tmp_path / "docs.json"))
+    monkeypatch.setattr(sweep, "TRAIN", str(fake))
+    files = {n: tmp_path / n for n in ("r.args", "dev.tsv", "mon.tsv", "base.dat")}
+    for p in files.values():
+        p.write_text("x", encoding="utf-8")
+    (tmp_path / "v.sweep").write_text("a\t--lr 1\nb\t--lr 2\n", encoding="utf-8")
+    for seeds in ([], ["--seeds", "1"]):
+        code = sweep.main(["--recipe", str(files["r.args"]), "--variants", str(tmp_path / "v.sweep"),
+                           "--dev-suite", str(files["dev.tsv"]), "--monitor", str(files["mon.tsv"]),
+                           "--input-dat", str(files["base.dat"]), "--model-dir", str(tmp_path),
+                           "--work-dir", str(tmp_path / "work"), "--chosen", str(tmp_path / "chosen.flags"),
+                           *seeds])
+        err = capsys.readouterr().err
+        assert code == 1 and "none of the 2 runs was judged (error 1)" in err
+        assert not (tmp_path / "chosen.flags").exists()
+
+
 def test_missing_input_is_one_line_and_exit_1(tmp_path, capsys):
     v = tmp_path / "v.sweep"
     v.write_text("a\t\n", encoding="utf-8")
