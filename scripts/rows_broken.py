@@ -7,6 +7,12 @@ an answer became a loop the base's answer was not, the identity leaked into a ne
 context, or a greeting got the self-introduction. Rows that break in most runs whatever the
 variant and seed are where a bar is lost, not a knob's doing (doc/METHOD.md "Round 28").
 Prints a Markdown table (most broken first); `--json` prints the counts instead.
+
+    python scripts/rows_broken.py --noise-floor artifacts/noise-floor.json
+
+does the same for scripts/noise_floor.py's random edits, per share of codes moved (its JSON keeps
+the prompts that looped and the facts lost): are the rows a trained edit breaks the ones any edit
+of that size breaks?
 Exit 0, or 1 with one line naming the file.
 """
 import argparse
@@ -48,11 +54,60 @@ def count(paths: list[str]) -> tuple[str, dict[int, Counter]]:
     return suite, per_line
 
 
+def count_noise_floor(paths: list[str]) -> tuple[str, dict[float, tuple[int, dict[str, Counter]]]]:
+    """(the suite, {share: (runs, {prompt: Counter of "fact lost" / "loop added"})}) over
+    noise_floor.py JSONs judged on one suite."""
+    suite, shares = None, {}
+    for p in paths:
+        try:
+            with open(p, encoding="utf-8") as f:
+                doc = json.load(f)
+            runs = doc["runs"]
+            if suite not in (None, doc["suite"]):
+                raise DataError(f"{p}: judged on {doc['suite']}, the others on {suite}")
+            suite = doc["suite"]
+            for r in runs:
+                n, per = shares.setdefault(r["share"], (0, {}))
+                for prompt in r["facts_lost"]:
+                    per.setdefault(prompt, Counter())["fact lost"] += 1
+                for prompt in r["looped"]:
+                    per.setdefault(prompt, Counter())["loop added"] += 1
+                shares[r["share"]] = (n + 1, per)
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{p}: not a noise_floor.py JSON ({e.__class__.__name__}: {e})") from None
+    return suite, shares
+
+
+def print_noise_floor(paths: list[str], as_json: bool) -> None:
+    suite, shares = count_noise_floor(paths)
+    if as_json:
+        print(json.dumps({"suite": suite, "shares": [
+            {"share": sh, "runs": n, "rows": [{"prompt": q, **c} for q, c in per.items()]}
+            for sh, (n, per) in sorted(shares.items())]}, ensure_ascii=False, indent=1))
+        return
+    print(f"random edits on {suite}; rows broken in at least one run:\n")
+    print("| share of codes moved | runs | prompt | fact lost | loop added |")
+    print("|---|---|---|---|---|")
+    for sh, (n, per) in sorted(shares.items()):
+        for q in sorted(per, key=lambda q: (-per[q]["fact lost"], -per[q]["loop added"], q)):
+            print(f"| {sh:g} | {n} | {q} | {per[q]['fact lost']} | {per[q]['loop added']} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("judgments", nargs="+", help="kept judgments (artifacts/rounds/*/*.eval.json)")
+    p.add_argument("judgments", nargs="+", help="kept judgments (artifacts/rounds/*/*.eval.json), "
+                                                "or with --noise-floor noise_floor.py JSONs")
     p.add_argument("--json", action="store_true", help="the counts as JSON")
+    p.add_argument("--noise-floor", action="store_true",
+                   help="the files are scripts/noise_floor.py JSONs (artifacts/noise-floor*.json)")
     args = p.parse_args(argv)
+    if args.noise_floor:
+        try:
+            print_noise_floor(args.judgments, args.json)
+        except (DataError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
     try:
         suite, per_line = count(args.judgments)
         prompts = {r.line: (r.kind, r.prompt) for r in read_suite(suite)}

@@ -4,7 +4,9 @@ import json
 import rows_broken
 from conftest import ROOT
 
-KEPT = sorted(str(p) for p in ROOT.glob("artifacts/rounds/r2[78]/sweep-*.eval.json"))
+# round 27's seed 12 and round 28's seed 13: what METHOD's "Round 28" counted (r28 holds 14-15 too)
+KEPT = sorted(str(p) for p in [*ROOT.glob("artifacts/rounds/r27/sweep-*.eval.json"),
+                               *ROOT.glob("artifacts/rounds/r28/sweep-*-s13.eval.json")])
 
 
 def test_counts_add_up_to_each_runs_summary_and_name_the_rows(capsys):
@@ -31,3 +33,28 @@ def test_a_judgment_without_row_verdicts_is_one_line_and_exit_1(tmp_path, capsys
     assert rows_broken.main([KEPT[0], str(bad)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and "row_verdicts" in err[0]
+
+
+def test_noise_floor_rows_are_counted_per_share(capsys):
+    """--noise-floor: the random 1.3% edits of artifacts/noise-floor.json (H200, 3 seeds) lose the
+    same colour facts the trained edits of rounds 28-29 lose (doc/METHOD.md "Round 29"); the
+    counts add up to each run's own facts kept and loops."""
+    path = str(ROOT / "artifacts" / "noise-floor.json")
+    suite, shares = rows_broken.count_noise_floor([path])
+    assert suite == "data/suite-en-dev-v1.tsv" and list(shares) == [0.013]
+    runs, per = shares[0.013]
+    doc = json.loads(open(path, encoding="utf-8").read())
+    assert runs == 3
+    assert sum(c["fact lost"] for c in per.values()) == sum(
+        r["facts_kept"]["n"] - r["facts_kept"]["k"] for r in doc["runs"])
+    assert sum(c["loop added"] for c in per.values()) == sum(r["loops"]["k"] for r in doc["runs"])
+    assert per["What colour is an emerald??"]["fact lost"] == 3
+    assert per["What colour is a stop sign?"]["fact lost"] == 2
+    assert rows_broken.main(["--noise-floor", path]) == 0
+    assert "| 0.013 | 3 | What color is a ripe banana? | 3 | 0 |" in capsys.readouterr().out
+
+
+def test_a_file_that_is_not_a_noise_floor_json_is_one_line_and_exit_1(capsys):
+    assert rows_broken.main(["--noise-floor", KEPT[0]]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and KEPT[0] in err[0] and "not a noise_floor.py JSON" in err[0]
