@@ -87,10 +87,11 @@ class TrainConfig:
                "KL to the base stays. Not together with --replay-drop-wrong")
     replay_fix_no_kl: bool = flag(
         False, "with --replay-fix-wrong: the fixed anchor rows learn the file's answer by CE "
-               "alone, no KL to the base. Why: at the answer's key word the base's distribution "
-               "is the wrong answer it gave ('A lemon is' -> ' a fruit!'), so the KL (6 against a "
-               "CE of 1 in v18) holds the fix to about (6 p_base + 1)/7 and teaches, over the 30-odd "
-               "colour anchors, the base's usual answer to a colour question: a category (doc/"
+               "alone, no KL to the base, whose distribution at the answer's key word is the "
+               "wrong answer it gave ('A lemon is' -> ' a fruit!'): with KL 6 against a CE of 1 "
+               "the fix reaches about (6 p_base + 1)/7. Tried in round 29 as the cause of the "
+               "colour facts v18 loses; it is not (on seeds 16-17 facts 27/32 against the "
+               "control's 29/32, and a random edit of the same size loses the same facts: doc/"
                "METHOD.md round 29). Their surface variants (--keep-perturb) and the model's own "
                "answers to them (--self-kl-rows) keep the KL")
     replay_stock_kl: int = flag(
