@@ -134,6 +134,20 @@ def steps_on_batch(tiny, make_batch, steps: int, lr: float = 3e-3):
     return model, tok
 
 
+def answer_logp_after(tiny, rows, replay: dict, steps: int, **encode_kw) -> float:
+    """The log-prob of the first row's (replayed) answer, in the base's encoding, after `steps`
+    steps_on_batch on trainer.encode_batch(rows, replay, **encode_kw) (0: the base)."""
+    from nvfp4lab import trainer
+    torch.manual_seed(0)
+    model, tok = steps_on_batch(tiny, lambda tok: trainer.encode_batch(
+        tok, rows, 96, replay, torch.device("cpu"), **encode_kw), steps)
+    batch, _, _ = trainer.encode_batch(tok, rows, 96, replay, torch.device("cpu"))
+    sel = batch["labels"][0, 1:] != -100
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[0, :-1].float(), -1)
+    return float(logp[sel].gather(1, batch["labels"][0, 1:][sel][:, None]).sum())
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen(tmp_path_factory):
     """Session-wide tiny Qwen3 (model_dir, dat_path). Treat as read-only."""

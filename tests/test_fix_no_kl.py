@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import train   # scripts/ is on sys.path (conftest)
-from conftest import ROOT, steps_on_batch
+from conftest import ROOT, answer_logp_after
 from nvfp4lab import chat, mix, paths, trainer
 from nvfp4lab.tsv import Row
 
@@ -31,21 +31,11 @@ def test_without_the_kl_the_fix_is_learnt_further(tiny_qwen):
     """Steps on one fixed row: with the KL (weight 1 here) the file's answer is held near the
     base's distribution; CE alone takes it further."""
     rows = [(FIXED, "-", "anchor")]
-
-    def answer_logp(steps, no_kl=frozenset()):
-        torch.manual_seed(0)
-        model, tok = steps_on_batch(tiny_qwen, lambda tok: trainer.encode_batch(
-            tok, rows, 96, REPLAY, torch.device("cpu"), no_kl_prompts=no_kl), steps)
-        batch, _, _ = trainer.encode_batch(tok, rows, 96, REPLAY, torch.device("cpu"))
-        sel = batch["labels"][0, 1:] != -100
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[0, :-1].float(), -1)
-        return float(logp[sel].gather(1, batch["labels"][0, 1:][sel][:, None]).sum())
-
     # At the start the model is the base and the KL has no gradient: the two runs part only once
     # the answer has moved (measured: the same to 0.04 nats at 20 steps, 3.6 nats apart at 40).
-    base = answer_logp(0)
-    with_kl, ce_alone = answer_logp(40), answer_logp(40, frozenset({FIXED}))
+    base = answer_logp_after(tiny_qwen, rows, REPLAY, 0)
+    with_kl = answer_logp_after(tiny_qwen, rows, REPLAY, 40)
+    ce_alone = answer_logp_after(tiny_qwen, rows, REPLAY, 40, no_kl_prompts=frozenset({FIXED}))
     assert with_kl > base + 30 and ce_alone > with_kl + 2
 
 

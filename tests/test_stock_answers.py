@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import train   # scripts/ is on sys.path (conftest)
-from conftest import steps_on_batch
+from conftest import answer_logp_after
 from nvfp4lab import chat, trainer
 
 STOCK = "I'm sorry for any mistakes."
@@ -40,20 +40,9 @@ def test_a_stock_answer_is_not_taught(tiny_qwen):
     """Steps on one stock row: with CE its answer becomes likelier; as KL alone the model starts
     at the base, so its answer stays about as likely as it was."""
     rows = [("Hi!", "-", "neighbour")]
-
-    def answer_logp(steps, stock=frozenset()):
-        torch.manual_seed(0)
-        model, tok = steps_on_batch(tiny_qwen, lambda tok: trainer.encode_batch(
-            tok, rows, 96, REPLAY, torch.device("cpu"), kl_only_prompts=stock), steps)
-        batch, _, _ = trainer.encode_batch(tok, rows, 96, REPLAY, torch.device("cpu"))
-        sel = batch["labels"][0, 1:] != -100
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[0, :-1].float(), -1)
-        return float(logp[sel].gather(1, batch["labels"][0, 1:][sel][:, None]).sum())
-
-    base = answer_logp(0)
-    taught = answer_logp(10) - base
-    kept = answer_logp(10, frozenset({"Hi!"})) - base
+    base = answer_logp_after(tiny_qwen, rows, REPLAY, 0)
+    taught = answer_logp_after(tiny_qwen, rows, REPLAY, 10) - base
+    kept = answer_logp_after(tiny_qwen, rows, REPLAY, 10, kl_only_prompts=frozenset({"Hi!"})) - base
     assert taught > 1.0
     # Not exactly 0: at the base the KL's gradient is float noise, and AdamW divides every element
     # by its own RMS, so noise still takes LR-sized steps in no particular direction. What the

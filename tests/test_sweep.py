@@ -94,55 +94,51 @@ sys.exit({"success": 0, "not-reached": 3, "collapse": 4}[doc["verdict"]])
 """
 
 
-def test_results_come_from_the_json_files_not_stdout(tmp_path, monkeypatch, capsys):
+def fake_sweep(tmp_path, monkeypatch, docs: dict, variants: str) -> list[str]:
+    """sweep.main's arguments over a fake train.py that writes docs[name] as the run's judgment
+    (None: exit 1, no judgment) and placeholder inputs; the variants file holds `variants`."""
     fake = tmp_path / "fake_train.py"
     fake.write_text(FAKE_TRAIN, encoding="utf-8")
-    docs = {"a": {"verdict": "not-reached", "summary": summary(identity=(6, 10))},
-            "b": {"verdict": "not-reached", "summary": summary(identity=(7, 10))},
-            "c": None}
     (tmp_path / "docs.json").write_text(json.dumps(docs), encoding="utf-8")
     monkeypatch.setenv("FAKE_DOCS", str(tmp_path / "docs.json"))
     monkeypatch.setattr(sweep, "TRAIN", str(fake))
     files = {n: tmp_path / n for n in ("r.args", "dev.tsv", "mon.tsv", "base.dat")}
     for p in files.values():
         p.write_text("x", encoding="utf-8")
-    (tmp_path / "v.sweep").write_text("a\t--lr 1\nb\t--lr 2\nc\t\n", encoding="utf-8")
+    (tmp_path / "v.sweep").write_text(variants, encoding="utf-8")
+    return ["--recipe", str(files["r.args"]), "--variants", str(tmp_path / "v.sweep"),
+            "--dev-suite", str(files["dev.tsv"]), "--monitor", str(files["mon.tsv"]),
+            "--input-dat", str(files["base.dat"]), "--model-dir", str(tmp_path)]
+
+
+def test_results_come_from_the_json_files_not_stdout(tmp_path, monkeypatch, capsys):
+    docs = {"a": {"verdict": "not-reached", "summary": summary(identity=(6, 10))},
+            "b": {"verdict": "not-reached", "summary": summary(identity=(7, 10))},
+            "c": None}
+    sweep_argv = fake_sweep(tmp_path, monkeypatch, docs, "a\t--lr 1\nb\t--lr 2\nc\t\n")
     work = tmp_path / "work"
     work.mkdir()
     (work / "sweep-c.eval.json").write_text(json.dumps({"verdict": "success", "summary": summary()}))
-    code = sweep.main(["--recipe", str(files["r.args"]), "--variants", str(tmp_path / "v.sweep"),
-                       "--dev-suite", str(files["dev.tsv"]), "--monitor", str(files["mon.tsv"]),
-                       "--input-dat", str(files["base.dat"]), "--model-dir", str(tmp_path),
-                       "--work-dir", str(work), "--chosen", str(tmp_path / "chosen.flags")])
+    code = sweep.main(sweep_argv + ["--work-dir", str(work), "--chosen", str(tmp_path / "chosen.flags")])
     out = capsys.readouterr().out
     assert code == 3, out                                   # no variant succeeded on dev
     assert (tmp_path / "chosen.flags").read_text() == "--lr 2\n"
     assert "chosen: b --lr 2" in out
     assert "| c | `(recipe)` | error 1 |" in out           # a stale JSON of c was not read
     argv = json.loads((work / "argv-a").read_text())
-    assert argv[argv.index("--heldout") + 1] == str(files["dev.tsv"])
-    assert argv[argv.index("--monitor") + 1] == str(files["mon.tsv"])
+    assert argv[argv.index("--heldout") + 1] == str(tmp_path / "dev.tsv")
+    assert argv[argv.index("--monitor") + 1] == str(tmp_path / "mon.tsv")
     assert "--probes" not in argv
 
 
 def test_no_run_judged_chooses_nothing(tmp_path, monkeypatch, capsys):
     """Every run failed (round 29's first call: an empty .dat): exit 1, the choice file is not
     written, with or without --seeds."""
-    fake = tmp_path / "fake_train.py"
-    fake.write_text(FAKE_TRAIN, encoding="utf-8")
-    (tmp_path / "docs.json").write_text(json.dumps({"a": None, "b": None, "a-s1": None, "b-s1": None}), encoding="utf-8")
-    monkeypatch.setenv("FAKE_DOCS", str(tmp_path / "docs.json"))
-    monkeypatch.setattr(sweep, "TRAIN", str(fake))
-    files = {n: tmp_path / n for n in ("r.args", "dev.tsv", "mon.tsv", "base.dat")}
-    for p in files.values():
-        p.write_text("x", encoding="utf-8")
-    (tmp_path / "v.sweep").write_text("a\t--lr 1\nb\t--lr 2\n", encoding="utf-8")
+    argv = fake_sweep(tmp_path, monkeypatch, {"a": None, "b": None, "a-s1": None, "b-s1": None},
+                      "a\t--lr 1\nb\t--lr 2\n")
     for seeds in ([], ["--seeds", "1"]):
-        code = sweep.main(["--recipe", str(files["r.args"]), "--variants", str(tmp_path / "v.sweep"),
-                           "--dev-suite", str(files["dev.tsv"]), "--monitor", str(files["mon.tsv"]),
-                           "--input-dat", str(files["base.dat"]), "--model-dir", str(tmp_path),
-                           "--work-dir", str(tmp_path / "work"), "--chosen", str(tmp_path / "chosen.flags"),
-                           *seeds])
+        code = sweep.main(argv + ["--work-dir", str(tmp_path / "work"),
+                                  "--chosen", str(tmp_path / "chosen.flags"), *seeds])
         err = capsys.readouterr().err
         assert code == 1 and "none of the 2 runs was judged (error 1)" in err
         assert not (tmp_path / "chosen.flags").exists()
