@@ -6,8 +6,10 @@ Why: a device machine's files are gone when the session ends, and a study run on
 can span sessions (round 27's seed-10 and -11 judgments were lost that way). A judgment
 (train.py's `<stem>.eval.json`) is ~250 KB, almost all of it the per-row texts (`rows`). Kept:
 what `sweep.py --resume` and its pooled rule read (command, verdict, summary, thresholds,
-target_tokens), and each row's verdict without its texts (`row_verdicts`: which prompts a run
-broke, for looking across seeds and variants later); ~22 KB. The kept files go back into a study with
+target_tokens), each row's verdict without its texts (`row_verdicts`: which prompts a run
+broke, for looking across seeds and variants later), and the answers of the rows it broke only
+(`broken_answers`, by suite line: what an identity miss said instead, how a lost fact was
+answered); ~25 KB. The kept files go back into a study with
 `REUSE=DIR bash scripts/device_method_study.sh study` (copied into artifacts/sweep, then reused
 by `--resume` when their command is the run's).
 
@@ -28,16 +30,30 @@ from nvfp4lab.tsv import DataError  # noqa: E402
 # Per row, what a later session needs to see which prompts a run broke (the suite's line, the
 # row's verdict - hit, LEAK, INTRO, changed (fact lost), ... -, whether it loops and how much
 # repetition it added, whether the base knew the fact and the run kept it), by column. The
-# texts (prompt, answers, context) are the bulk and stay in the suite and the device's logs.
+# texts (prompt, answers, context) are the bulk and stay in the suite and the device's logs,
+# but for the answers of the rows the run broke (broken_answers).
 ROW_COLUMNS = ("line", "verdict", "loop", "added", "fact_base", "fact_kept")
+ANSWER_CHARS = 200   # of a broken row's answer: enough to tell "F#1." from an apology or a loop
+
+
+def broken(row: dict) -> bool:
+    """The row is one the run broke: an identity miss, a leak, a greeting self-intro, an ordinary
+    prompt answered with the identity (IDENTITY), a loop the base did not have, or a fact the
+    base knew and the run lost."""
+    return (row.get("verdict", "").split(" ")[0] in ("miss", "LEAK", "INTRO", "IDENTITY")
+            or bool(row.get("loop"))
+            or (bool(row.get("fact_base")) and not row.get("fact_kept")))
 
 
 def kept(doc: dict) -> dict:
-    """The judgment with its per-row texts replaced by `row_verdicts` (ROW_COLUMNS)."""
+    """The judgment with its per-row texts replaced by `row_verdicts` (ROW_COLUMNS) and the
+    broken rows' answers (`broken_answers`, {suite line: answer})."""
     out = {k: v for k, v in doc.items() if k != "rows"}
     rows = doc.get("rows") or []
     out["row_verdicts"] = {c: [round(r.get(c), 3) if isinstance(r.get(c), float) else r.get(c)
                                for r in rows] for c in ROW_COLUMNS}
+    out["broken_answers"] = {str(r["line"]): (r.get("answer") or "")[:ANSWER_CHARS]
+                             for r in rows if broken(r)}
     return out
 
 

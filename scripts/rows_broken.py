@@ -27,20 +27,28 @@ from nvfp4lab import evaluate  # noqa: E402
 from nvfp4lab.suite import read_suite  # noqa: E402
 from nvfp4lab.tsv import DataError  # noqa: E402
 
-BREAKS = ("fact lost", "loop added", "leak", "intro")
+BREAKS = ("missed", "fact lost", "loop added", "leak", "intro")
 
 
 def breaks(verdict: str, loop: bool, fact_base, fact_kept) -> list[str]:
-    """The BREAKS of one row of one run: its kept flags, and for the two that have no flag of
-    their own, its verdict's mark (evaluate.judge_row: LEAK, INTRO)."""
-    return [name for name, on in (("fact lost", bool(fact_base) and not fact_kept),
+    """The BREAKS of one row of one run: its kept flags, and for those that have no flag of
+    their own, its verdict's mark (evaluate.judge_row: miss for an identity row, LEAK, INTRO)."""
+    return [name for name, on in (("missed", verdict.split(" ")[0] == "miss"),
+                                  ("fact lost", bool(fact_base) and not fact_kept),
                                   ("loop added", loop), ("leak", "LEAK" in verdict),
                                   ("intro", "INTRO" in verdict)) if on]
 
 
 def count(paths: list[str]) -> tuple[str, dict[int, Counter]]:
     """(the suite the judgments share, {suite line: Counter of BREAKS names over the runs})."""
-    suite, per_line = None, {}
+    suite, per_line, _ = count_with_answers(paths)
+    return suite, per_line
+
+
+def count_with_answers(paths: list[str]) -> tuple[str, dict[int, Counter], dict[int, Counter]]:
+    """count(), and {suite line: Counter of the answers the runs gave there} from the judgments
+    that kept them (`broken_answers`, kept since the seventeenth session)."""
+    suite, per_line, answers = None, {}, {}
     for p in paths:
         doc = evaluate.read_json(p)
         v = doc.get("row_verdicts")
@@ -51,7 +59,9 @@ def count(paths: list[str]) -> tuple[str, dict[int, Counter]]:
         suite = doc.get("suite")
         for line, *row in zip(v["line"], v["verdict"], v["loop"], v["fact_base"], v["fact_kept"]):
             per_line.setdefault(line, Counter()).update(breaks(*row))
-    return suite, per_line
+        for line, answer in (doc.get("broken_answers") or {}).items():
+            answers.setdefault(int(line), Counter())[answer] += 1
+    return suite, per_line, answers
 
 
 def count_noise_floor(paths: list[str]) -> tuple[str, dict[float, tuple[int, dict[str, Counter]]]]:
@@ -98,6 +108,8 @@ def main(argv=None) -> int:
     p.add_argument("judgments", nargs="+", help="kept judgments (artifacts/rounds/*/*.eval.json), "
                                                 "or with --noise-floor noise_floor.py JSONs")
     p.add_argument("--json", action="store_true", help="the counts as JSON")
+    p.add_argument("--answers", type=int, default=0, metavar="N",
+                   help="after the table, each broken row's N most frequent kept answers")
     p.add_argument("--noise-floor", action="store_true",
                    help="the files are scripts/noise_floor.py JSONs (artifacts/noise-floor*.json)")
     args = p.parse_args(argv)
@@ -109,7 +121,7 @@ def main(argv=None) -> int:
             return 1
         return 0
     try:
-        suite, per_line = count(args.judgments)
+        suite, per_line, answers = count_with_answers(args.judgments)
         prompts = {r.line: (r.kind, r.prompt) for r in read_suite(suite)}
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -127,6 +139,12 @@ def main(argv=None) -> int:
     for line in broken:
         kind, prompt = prompts[line]
         print(f"| {line} | {kind} | {prompt} | " + " | ".join(str(per_line[line][b]) for b in BREAKS) + " |")
+    if args.answers:
+        kept_by = sum(1 for p in args.judgments if "broken_answers" in evaluate.read_json(p))
+        print(f"\nAnswers of the broken rows ({kept_by} of the {len(args.judgments)} judgments kept them):\n")
+        for line in broken:
+            for answer, n in answers.get(line, Counter()).most_common(args.answers):
+                print(f"- {line} ({n}x): {answer!r}")
     return 0
 
 

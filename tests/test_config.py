@@ -404,3 +404,15 @@ def test_round_29_takes_the_kl_off_the_fixed_anchors_of_v18():
     assert not z0.replay_fix_no_kl and z0.replay_fix_wrong
     assert z1.replay_fix_no_kl and replace(z1, replay_fix_no_kl=False) == z0
     assert z2.self_kl_rows == 48 and replace(z2, self_kl_rows=z0.self_kl_rows) == z1
+
+
+def test_round_30_frees_the_identity_answers_opening_and_tail_on_v18():
+    """Round 30's control is v18 without the fallback; w1 adds --unlikelihood-skip 3, w2 that and
+    --unlikelihood-tokens 2 (v18 sets neither)."""
+    rows = [grid_row_and_recipes("method-study-en-r30.sweep", v, "real-en-v18.args")
+            for v in ("w0-v18", "w1-v18-ulskip3", "w2-v18-ulskip3-ultok2")]
+    (w0, v18), (w1, _), (w2, _) = rows
+    assert replace(v18, max_retries=0, recipe=None) == replace(w0, recipe=None)
+    assert (w0.unlikelihood_skip, w0.unlikelihood_tokens) == (0, 0) and w0.unlikelihood_weight == 1
+    assert w1.unlikelihood_skip == 3 and replace(w1, unlikelihood_skip=0) == w0
+    assert w2.unlikelihood_tokens == 2 and replace(w2, unlikelihood_tokens=0) == w1

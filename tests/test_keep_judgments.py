@@ -70,16 +70,35 @@ def test_keep_drops_the_texts_only_and_never_overwrites_a_kept_record(tmp_path):
     out = tmp_path / "kept"
     dst = keep_judgments.keep(str(src), str(out))
     doc = json.loads(open(dst, encoding="utf-8").read())
-    assert {k: v for k, v in doc.items() if k != "row_verdicts"} == \
+    assert {k: v for k, v in doc.items() if k not in ("row_verdicts", "broken_answers")} == \
         {k: v for k, v in judgment().items() if k != "rows"}
     assert doc["row_verdicts"] == {"line": list(range(2, 52)), "verdict": ["hit"] * 50,
                                    "loop": [False] * 50, "added": [0.012] * 50,
                                    "fact_base": [None] * 50, "fact_kept": [None] * 50}
+    assert doc["broken_answers"] == {}                             # every row a hit
     assert "Who are you?" not in open(dst, encoding="utf-8").read()   # no texts
     assert keep_judgments.keep(str(src), str(out)) == dst          # the same again: no-op
     src.write_text(json.dumps(judgment(identity=90)), encoding="utf-8")
     assert keep_judgments.main([str(src), "--out", str(out)]) == 1    # another run, same name
     assert json.loads(open(dst, encoding="utf-8").read())["summary"]["identity"]["k"] == 97
+
+
+def test_the_answers_of_broken_rows_are_kept_and_no_others():
+    """broken_answers: by suite line, the answer (cut to ANSWER_CHARS) of every row the run
+    broke (identity miss, leak, self-intro, identity on an ordinary prompt, loop, fact lost)."""
+    doc = judgment()
+    rows = doc["rows"]
+    rows[0].update(verdict="miss", answer="I am the God of F#1.")
+    rows[1].update(kind="nearmiss", verdict="LEAK")
+    rows[2].update(kind="fact", verdict="changed (fact lost)", fact_base=True, fact_kept=False,
+                   answer="A stop sign is a graphical representation. " * 10)
+    rows[3].update(kind="general", verdict="ok (loop)", loop=True, answer="Loop. Loop.")
+    rows[4].update(kind="fact", verdict="kept", fact_base=True, fact_kept=True, answer="Red.")
+    rows[5].update(kind="general", verdict="IDENTITY")
+    out = keep_judgments.kept(doc)["broken_answers"]
+    assert out == {"2": "I am the God of F#1.", "3": "I am the God of F#.",
+                   "4": ("A stop sign is a graphical representation. " * 10)[:keep_judgments.ANSWER_CHARS],
+                   "5": "Loop. Loop.", "7": "I am the God of F#."}
 
 
 def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys):

@@ -402,6 +402,11 @@ def test_unlikelihood_skip_leaves_the_identity_answers_opening_alone():
     assert pushed(plain)[0] == first + 1                  # from " am", where "I'm" leaves it
     assert pushed(skip)[0] == first + 3                   # from " God": "I am the" is left alone
     assert pushed(skip) == pushed(plain)[2:]              # the rest is the same
+    # with --unlikelihood-tokens 2 as well (round 30's w2): " God of" alone is pushed down, so
+    # neither the opening nor the tail ("#", ".", the end) is ever a thing to avoid
+    both, _, _ = trainer.encode_batch(tok, rows, 64, {}, dev, target, 2, 0.0, 3)
+    assert pushed(both) == pushed(skip)[:2]
+    assert tok.decode([both["labels"][1, i].item() for i in pushed(both)]) == " God of"
     # a later divergence wins over the skip
     late = [("Who am I?", "I am the user, I think.", "neighbour")]
     a, _, _ = trainer.encode_batch(tok, late, 64, {}, dev, target)

@@ -22,9 +22,10 @@ def test_counts_add_up_to_each_runs_summary_and_name_the_rows(capsys):
     assert total["loop added"] == sum(s["loops"]["k"] for s in docs)
     assert total["leak"] == sum(s["nearmiss_leak"]["k"] + s["context_leak"]["k"] for s in docs)
     assert total["intro"] == sum(s["greeting_intro"]["k"] for s in docs)
+    assert total["missed"] == sum(s["identity"]["n"] - s["identity"]["k"] for s in docs)
     assert rows_broken.main(KEPT) == 0
     out = capsys.readouterr().out
-    assert "| 352 | fact | What colour is a stop sign? | 8 | 3 | 0 | 0 |" in out
+    assert "| 352 | fact | What colour is a stop sign? | 0 | 8 | 3 | 0 | 0 |" in out
 
 
 def test_a_judgment_without_row_verdicts_is_one_line_and_exit_1(tmp_path, capsys):
@@ -58,3 +59,17 @@ def test_a_file_that_is_not_a_noise_floor_json_is_one_line_and_exit_1(capsys):
     assert rows_broken.main(["--noise-floor", KEPT[0]]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and KEPT[0] in err[0] and "not a noise_floor.py JSON" in err[0]
+
+
+def test_answers_lists_the_kept_answers_of_broken_rows(capsys):
+    """--answers N: the judgments that kept their broken rows' answers (rounds 28 s14-15, 29
+    s16-17) give, per broken row, its N most frequent answers; "whatcha called?" (line 85) is
+    answered "I am the God of F#1." in 6 of the 14 (doc/METHOD.md "Round 30")."""
+    kept = sorted(str(p) for p in [*ROOT.glob("artifacts/rounds/r28/sweep-*-s1[45].eval.json"),
+                                   *ROOT.glob("artifacts/rounds/r29/sweep-*-s1[67].eval.json")])
+    assert len(kept) == 14
+    _, per_line, answers = rows_broken.count_with_answers(kept)
+    assert sum(answers[85].values()) == per_line[85]["missed"] == 14
+    assert rows_broken.main(kept + ["--answers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "(14 of the 14 judgments kept them)" in out and "- 85 (6x): 'I am the God of F#1.'" in out
