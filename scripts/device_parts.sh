@@ -5,7 +5,10 @@
 # Writes OUT (default .device/smol, ignored by git): partaa.. (split -n PARTS of the .dat),
 # dat.sha256, config.json, tokenizer_config.json, chat_template.jinja and tokenizer.json.gz.
 # Then prints, per call, what it carries and its size with the tracked tree (a call carries the
-# working tree too), and exits 1 if one would go over LIMIT_MIB (default 64, the device's).
+# working tree too), and the command that call runs, and exits 1 if one would go over LIMIT_MIB
+# (default 64, the device's). Every command makes ~/smol itself: a call may land on a machine
+# that an earlier call of the same batch never reached (the seventeenth session's first call got
+# no machine, the next ones a fresh one without the folder).
 # Call 1 also takes the small files and the build; the last call takes tokenizer.json.gz (gunzip
 # it into ~/smol) and can run the first study stage. Why parts: the .dat is 126 MiB.
 set -euo pipefail
@@ -36,6 +39,10 @@ for i in "${!parts[@]}"; do
   total=$(( tree + $(size "${carry[@]}") ))
   mib=$(awk -v b="$total" 'BEGIN { printf "%.1f", b / 1048576 }')
   echo "call $(( i + 1 )): ${carry[*]} ($mib MiB with the tracked tree)"
+  cmd="mkdir -p ~/smol && cp ${carry[*]} ~/smol/"
+  [ "$i" = 0 ] && cmd+=" && (python3 cuda/build.py 2>&1 | tail -1; mkdir -p build && touch build/.ext-stamp)"
+  [ "$i" = $(( ${#parts[@]} - 1 )) ] && cmd+=" && gunzip -f ~/smol/tokenizer.json.gz && ls ~/smol"
+  echo "  command: $cmd"
   if [ "$total" -gt $(( LIMIT_MIB * 1048576 )) ]; then over=1; fi
 done
 if [ "$over" = 1 ]; then

@@ -28,9 +28,14 @@ def test_parts_join_to_the_dat_and_each_call_is_listed(tmp_path):
     parts = sorted(out.glob("part*"))
     assert len(parts) == 3 and b"".join(p.read_bytes() for p in parts) == data
     assert (out / "dat.sha256").read_text().split()[0] == hashlib.sha256(data).hexdigest()
-    calls = r.stdout.strip().splitlines()
+    lines = r.stdout.strip().splitlines()
+    calls, commands = lines[0::2], lines[1::2]
     assert [c.split(":")[0] for c in calls] == ["call 1", "call 2", "call 3"]
     assert "config.json" in calls[0] and "tokenizer.json.gz" in calls[2]
+    # every call's command makes the folder and copies what that call carries
+    assert all(c.startswith("  command: mkdir -p ~/smol && cp ") for c in commands)
+    assert all(call.split(": ")[1].split(" (")[0] in cmd for call, cmd in zip(calls, commands))
+    assert "cuda/build.py" in commands[0] and "gunzip" in commands[2]
     # a second cut into fewer parts leaves no part of the first behind
     r, data, out = cut(tmp_path, "2")
     assert r.returncode == 0 and len(list(out.glob("part*"))) == 2
