@@ -9,7 +9,7 @@ what `sweep.py --resume` and its pooled rule read (command, verdict, summary, th
 target_tokens), each row's verdict without its texts (`row_verdicts`: which prompts a run
 broke, for looking across seeds and variants later), and the answers of the rows it broke only
 (`broken_answers`, by suite line: what an identity miss said instead, how a lost fact was
-answered); ~25 KB. The kept files go back into a study with
+answered); ~23 KB. The kept files go back into a study with
 `REUSE=DIR bash scripts/device_method_study.sh study` (copied into artifacts/sweep, then reused
 by `--resume` when their command is the run's).
 
