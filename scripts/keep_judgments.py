@@ -36,24 +36,17 @@ ROW_COLUMNS = ("line", "verdict", "loop", "added", "fact_base", "fact_kept")
 ANSWER_CHARS = 200   # of a broken row's answer: enough to tell "F#1." from an apology or a loop
 
 
-def broken(row: dict) -> bool:
-    """The row is one the run broke: an identity miss, a leak, a greeting self-intro, an ordinary
-    prompt answered with the identity (IDENTITY), a loop the base did not have, or a fact the
-    base knew and the run lost."""
-    return (row.get("verdict", "").split(" ")[0] in ("miss", "LEAK", "INTRO", "IDENTITY")
-            or bool(row.get("loop"))
-            or (bool(row.get("fact_base")) and not row.get("fact_kept")))
-
 
 def kept(doc: dict) -> dict:
     """The judgment with its per-row texts replaced by `row_verdicts` (ROW_COLUMNS) and the
-    broken rows' answers (`broken_answers`, {suite line: answer})."""
+    answers of the rows it broke (`broken_answers`, {suite line: answer}: evaluate.is_fault, the
+    rule train.py's fault log uses)."""
     out = {k: v for k, v in doc.items() if k != "rows"}
     rows = doc.get("rows") or []
     out["row_verdicts"] = {c: [round(r.get(c), 3) if isinstance(r.get(c), float) else r.get(c)
                                for r in rows] for c in ROW_COLUMNS}
     out["broken_answers"] = {str(r["line"]): (r.get("answer") or "")[:ANSWER_CHARS]
-                             for r in rows if broken(r)}
+                             for r in rows if evaluate.is_fault(r["verdict"])}
     return out
 
 

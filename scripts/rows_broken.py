@@ -41,14 +41,14 @@ def breaks(verdict: str, loop: bool, fact_base, fact_kept) -> list[str]:
 
 def count(paths: list[str]) -> tuple[str, dict[int, Counter]]:
     """(the suite the judgments share, {suite line: Counter of BREAKS names over the runs})."""
-    suite, per_line, _ = count_with_answers(paths)
+    suite, per_line, _, _ = count_with_answers(paths)
     return suite, per_line
 
 
-def count_with_answers(paths: list[str]) -> tuple[str, dict[int, Counter], dict[int, Counter]]:
-    """count(), and {suite line: Counter of the answers the runs gave there} from the judgments
-    that kept them (`broken_answers`, kept since the seventeenth session)."""
-    suite, per_line, answers = None, {}, {}
+def count_with_answers(paths: list[str]) -> tuple[str, dict[int, Counter], dict[int, Counter], int]:
+    """count(), {suite line: Counter of the answers the runs gave there} from the judgments
+    that kept them (`broken_answers`, kept since the seventeenth session), and how many did."""
+    suite, per_line, answers, with_answers = None, {}, {}, 0
     for p in paths:
         doc = evaluate.read_json(p)
         v = doc.get("row_verdicts")
@@ -59,33 +59,33 @@ def count_with_answers(paths: list[str]) -> tuple[str, dict[int, Counter], dict[
         suite = doc.get("suite")
         for line, *row in zip(v["line"], v["verdict"], v["loop"], v["fact_base"], v["fact_kept"]):
             per_line.setdefault(line, Counter()).update(breaks(*row))
+        with_answers += "broken_answers" in doc
         for line, answer in (doc.get("broken_answers") or {}).items():
             answers.setdefault(int(line), Counter())[answer] += 1
-    return suite, per_line, answers
+    return suite, per_line, answers, with_answers
 
 
 def count_noise_floor(paths: list[str]) -> tuple[str, dict[float, tuple[int, dict[str, Counter]]]]:
     """(the suite, {share: (runs, {prompt: Counter of "fact lost" / "loop added"})}) over
     noise_floor.py JSONs judged on one suite."""
-    suite, shares = None, {}
+    suite, runs, shares = None, Counter(), {}
     for p in paths:
         try:
             with open(p, encoding="utf-8") as f:
                 doc = json.load(f)
-            runs = doc["runs"]
             if suite not in (None, doc["suite"]):
                 raise DataError(f"{p}: judged on {doc['suite']}, the others on {suite}")
             suite = doc["suite"]
-            for r in runs:
-                n, per = shares.setdefault(r["share"], (0, {}))
+            for r in doc["runs"]:
+                runs[r["share"]] += 1
+                per = shares.setdefault(r["share"], {})
                 for prompt in r["facts_lost"]:
                     per.setdefault(prompt, Counter())["fact lost"] += 1
                 for prompt in r["looped"]:
                     per.setdefault(prompt, Counter())["loop added"] += 1
-                shares[r["share"]] = (n + 1, per)
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"{p}: not a noise_floor.py JSON ({e.__class__.__name__}: {e})") from None
-    return suite, shares
+    return suite, {share: (runs[share], per) for share, per in shares.items()}
 
 
 def print_noise_floor(paths: list[str], as_json: bool) -> None:
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
             return 1
         return 0
     try:
-        suite, per_line, answers = count_with_answers(args.judgments)
+        suite, per_line, answers, with_answers = count_with_answers(args.judgments)
         prompts = {r.line: (r.kind, r.prompt) for r in read_suite(suite)}
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -140,8 +140,8 @@ def main(argv=None) -> int:
         kind, prompt = prompts[line]
         print(f"| {line} | {kind} | {prompt} | " + " | ".join(str(per_line[line][b]) for b in BREAKS) + " |")
     if args.answers:
-        kept_by = sum(1 for p in args.judgments if "broken_answers" in evaluate.read_json(p))
-        print(f"\nAnswers of the broken rows ({kept_by} of the {len(args.judgments)} judgments kept them):\n")
+        print(f"\nAnswers of the broken rows ({with_answers} of the {len(args.judgments)} judgments "
+              "kept them):\n")
         for line in broken:
             for answer, n in answers.get(line, Counter()).most_common(args.answers):
                 print(f"- {line} ({n}x): {answer!r}")

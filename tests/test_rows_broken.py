@@ -68,7 +68,8 @@ def test_answers_lists_the_kept_answers_of_broken_rows(capsys):
     kept = sorted(str(p) for p in [*ROOT.glob("artifacts/rounds/r28/sweep-*-s1[45].eval.json"),
                                    *ROOT.glob("artifacts/rounds/r29/sweep-*-s1[67].eval.json")])
     assert len(kept) == 14
-    _, per_line, answers = rows_broken.count_with_answers(kept)
+    _, per_line, answers, with_answers = rows_broken.count_with_answers(kept)
+    assert with_answers == 14
     assert sum(answers[85].values()) == per_line[85]["missed"] == 14
     assert rows_broken.main(kept + ["--answers", "1"]) == 0
     out = capsys.readouterr().out

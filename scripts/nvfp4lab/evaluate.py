@@ -120,9 +120,15 @@ class RowResult:
 
     @property
     def fault(self) -> bool:
-        """Worth a log line: a miss, a leak, an identity answer, a lost fact, a loop. A merely
-        reworded ordinary answer is not (a real model rewords many after any fine-tune)."""
-        return self.verdict not in ("hit", "ok", "kept", "changed", "answered")
+        return is_fault(self.verdict)
+
+
+def is_fault(verdict: str) -> bool:
+    """Worth a log line (RowResult.fault) and worth keeping the answer of (keep_judgments): a
+    miss, a leak, an identity answer, a lost fact, a loop (judge_row marks the last two in the
+    verdict). A merely reworded ordinary answer is not (a real model rewords many after any
+    fine-tune)."""
+    return verdict not in ("hit", "ok", "kept", "changed", "answered")
 
 
 def has_keyword(text: str, keywords) -> bool:
