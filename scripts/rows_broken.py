@@ -13,6 +13,8 @@ Prints a Markdown table (most broken first); `--json` prints the counts instead.
 does the same for scripts/noise_floor.py's random edits, per share of codes moved (its JSON keeps
 the prompts that looped and the facts lost): are the rows a trained edit breaks the ones any edit
 of that size breaks?
+A collapsed run is judged on the monitor split at the step it collapsed, not on the suite the
+others share: it is left out of the counts and named in the table's first line.
 Exit 0, or 1 with one line naming the file.
 """
 import argparse
@@ -20,6 +22,7 @@ import json
 import os
 import sys
 from collections import Counter
+from typing import NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,31 +42,46 @@ def breaks(verdict: str, loop: bool, fact_base, fact_kept) -> list[str]:
                                   ("intro", "INTRO" in verdict)) if on]
 
 
+class Counts(NamedTuple):
+    suite: str                      # the suite the counted judgments share
+    per_line: dict[int, Counter]    # suite line -> Counter of BREAKS names over the runs
+    answers: dict[int, Counter]     # suite line -> Counter of the answers kept there
+    with_answers: int               # how many counted judgments kept their answers
+    runs: list[str]                 # the judgments counted
+    collapsed: list[str]            # the collapsed runs left out
+
+
 def count(paths: list[str]) -> tuple[str, dict[int, Counter]]:
     """(the suite the judgments share, {suite line: Counter of BREAKS names over the runs})."""
-    suite, per_line, _, _ = count_with_answers(paths)
-    return suite, per_line
+    c = count_with_answers(paths)
+    return c.suite, c.per_line
 
 
-def count_with_answers(paths: list[str]) -> tuple[str, dict[int, Counter], dict[int, Counter], int]:
+def count_with_answers(paths: list[str]) -> Counts:
     """count(), {suite line: Counter of the answers the runs gave there} from the judgments
-    that kept them (`broken_answers`, kept since the seventeenth session), and how many did."""
-    suite, per_line, answers, with_answers = None, {}, {}, 0
+    that kept them (`broken_answers`, kept since the seventeenth session), and how many did;
+    collapsed runs (judged on the monitor split where they collapsed) are left out and listed."""
+    suite, per_line, answers, with_answers, runs, collapsed = None, {}, {}, 0, [], []
     for p in paths:
         doc = evaluate.read_json(p)
+        if doc.get("verdict") == "collapse":
+            collapsed.append(p)
+            continue
         v = doc.get("row_verdicts")
         if not v:
             raise DataError(f"{p}: no row_verdicts (keep it with scripts/keep_judgments.py)")
         if suite not in (None, doc.get("suite")):
             raise DataError(f"{p}: judged on {doc.get('suite')}, the others on {suite}")
         suite = doc.get("suite")
+        runs.append(p)
         for line, *row in zip(v["line"], v["verdict"], v["loop"], v["fact_base"], v["fact_kept"]):
             per_line.setdefault(line, Counter()).update(breaks(*row))
         with_answers += "broken_answers" in doc
         for line, answer in (doc.get("broken_answers") or {}).items():
             answers.setdefault(int(line), Counter())[answer] += 1
-    return suite, per_line, answers, with_answers
-
+    if not runs:
+        raise DataError(f"{paths[0]}: no judgment to count (all {len(collapsed)} collapsed)")
+    return Counts(suite, per_line, answers, with_answers, runs, collapsed)
 
 def count_noise_floor(paths: list[str]) -> tuple[str, dict[float, tuple[int, dict[str, Counter]]]]:
     """(the suite, {share: (runs, {prompt: Counter of "fact lost" / "loop added"})}) over
@@ -121,7 +139,8 @@ def main(argv=None) -> int:
             return 1
         return 0
     try:
-        suite, per_line, answers, with_answers = count_with_answers(args.judgments)
+        c = count_with_answers(args.judgments)
+        suite, per_line = c.suite, c.per_line
         prompts = {r.line: (r.kind, r.prompt) for r in read_suite(suite)}
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -129,21 +148,23 @@ def main(argv=None) -> int:
     broken = sorted((line for line, c in per_line.items() if c),
                     key=lambda line: (-sum(per_line[line].values()), line))
     if args.json:
-        print(json.dumps({"suite": suite, "runs": len(args.judgments),
+        print(json.dumps({"suite": suite, "runs": len(c.runs), "collapsed": c.collapsed,
                           "rows": [{"line": line, "kind": prompts[line][0], "prompt": prompts[line][1],
                                     **per_line[line]} for line in broken]}, ensure_ascii=False, indent=1))
         return 0
-    print(f"{len(args.judgments)} runs on {suite}; rows broken in at least one:\n")
+    left_out = (f" ({len(c.collapsed)} collapsed left out: {', '.join(map(os.path.basename, c.collapsed))})"
+                if c.collapsed else "")
+    print(f"{len(c.runs)} runs on {suite}{left_out}; rows broken in at least one:\n")
     print("| line | kind | prompt | " + " | ".join(BREAKS) + " |")
     print("|---|---|---|" + "---|" * len(BREAKS))
     for line in broken:
         kind, prompt = prompts[line]
         print(f"| {line} | {kind} | {prompt} | " + " | ".join(str(per_line[line][b]) for b in BREAKS) + " |")
     if args.answers:
-        print(f"\nAnswers of the broken rows ({with_answers} of the {len(args.judgments)} judgments "
+        print(f"\nAnswers of the broken rows ({c.with_answers} of the {len(c.runs)} judgments "
               "kept them):\n")
         for line in broken:
-            for answer, n in answers.get(line, Counter()).most_common(args.answers):
+            for answer, n in c.answers.get(line, Counter()).most_common(args.answers):
                 print(f"- {line} ({n}x): {answer!r}")
     return 0
 

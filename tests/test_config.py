@@ -416,3 +416,15 @@ def test_round_30_frees_the_identity_answers_opening_and_tail_on_v18():
     assert (w0.unlikelihood_skip, w0.unlikelihood_tokens) == (0, 0) and w0.unlikelihood_weight == 1
     assert w1.unlikelihood_skip == 3 and replace(w1, unlikelihood_skip=0) == w0
     assert w2.unlikelihood_tokens == 2 and replace(w2, unlikelihood_tokens=0) == w1
+
+
+def test_round_31_shrinks_v18s_edit():
+    """Round 31's control is v18 without the fallback; u1 and u2 keep fewer values after the
+    sparse cut (1% and 0.75% instead of v18's 1.5%) and change nothing else."""
+    rows = [grid_row_and_recipes("method-study-en-r31.sweep", v, "real-en-v18.args")
+            for v in ("u0-v18", "u1-v18-sparse010", "u2-v18-sparse0075")]
+    (u0, v18), (u1, _), (u2, _) = rows
+    assert replace(v18, max_retries=0, recipe=None) == replace(u0, recipe=None)
+    assert u0.sparse_share == 0.015 and u0.sparse_at == 60
+    assert u1.sparse_share == 0.01 and replace(u1, sparse_share=u0.sparse_share) == u0
+    assert u2.sparse_share == 0.0075 and replace(u2, sparse_share=u0.sparse_share) == u0

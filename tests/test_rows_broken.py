@@ -68,9 +68,33 @@ def test_answers_lists_the_kept_answers_of_broken_rows(capsys):
     kept = sorted(str(p) for p in [*ROOT.glob("artifacts/rounds/r28/sweep-*-s1[45].eval.json"),
                                    *ROOT.glob("artifacts/rounds/r29/sweep-*-s1[67].eval.json")])
     assert len(kept) == 14
-    _, per_line, answers, with_answers = rows_broken.count_with_answers(kept)
-    assert with_answers == 14
-    assert sum(answers[85].values()) == per_line[85]["missed"] == 14
+    c = rows_broken.count_with_answers(kept)
+    assert c.with_answers == 14 and len(c.runs) == 14 and c.collapsed == []
+    assert sum(c.answers[85].values()) == c.per_line[85]["missed"] == 14
     assert rows_broken.main(kept + ["--answers", "1"]) == 0
     out = capsys.readouterr().out
     assert "(14 of the 14 judgments kept them)" in out and "- 85 (6x): 'I am the God of F#1.'" in out
+
+
+def test_collapsed_runs_are_left_out_and_named(capsys):
+    """Round 30 (doc/METHOD.md): 4 of its 9 runs collapsed and were judged on the monitor split
+    at the collapse; a glob over the round counts the other 5 on dev and names the 4, instead of
+    stopping at the first judgment made on another suite."""
+    kept = sorted(str(p) for p in ROOT.glob("artifacts/rounds/r30/sweep-*.eval.json"))
+    assert len(kept) == 9
+    c = rows_broken.count_with_answers(kept)
+    assert c.suite == "data/suite-en-dev-v3.tsv"
+    assert len(c.runs) == 5 and len(c.collapsed) == 4
+    assert all(json.loads(open(p, encoding="utf-8").read())["verdict"] == "collapse" for p in c.collapsed)
+    assert c.per_line[352]["fact lost"] == 5   # the stop sign, lost by every counted run
+    assert rows_broken.main(kept) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("5 runs on data/suite-en-dev-v3.tsv (4 collapsed left out: ")
+    assert "sweep-w1-v18-ulskip3-s19.eval.json" in first
+
+
+def test_only_collapsed_runs_is_one_line_and_exit_1(capsys):
+    kept = sorted(str(p) for p in ROOT.glob("artifacts/rounds/r30/sweep-w1-*-s19.eval.json"))
+    assert rows_broken.main(kept) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "all 1 collapsed" in err[0]
