@@ -112,9 +112,9 @@ def build_tiny_qwen(out_dir: Path, seed=0, vocab_size=151936, hidden=64, layers=
     return out_dir, dat
 
 
-def steps_on_batch(tiny, make_batch, steps: int, lr: float = 3e-3):
-    """The tiny model after `steps` trainer steps (batch_loss with KL weight 1, AdamW stepped in
-    backward) on the batch make_batch(tok) returns; (model, tok). With steps=0: the base."""
+def steps_on_batch(tiny, make_batch, steps: int, lr: float = 3e-3, **loss_kw):
+    """The tiny model after `steps` trainer steps (batch_loss with KL weight 1 and loss_kw, AdamW
+    stepped in backward) on the batch make_batch(tok) returns; (model, tok). With steps=0: the base."""
     from nvfp4lab import chat, trainer
     from nvfp4lab.dat import read_dat
     from nvfp4lab.model import load_model, make_trainable
@@ -127,7 +127,7 @@ def steps_on_batch(tiny, make_batch, steps: int, lr: float = 3e-3):
         stepper = trainer.StepInBackward(deltas, {g: lr for g in trainer.GROUPS}, 0.0, 1.0)
         model.train()
         for _ in range(steps):
-            loss, *_ = trainer.batch_loss(model, batch, keep, 1.0)
+            loss, *_ = trainer.batch_loss(model, batch, keep, 1.0, **loss_kw)
             loss.backward()
             stepper.flush()
         stepper.close()

@@ -428,3 +428,16 @@ def test_round_31_shrinks_v18s_edit():
     assert u0.sparse_share == 0.015 and u0.sparse_at == 60
     assert u1.sparse_share == 0.01 and replace(u1, sparse_share=u0.sparse_share) == u0
     assert u2.sparse_share == 0.0075 and replace(u2, sparse_share=u0.sparse_share) == u0
+
+
+def test_round_32_holds_v18s_greedy_margins():
+    """Round 32's control is v18 without the fallback; v1 and v2 add --keep-margin-weight 1 and 4
+    (the cap at its default, 1 nat) and change nothing else."""
+    rows = [grid_row_and_recipes("method-study-en-r32.sweep", v, "real-en-v18.args")
+            for v in ("v0-v18", "v1-v18-margin1", "v2-v18-margin4")]
+    (v0, v18), (v1, _), (v2, _) = rows
+    assert replace(v18, max_retries=0, recipe=None) == replace(v0, recipe=None)
+    assert v0.keep_margin_weight == 0 and v0.kl_weight == 6
+    assert v1.keep_margin_weight == 1 and v1.keep_margin == 1.0
+    assert replace(v1, keep_margin_weight=0.0) == v0 and replace(v2, keep_margin_weight=0.0) == v0
+    assert v2.keep_margin_weight == 4

@@ -110,6 +110,15 @@ class TrainConfig:
         1.0, "weight of the CE on the rows that get the KL (anchor and neighbour rows: their "
              "targets are the base's own greedy answers); 0 = KL only. CE on greedy answers "
              "sharpens the model toward them, KL keeps the base's whole distribution")
+    keep_margin_weight: float = flag(
+        0.0, "with --kl-weight: weight of a hinge on the KL positions that keeps the base's greedy "
+             "token ahead, max(0, min(m_base, --keep-margin) - m_model), m = log p(the base's top "
+             "token) - the largest other log p. Facts and loops are judged on greedy answers, and "
+             "the KL, an average over the whole distribution, spends little on a near tie that a "
+             "step flips (dev's colour facts: the base says 'red' late, after a near tie); 0 = off")
+    keep_margin: float = flag(
+        1.0, "with --keep-margin-weight: the most margin (nats) it holds; a base margin above it "
+             "is held only down to it, a smaller one down to the base's")
     unlikelihood_weight: float = flag(
         0.0, "weight of -log(1 - p) of the --target answer, teacher-forced on each neighbour row "
              "(from the first token where it leaves the row's own answer); 0 = off")
@@ -332,6 +341,11 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error(f"--sparse-share {ns.sparse_share:g}: a share of the values, 0 <= SHARE < 1")
     if not 0.0 <= ns.keep_ce_weight <= 1.0:
         parser.error(f"--keep-ce-weight {ns.keep_ce_weight:g}: 0 <= WEIGHT <= 1")
+    if ns.keep_margin_weight < 0 or (ns.keep_margin_weight > 0 and ns.kl_weight <= 0):
+        parser.error(f"--keep-margin-weight {ns.keep_margin_weight:g}: a weight >= 0 on the KL "
+                     "positions; give --kl-weight too")
+    if ns.keep_margin <= 0:
+        parser.error(f"--keep-margin {ns.keep_margin:g}: a margin in nats > 0")
     if ns.self_kl_batch < 0:
         parser.error(f"--self-kl-batch {ns.self_kl_batch}: 0 (the suites' batch) or more")
     if ns.self_kl_rows < 0 or ns.self_kl_every < 1 or ns.self_kl_tokens < 1:

@@ -32,6 +32,14 @@ def greedy_chats(model, tok, chats: list[list[dict]], max_new_tokens: int,
     Batched with left padding; the answer is cut at the first stop token and decoded without
     special tokens.
     """
+    return [tok.decode(ids, skip_special_tokens=True)
+            for ids in greedy_chat_ids(model, tok, chats, max_new_tokens, batch_size)]
+
+
+def greedy_chat_ids(model, tok, chats: list[list[dict]], max_new_tokens: int,
+                    batch_size: int | None = None) -> list[list[int]]:
+    """greedy_chats' answers as the token ids generated, before the first stop token (for
+    measuring the model on its own tokens: decoded text can re-encode into other tokens)."""
     if not chats:
         return []
     dev = model_device(model)
@@ -39,7 +47,7 @@ def greedy_chats(model, tok, chats: list[list[dict]], max_new_tokens: int,
     end = end_tokens(tok)
     enc = [encode_chat(tok, c) for c in chats]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
-    out: list[str | None] = [None] * len(enc)
+    out: list[list[int] | None] = [None] * len(enc)
     # On CUDA a short last batch runs in the spare rows of the decoder before it (its captured
     # graph is what reuse saves); on the CPU a spare row is pure cost, so each batch has its own.
     full = min(batch_size, len(order))
@@ -62,7 +70,7 @@ def greedy_chats(model, tok, chats: list[list[dict]], max_new_tokens: int,
                 dec = BatchDecoder(model, rows, capacity)
             new = dec.greedy(seqs, max_new_tokens, end.stops, end.pad)
             for j, ids in zip(idx, new):
-                out[j] = tok.decode(end.cut(ids), skip_special_tokens=True)
+                out[j] = end.cut(ids)
     return out
 
 

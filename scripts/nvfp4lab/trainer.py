@@ -199,7 +199,8 @@ def step_lr_scale(step: int, cfg: TrainConfig) -> float:
 
 def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
                ul_weight: float = 0.0, keep_ce_weight: float = 1.0,
-               repeat_ul_weight: float = 0.0):
+               repeat_ul_weight: float = 0.0, keep_margin_weight: float = 0.0,
+               keep_margin: float = 1.0):
     """(loss, ce, kl, ul): CE on the answer tokens, KL to the frozen base on the answers of rows
     that keep the base's behaviour (anchor / neighbour), and unlikelihood of the identity answer
     on the near-miss rows that encode_batch appended (batch["ul_rows"]).
@@ -208,6 +209,8 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     weighted mean over the tokens that have one (0: those rows get the KL alone).
     repeat_ul_weight (--self-repeat-ul) adds that weight x mean -log(1 - p) of the tokens
     batch["repeat"] marks (in the model's own answers: the tokens that repeat an n-gram).
+    keep_margin_weight (--keep-margin-weight) adds that weight x greedy_margin_hinge on the KL
+    positions (needs kl_weight > 0: it uses the base's log-probs the KL computes).
 
     lm_head runs only on the positions that have a label: the [B, T, vocab] logits of a full
     forward would be 150k wide for every prompt token too.
@@ -235,6 +238,7 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
         ce = (per * ce_w[use]).sum() / ce_w[use].sum()
     kl = torch.zeros((), device=ce.device)
     ul = torch.zeros((), device=ce.device)
+    margin = None
     a_sel = kl_positions(batch, keep_rows, sel)
     if kl_weight > 0 and bool(a_sel.any()):
         with torch.no_grad(), deltas_off(model):
@@ -243,16 +247,35 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
             base_logp = F.log_softmax(model.lm_head(hb[:, :-1][a_sel]).float(), -1)
         logp = F.log_softmax(logits[a_sel[sel]], -1)
         kl = F.kl_div(logp, base_logp, log_target=True, reduction="batchmean")
+        if keep_margin_weight > 0:
+            margin = greedy_margin_hinge(logp, base_logp, keep_margin)
     if ul_weight > 0 and bool(on_ul.any()):
         # -log(1 - p(identity token)): large only where the identity is likely, so it pushes the
         # identity answer off near-miss prompts without pulling them anywhere else.
         ul = unlikelihood(logits[on_ul], y[sel][on_ul])
     loss = ce + kl_weight * kl + ul_weight * ul
+    if margin is not None:
+        loss = loss + keep_margin_weight * margin
     repeat = batch.get("repeat")
     if repeat_ul_weight > 0 and repeat is not None and bool(repeat[:, 1:][sel].any()):
         on_rep = repeat[:, 1:][sel]                      # [n] the label there repeats an n-gram
         loss = loss + repeat_ul_weight * unlikelihood(logits[on_rep], y[sel][on_rep])
     return loss, ce, kl, ul
+
+
+def greedy_margin_hinge(logp: torch.Tensor, base_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """[n, V] log-probs of the model and of the base at the same positions -> the mean over the
+    positions of max(0, min(m_base, cap) - m_model), m = log p(the base's top token) - the largest
+    other log p. Zero while the model prefers the base's greedy token at least as clearly as the
+    base did (up to cap nats); it grows as a tie the base broke one way is pushed the other way,
+    which is what flips a greedy answer."""
+    top = base_logp.topk(2, dim=-1)
+    star = top.indices[:, :1]                                     # [n, 1] the base's greedy token
+    m_base = (top.values[:, 0] - top.values[:, 1]).clamp(max=cap)
+    own = logp.gather(1, star).squeeze(1)
+    two = logp.topk(2, dim=-1)                                    # the model's best other token:
+    other = torch.where(two.indices[:, 0] == star[:, 0], two.values[:, 1], two.values[:, 0])
+    return F.relu(m_base - (own - other)).mean()
 
 
 def kl_positions(batch: dict, keep_rows: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
@@ -799,7 +822,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                                         no_kl_prompts=pools.no_kl_prompts)
         att.truncated += cut
         loss, ce, kl, ul = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
-                                      cfg.keep_ce_weight, cfg.self_repeat_ul)
+                                      cfg.keep_ce_weight, cfg.self_repeat_ul,
+                                      cfg.keep_margin_weight, cfg.keep_margin)
         value = float(loss.detach())
         att.losses.append(value)
         if not math.isfinite(value):
