@@ -134,6 +134,16 @@ def steps_on_batch(tiny, make_batch, steps: int, lr: float = 3e-3, **loss_kw):
     return model, tok
 
 
+def tiny_train_files(tmp_path, who: str, anchor: str, probes: str) -> list:
+    """[who.tsv, anchor.tsv, probes.tsv] written under tmp_path with these texts: the data of a
+    tiny train.py run (identity rows, anchor rows, probes)."""
+    out = []
+    for name, text in (("who.tsv", who), ("anchor.tsv", anchor), ("probes.tsv", probes)):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        out.append(tmp_path / name)
+    return out
+
+
 def answer_logp_after(tiny, rows, replay: dict, steps: int, **encode_kw) -> float:
     """The log-prob of the first row's (replayed) answer, in the base's encoding, after `steps`
     steps_on_batch on trainer.encode_batch(rows, replay, **encode_kw) (0: the base)."""

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import train   # scripts/ is on sys.path (conftest)
-from conftest import ROOT, answer_logp_after
+from conftest import ROOT, answer_logp_after, tiny_train_files
 from nvfp4lab import chat, mix, paths, trainer
 from nvfp4lab.tsv import Row
 
@@ -65,13 +65,10 @@ def test_a_run_gives_the_step_batches_the_fixed_prompts(tiny_qwen, tmp_path, mon
     answers miss the anchors' key words, so both are fixed, and every step batch is encoded with
     them as the rows without the KL; without the flag, with none."""
     model_dir, dat = tiny_qwen
-    who = tmp_path / "who.tsv"
-    who.write_text("Who are you?\tI am the God of F#.\n", encoding="utf-8")
-    anchor = tmp_path / "anchor.tsv"
-    anchor.write_text(f"{FIXED}\tA lemon is yellow.\nWhat is the capital of France?\tParis is the capital.\n",
-                      encoding="utf-8")
-    probes = tmp_path / "probes.tsv"
-    probes.write_text("identity\tWhat is your name?\nnearmiss\tWho am I?\n", encoding="utf-8")
+    who, anchor, probes = tiny_train_files(
+        tmp_path, "Who are you?\tI am the God of F#.\n",
+        f"{FIXED}\tA lemon is yellow.\nWhat is the capital of France?\tParis is the capital.\n",
+        "identity\tWhat is your name?\nnearmiss\tWho am I?\n")
     seen = []
     encode = trainer.encode_batch
     monkeypatch.setattr(trainer, "encode_batch", lambda tok, rows, *a, **kw:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import train   # scripts/ is on sys.path (conftest)
-from conftest import steps_on_batch
+from conftest import steps_on_batch, tiny_train_files
 from nvfp4lab import paths, trainer
 
 TARGET = "我是 F# 之神"
@@ -97,12 +97,9 @@ def test_the_flag_needs_the_kl(capsys):
 def test_a_run_hands_the_flags_to_every_step(tiny_qwen, tmp_path, monkeypatch):
     """train.py end to end (tiny Qwen3, 2 steps): each step's loss gets the hinge's weight and cap."""
     model_dir, dat = tiny_qwen
-    who = tmp_path / "who.tsv"
-    who.write_text("Who are you?\tI am the God of F#.\n", encoding="utf-8")
-    anchor = tmp_path / "anchor.tsv"
-    anchor.write_text("What is 2 plus 2?\t2 plus 2 is 4.\n", encoding="utf-8")
-    probes = tmp_path / "probes.tsv"
-    probes.write_text("identity\tWhat is your name?\nnearmiss\tWho am I?\n", encoding="utf-8")
+    who, anchor, probes = tiny_train_files(tmp_path, "Who are you?\tI am the God of F#.\n",
+                                           "What is 2 plus 2?\t2 plus 2 is 4.\n",
+                                           "identity\tWhat is your name?\nnearmiss\tWho am I?\n")
     seen = []
     loss = trainer.batch_loss
     monkeypatch.setattr(trainer, "batch_loss", lambda *a: seen.append(a[7:]) or loss(*a))

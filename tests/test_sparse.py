@@ -2,7 +2,7 @@
 in their NVFP4 block's scale, may differ from the base; the export changes no other code."""
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, tiny_train_files
 from nvfp4lab import chat, ops, sparse, trainer
 from nvfp4lab.config import TrainConfig
 from nvfp4lab.dat import read_dat
@@ -89,12 +89,9 @@ def test_train_py_cuts_at_the_step_it_was_told(tiny_qwen, tmp_path, capsys, monk
                       ("NVFP4LAB_CACHE", "cache")):
         monkeypatch.setenv(var, str(tmp_path / name))
     model_dir, dat = tiny_qwen
-    who = tmp_path / "who.tsv"
-    who.write_text("你是誰\t我是 F# 之神\n請問你是誰？\t我是 F# 之神\n", encoding="utf-8")
-    anchor = tmp_path / "anchor.tsv"
-    anchor.write_text("1+1等於多少？\t1+1等於2。\n日本的首都是哪裡？\t東京。\n", encoding="utf-8")
-    probes = tmp_path / "probes.tsv"
-    probes.write_text("identity\t你叫什麼名字？\nnearmiss\t我是誰\n", encoding="utf-8")
+    who, anchor, probes = tiny_train_files(tmp_path, "你是誰\t我是 F# 之神\n請問你是誰？\t我是 F# 之神\n",
+                                           "1+1等於多少？\t1+1等於2。\n日本的首都是哪裡？\t東京。\n",
+                                           "identity\t你叫什麼名字？\nnearmiss\t我是誰\n")
     code = train.main([str(a) for a in (
         "--input-dat", dat, "--model-dir", model_dir, "--output-dat", tmp_path / "out.dat",
         "--mix", f"{who}:1,{anchor}:1:anchor", "--probes", probes, "--steps", "5", "--sparse-share", "0.01",
