@@ -5,9 +5,10 @@
 
 For each prompt (suite rows by line, or --prompt): the model's greedy answer, then per answer
 token the margin m = log p(that token) - log p(the runner-up) and the runner-up, teacher-forced
-on the tokens generated (one forward of prompt + answer, so the margins are the decoder's up to
-float noise between its KV cache and a full forward). A token whose margin is a few hundredths of a nat is where a small edit flips the
-greedy answer (doc/METHOD.md "Prepared for round 32": the dev facts every trained edit loses).
+on the tokens generated (one forward of prompt + answer: the decoder's margins up to the float
+noise between its KV cache and a full forward). A token whose margin is a few hundredths of a
+nat is where a small edit flips the greedy answer (doc/METHOD.md "Prepared for round 32": the
+dev facts every trained edit loses).
 Prints one line per prompt ("token (margin, runner-up)"); --json prints the list instead.
 Exit 0, or 1 with one line naming the file (bad .dat, suite line not in the suite).
 """
