@@ -46,7 +46,8 @@ def test_batch_loss_adds_the_weighted_hinge_and_nothing_at_the_base(tiny_qwen):
     hinge = trainer.greedy_margin_hinge(logp, base_logp, 0.5)
     assert float(hinge) > 0
     assert float(held[0] - plain[0]) == pytest.approx(2.0 * float(hinge), rel=1e-4)
-    assert [float(x) for x in held[1:]] == pytest.approx([float(x) for x in plain[1:]])
+    assert float(held[4]) == pytest.approx(float(hinge)) and float(plain[4]) == 0.0
+    assert [float(x) for x in held[1:4]] == pytest.approx([float(x) for x in plain[1:4]])
 
 
 def make_batch(tok):
@@ -94,8 +95,9 @@ def test_the_flag_needs_the_kl(capsys):
     assert (cfg.keep_margin_weight, cfg.keep_margin) == (1.0, 1.0)
 
 
-def test_a_run_hands_the_flags_to_every_step(tiny_qwen, tmp_path, monkeypatch):
-    """train.py end to end (tiny Qwen3, 2 steps): each step's loss gets the hinge's weight and cap."""
+def test_a_run_hands_the_flags_to_every_step(tiny_qwen, tmp_path, monkeypatch, capsys):
+    """train.py end to end (tiny Qwen3, 2 steps): each step's loss gets the hinge's weight and cap,
+    and the step log shows the hinge."""
     model_dir, dat = tiny_qwen
     who, anchor, probes = tiny_train_files(tmp_path, "Who are you?\tI am the God of F#.\n",
                                            "What is 2 plus 2?\t2 plus 2 is 4.\n",
@@ -112,3 +114,5 @@ def test_a_run_hands_the_flags_to_every_step(tiny_qwen, tmp_path, monkeypatch):
         "--keep-margin-weight", "0.5", "--keep-margin", "2")])
     assert code in (0, 3)
     assert seen == [(0.5, 2.0)] * 2
+    last = [line for line in capsys.readouterr().out.splitlines() if "step 2/2 loss" in line]
+    assert len(last) == 1 and " margin " in last[0]

@@ -64,7 +64,7 @@ def train(tiny_qwen, ul_weight, steps=40, lr=3e-3):
     model.train()
     parts = []
     for _ in range(steps):
-        loss, ce, kl, ul = trainer.batch_loss(model, batch, keep, 0.0, ul_weight)
+        loss, ce, kl, ul, _ = trainer.batch_loss(model, batch, keep, 0.0, ul_weight)
         parts.append((float(ce.detach()), float(ul.detach())))
         loss.backward()
         stepper.flush()
@@ -261,7 +261,7 @@ def test_self_answer_rows_get_kl_to_the_base_and_no_ce(tiny_qwen):
     ids, _, _ = chat.encode_row(tok, rows[0][0], rows[0][1], 64)
     assert batch["input_ids"][1, :len(ids)].tolist() == ids     # its own answer, not the replay
     with torch.no_grad():
-        _, ce, kl, _ = trainer.batch_loss(model, batch, keep, 1.0)
+        _, ce, kl, _, _ = trainer.batch_loss(model, batch, keep, 1.0)
         alone = trainer.encode_batch(tok, [target], 64, {}, torch.device("cpu"))
         ce_alone = trainer.batch_loss(model, alone[0], alone[1], 1.0)[1]
     assert torch.allclose(ce, ce_alone) and float(kl) > 0

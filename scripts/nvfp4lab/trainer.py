@@ -201,7 +201,7 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
                ul_weight: float = 0.0, keep_ce_weight: float = 1.0,
                repeat_ul_weight: float = 0.0, keep_margin_weight: float = 0.0,
                keep_margin: float = 1.0):
-    """(loss, ce, kl, ul): CE on the answer tokens, KL to the frozen base on the answers of rows
+    """(loss, ce, kl, ul, margin): CE on the answer tokens, KL to the frozen base on the answers of rows
     that keep the base's behaviour (anchor / neighbour), and unlikelihood of the identity answer
     on the near-miss rows that encode_batch appended (batch["ul_rows"]).
 
@@ -210,7 +210,8 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     repeat_ul_weight (--self-repeat-ul) adds that weight x mean -log(1 - p) of the tokens
     batch["repeat"] marks (in the model's own answers: the tokens that repeat an n-gram).
     keep_margin_weight (--keep-margin-weight) adds that weight x greedy_margin_hinge on the KL
-    positions (needs kl_weight > 0: it uses the base's log-probs the KL computes).
+    positions (needs kl_weight > 0: it uses the base's log-probs the KL computes); `margin` is
+    the hinge unweighted (0 when off).
 
     lm_head runs only on the positions that have a label: the [B, T, vocab] logits of a full
     forward would be 150k wide for every prompt token too.
@@ -238,7 +239,7 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
         ce = (per * ce_w[use]).sum() / ce_w[use].sum()
     kl = torch.zeros((), device=ce.device)
     ul = torch.zeros((), device=ce.device)
-    margin = None
+    margin = torch.zeros((), device=ce.device)
     a_sel = kl_positions(batch, keep_rows, sel)
     if kl_weight > 0 and bool(a_sel.any()):
         with torch.no_grad(), deltas_off(model):
@@ -254,13 +255,13 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
         # identity answer off near-miss prompts without pulling them anywhere else.
         ul = unlikelihood(logits[on_ul], y[sel][on_ul])
     loss = ce + kl_weight * kl + ul_weight * ul
-    if margin is not None:
+    if keep_margin_weight > 0:
         loss = loss + keep_margin_weight * margin
     repeat = batch.get("repeat")
     if repeat_ul_weight > 0 and repeat is not None and bool(repeat[:, 1:][sel].any()):
         on_rep = repeat[:, 1:][sel]                      # [n] the label there repeats an n-gram
         loss = loss + repeat_ul_weight * unlikelihood(logits[on_rep], y[sel][on_rep])
-    return loss, ce, kl, ul
+    return loss, ce, kl, ul, margin
 
 
 def greedy_margin_hinge(logp: torch.Tensor, base_logp: torch.Tensor, cap: float) -> torch.Tensor:
@@ -821,7 +822,7 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                                         ul_skip=cfg.unlikelihood_skip, kl_only_prompts=stock,
                                         no_kl_prompts=pools.no_kl_prompts)
         att.truncated += cut
-        loss, ce, kl, ul = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
+        loss, ce, kl, ul, margin = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
                                       cfg.keep_ce_weight, cfg.self_repeat_ul,
                                       cfg.keep_margin_weight, cfg.keep_margin)
         value = float(loss.detach())
@@ -835,7 +836,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
             keep_only_the_largest_moves(model, stepper, cfg, att, step, log, fisher)
         if step % cfg.log_every == 0 or step == cfg.steps:
             log(f"[attempt {att.index}] step {step}/{cfg.steps} loss {value:.4f} "
-                f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f} ul {float(ul.detach()):.4f}) "
+                f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f} ul {float(ul.detach()):.4f}"
+                + (f" margin {float(margin.detach()):.4f}" if cfg.keep_margin_weight > 0 else "") + ") "
                 f"{time.time() - t0:.1f}s")
         if es is not None and cfg.probe_every and step % cfg.probe_every == 0 and step < cfg.steps:
             with phase(att, "monitor"):
