@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import chat, generate, paths  # noqa: E402
+from nvfp4lab import chat, generate, paths, trainer  # noqa: E402
 from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
 from nvfp4lab.model import DTYPES, ModelLoadError, load_model  # noqa: E402
 from nvfp4lab.suite import read_suite  # noqa: E402
@@ -72,14 +72,9 @@ def greedy_margins(model, tok, prompts: list[str], max_new_tokens: int) -> list[
         prompt_ids = chat.encode_chat(tok, c)
         x = torch.tensor([prompt_ids + answer], device=device)
         logp = torch.log_softmax(model(input_ids=x).logits[0, len(prompt_ids) - 1:-1].float(), -1)
-        top = logp.topk(2, dim=-1)                       # [len(answer), 2]
-        tokens = []
-        for k, own in enumerate(answer):
-            first, second = (int(i) for i in top.indices[k])
-            other = second if first == own else first
-            tokens.append({"token": tok.decode([own]),
-                           "margin": round(float(logp[k, own] - logp[k, other]), 4),
-                           "second": tok.decode([other])})
+        lead, other = trainer.lead_over_runner_up(logp, torch.tensor(answer, device=device))
+        tokens = [{"token": tok.decode([own]), "margin": round(float(m), 4), "second": tok.decode([int(o)])}
+                  for own, m, o in zip(answer, lead, other)]
         out.append({"prompt": c[0]["content"], "answer": tok.decode(ids, skip_special_tokens=True),
                     "tokens": tokens})
     return out

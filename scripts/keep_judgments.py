@@ -36,7 +36,6 @@ ROW_COLUMNS = ("line", "verdict", "loop", "added", "fact_base", "fact_kept")
 ANSWER_CHARS = 200   # of a broken row's answer: enough to tell "F#1." from an apology or a loop
 
 
-
 def kept(doc: dict) -> dict:
     """The judgment with its per-row texts replaced by `row_verdicts` (ROW_COLUMNS) and the
     answers of the rows it broke (`broken_answers`, {suite line: answer}: evaluate.is_fault, the

@@ -51,16 +51,10 @@ class Counts(NamedTuple):
     collapsed: list[str]            # the collapsed runs left out
 
 
-def count(paths: list[str]) -> tuple[str, dict[int, Counter]]:
-    """(the suite the judgments share, {suite line: Counter of BREAKS names over the runs})."""
-    c = count_with_answers(paths)
-    return c.suite, c.per_line
-
-
-def count_with_answers(paths: list[str]) -> Counts:
-    """count(), {suite line: Counter of the answers the runs gave there} from the judgments
-    that kept them (`broken_answers`, kept since the seventeenth session), and how many did;
-    collapsed runs (judged on the monitor split where they collapsed) are left out and listed."""
+def count(paths: list[str]) -> Counts:
+    """Per suite line, the BREAKS over the runs and the answers the runs gave there (from the
+    judgments that kept them: `broken_answers`, kept since the seventeenth session); collapsed
+    runs (judged on the monitor split where they collapsed) are left out and listed."""
     suite, per_line, answers, with_answers, runs, collapsed = None, {}, {}, 0, [], []
     for p in paths:
         doc = evaluate.read_json(p)
@@ -82,6 +76,7 @@ def count_with_answers(paths: list[str]) -> Counts:
     if not runs:
         raise DataError(f"{paths[0]}: no judgment to count (all {len(collapsed)} collapsed)")
     return Counts(suite, per_line, answers, with_answers, runs, collapsed)
+
 
 def count_noise_floor(paths: list[str]) -> tuple[str, dict[float, tuple[int, dict[str, Counter]]]]:
     """(the suite, {share: (runs, {prompt: Counter of "fact lost" / "loop added"})}) over
@@ -139,7 +134,7 @@ def main(argv=None) -> int:
             return 1
         return 0
     try:
-        c = count_with_answers(args.judgments)
+        c = count(args.judgments)
         suite, per_line = c.suite, c.per_line
         prompts = {r.line: (r.kind, r.prompt) for r in read_suite(suite)}
     except (DataError, OSError) as e:

@@ -14,7 +14,8 @@ def test_counts_add_up_to_each_runs_summary_and_name_the_rows(capsys):
     the runs' own facts lost, loops added, leaks and greeting intros; the stop-sign fact is lost
     in all 8 (doc/METHOD.md "Round 28")."""
     assert len(KEPT) == 8
-    suite, per_line = rows_broken.count(KEPT)
+    c = rows_broken.count(KEPT)
+    suite, per_line = c.suite, c.per_line
     assert suite == "data/suite-en-dev-v3.tsv"
     total = {b: sum(c[b] for c in per_line.values()) for b in rows_broken.BREAKS}
     docs = [json.loads(open(p, encoding="utf-8").read())["summary"] for p in KEPT]
@@ -68,7 +69,7 @@ def test_answers_lists_the_kept_answers_of_broken_rows(capsys):
     kept = sorted(str(p) for p in [*ROOT.glob("artifacts/rounds/r28/sweep-*-s1[45].eval.json"),
                                    *ROOT.glob("artifacts/rounds/r29/sweep-*-s1[67].eval.json")])
     assert len(kept) == 14
-    c = rows_broken.count_with_answers(kept)
+    c = rows_broken.count(kept)
     assert c.with_answers == 14 and len(c.runs) == 14 and c.collapsed == []
     assert sum(c.answers[85].values()) == c.per_line[85]["missed"] == 14
     assert rows_broken.main(kept + ["--answers", "1"]) == 0
@@ -82,7 +83,7 @@ def test_collapsed_runs_are_left_out_and_named(capsys):
     stopping at the first judgment made on another suite."""
     kept = sorted(str(p) for p in ROOT.glob("artifacts/rounds/r30/sweep-*.eval.json"))
     assert len(kept) == 9
-    c = rows_broken.count_with_answers(kept)
+    c = rows_broken.count(kept)
     assert c.suite == "data/suite-en-dev-v3.tsv"
     assert len(c.runs) == 5 and len(c.collapsed) == 4
     assert all(json.loads(open(p, encoding="utf-8").read())["verdict"] == "collapse" for p in c.collapsed)

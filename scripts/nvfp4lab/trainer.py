@@ -254,9 +254,7 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
         # -log(1 - p(identity token)): large only where the identity is likely, so it pushes the
         # identity answer off near-miss prompts without pulling them anywhere else.
         ul = unlikelihood(logits[on_ul], y[sel][on_ul])
-    loss = ce + kl_weight * kl + ul_weight * ul
-    if keep_margin_weight > 0:
-        loss = loss + keep_margin_weight * margin
+    loss = ce + kl_weight * kl + ul_weight * ul + keep_margin_weight * margin
     repeat = batch.get("repeat")
     if repeat_ul_weight > 0 and repeat is not None and bool(repeat[:, 1:][sel].any()):
         on_rep = repeat[:, 1:][sel]                      # [n] the label there repeats an n-gram
@@ -266,17 +264,21 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
 
 def greedy_margin_hinge(logp: torch.Tensor, base_logp: torch.Tensor, cap: float) -> torch.Tensor:
     """[n, V] log-probs of the model and of the base at the same positions -> the mean over the
-    positions of max(0, min(m_base, cap) - m_model), m = log p(the base's top token) - the largest
-    other log p. Zero while the model prefers the base's greedy token at least as clearly as the
-    base did (up to cap nats); it grows as a tie the base broke one way is pushed the other way,
-    which is what flips a greedy answer."""
-    top = base_logp.topk(2, dim=-1)
-    star = top.indices[:, :1]                                     # [n, 1] the base's greedy token
-    m_base = (top.values[:, 0] - top.values[:, 1]).clamp(max=cap)
-    own = logp.gather(1, star).squeeze(1)
-    two = logp.topk(2, dim=-1)                                    # the model's best other token:
-    other = torch.where(two.indices[:, 0] == star[:, 0], two.values[:, 1], two.values[:, 0])
-    return F.relu(m_base - (own - other)).mean()
+    positions of max(0, min(m_base, cap) - m_model), m = the lead of the base's top token over the
+    runner-up (lead_over_runner_up). Zero while the model prefers the base's greedy token at least
+    as clearly as the base did (up to cap nats); it grows as a tie the base broke one way is pushed
+    the other way, which is what flips a greedy answer."""
+    star = base_logp.argmax(-1)                                   # [n] the base's greedy token
+    m_base = lead_over_runner_up(base_logp, star)[0].clamp(max=cap)
+    return F.relu(m_base - lead_over_runner_up(logp, star)[0]).mean()
+
+
+def lead_over_runner_up(logp: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, V] log-probs and [n] tokens -> ([n] log p(token) - the largest other log p, [n] that
+    other token): negative where the token is not the first choice."""
+    two = logp.topk(2, dim=-1)
+    other = torch.where(two.indices[:, 0] == token, two.indices[:, 1], two.indices[:, 0])
+    return (logp.gather(1, token[:, None]) - logp.gather(1, other[:, None])).squeeze(1), other
 
 
 def kl_positions(batch: dict, keep_rows: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
