@@ -337,7 +337,19 @@ def test_real_en_v18_is_round_27s_choice_and_the_default():
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
     assert shipped.self_kl_pool == "keep"
     assert replace(shipped, self_kl_pool=v17.self_kl_pool, recipe=None) == replace(v17, recipe=None)
-    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v18.args") == 1
+
+
+def test_real_en_v19_is_round_31s_choice_and_the_default():
+    """The shipped default of `make demo-real` is round 31's dev choice by its pre-registered rule
+    (`--rule misses` on seeds 22-24: u1, v18 keeping 1% of the values), plus only the user's
+    fallback."""
+    chosen, shipped, v18 = grid_row_and_recipes("method-study-en-r31.sweep", "u1-v18-sparse010",
+                                                "real-en-v19.args", "real-en-v18.args")
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+    assert shipped.sparse_share == 0.01
+    assert replace(shipped, sparse_share=v18.sparse_share, recipe=None) == replace(v18, recipe=None)
+    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v19.args") == 1
 
 
 def test_round_26_varies_one_thing_each_on_v16():
@@ -430,13 +442,14 @@ def test_round_31_shrinks_v18s_edit():
     assert u2.sparse_share == 0.0075 and replace(u2, sparse_share=u0.sparse_share) == u0
 
 
-def test_round_32_holds_v18s_greedy_margins():
-    """Round 32's control is v18 without the fallback; v1 and v2 add --keep-margin-weight 1 and 4
+def test_round_32_holds_v19s_greedy_margins():
+    """Round 32's control is v19 (round 31's choice; the grid was written on v18 and rewritten on
+    v19 before any of its runs) without the fallback; v1 and v2 add --keep-margin-weight 1 and 4
     (the cap at its default, 1 nat) and change nothing else."""
-    rows = [grid_row_and_recipes("method-study-en-r32.sweep", v, "real-en-v18.args")
-            for v in ("v0-v18", "v1-v18-margin1", "v2-v18-margin4")]
-    (v0, v18), (v1, _), (v2, _) = rows
-    assert replace(v18, max_retries=0, recipe=None) == replace(v0, recipe=None)
+    rows = [grid_row_and_recipes("method-study-en-r32.sweep", v, "real-en-v19.args")
+            for v in ("v0-v19", "v1-v19-margin1", "v2-v19-margin4")]
+    (v0, v19), (v1, _), (v2, _) = rows
+    assert replace(v19, max_retries=0, recipe=None) == replace(v0, recipe=None)
     assert v0.keep_margin_weight == 0 and v0.kl_weight == 6
     assert v1.keep_margin_weight == 1 and v1.keep_margin == 1.0
     assert replace(v1, keep_margin_weight=0.0) == v0 and replace(v2, keep_margin_weight=0.0) == v0
