@@ -21,6 +21,11 @@
 #                                                  # (SINGLE=0: the 5 seeds only; VARIANT=NAME
 #                                                  # GRID=F: that row's flags, e.g. real-en-v6 =
 #                                                  # z2-s1-late120-mine128-repul1 of -r14.sweep)
+#   bash scripts/device_method_study.sh soup       # round 33: GRID's first row on three SEEDS
+#                                                  # (sweep.py on DEV), the median merge of their
+#                                                  # three edits (merge_edits.py) judged on DEV by
+#                                                  # eval.py, pooled against the single runs
+#                                                  # (pool_judgments.py); REUSE as for study
 #   bash scripts/device_method_study.sh floor      # noise_floor.py on DEV: random one-step code
 #                                                  # moves of 0-1.3% of the decoder's codes
 #   bash scripts/device_method_study.sh prepare    # only the join and the build (for a call
@@ -32,11 +37,13 @@
 # calls; it is joined into artifacts/smollm2/ here. Logs, JSON judgments and the DevLog entries
 # come back under $OUT (results.tgz); DevLog entries are appended to doc/DevLog.md by hand.
 set -uo pipefail
-STAGE=${1:?usage: device_method_study.sh baseline|study|final}
+STAGE=${1:?usage: device_method_study.sh baseline|study|soup|final|floor|prepare}
 OUT=${OUT:-/tmp/device-out}
 mkdir -p "$OUT"
 export NVFP4LAB_DEVLOG="$OUT/DevLog.md" NVFP4LAB_ARTIFACT_LIST="$OUT/list.md" PYTHONUNBUFFERED=1
 SMOL=artifacts/smollm2
+DEV=${DEV:-data/suite-en-dev-v2.tsv}
+DEVICE=${DEVICE:-cuda}   # study and soup only: DEVICE=cpu rehearses a stage here (slowly)
 DAT=$SMOL/smollm2-135m-instruct-nvfp4.dat
 if [ ! -f "$DAT" ]; then
   # joined beside it and moved into place only once its hash matches: a join that fails (a part
@@ -54,8 +61,19 @@ if [ ! -f build/.ext-stamp ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # device time is wall time: on a host with several GPUs, runs and seeds go to them in turn
-GPUS=$(nvidia-smi -L | grep -c '^GPU')
+GPUS=${GPUS:-$(nvidia-smi -L | grep -c "^GPU")}
 timed() { local t=$(date +%s); "$@"; local rc=$?; echo "[$1 ... exit $rc, $(( $(date +%s) - t )) s]"; return $rc; }
+sweep_dev() {   # GRID x SEEDS on DEV (sweep.py), as the study stage runs it; ~/chosen.flags after
+  if [ -n "${REUSE:-}" ]; then mkdir -p artifacts/sweep && cp "$REUSE"/*.eval.json artifacts/sweep/ || exit 1; fi
+  timed timeout $(( ${JOB_TIMEOUT:-540} + 30 )) python3 scripts/sweep.py --recipe data/stages/method-study-en.args \
+      --variants ${GRID:-data/stages/method-study-en.sweep} --seeds "${SEEDS:-1 2 3}" --dev-suite $DEV \
+      --monitor data/suite-en-monitor-v1.tsv --input-dat $DAT --model-dir $SMOL --device $DEVICE \
+      --jobs ${JOBS:-$((6 * GPUS))} --gpus $GPUS --timeout ${JOB_TIMEOUT:-540} --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
+      --rule ${RULE:-score} $([ "${RESUME:-0}" = 1 ] && echo --resume) \
+      > artifacts/study.log 2>&1
+  cp artifacts/sweep/chosen.flags ~/chosen.flags 2>/dev/null
+  grep -v '^\[guard\] PID=' artifacts/study.log | tail -n 40
+}
 pack() { tar czf "$OUT/results-$STAGE.tgz" "$@" 2>/dev/null; ls -la "$OUT"; }
 
 case $STAGE in
@@ -85,17 +103,44 @@ baseline)
   pack artifacts/*.eval.json artifacts/*.log
   ;;
 study)
-  if [ -n "${REUSE:-}" ]; then mkdir -p artifacts/sweep && cp "$REUSE"/*.eval.json artifacts/sweep/ || exit 1; fi
-  timed timeout $(( ${JOB_TIMEOUT:-540} + 30 )) python3 scripts/sweep.py --recipe data/stages/method-study-en.args \
-      --variants ${GRID:-data/stages/method-study-en.sweep} --seeds "${SEEDS:-1 2 3}" --dev-suite ${DEV:-data/suite-en-dev-v2.tsv} \
-      --monitor data/suite-en-monitor-v1.tsv --input-dat $DAT --model-dir $SMOL --device cuda \
-      --jobs ${JOBS:-$((6 * GPUS))} --gpus $GPUS --timeout ${JOB_TIMEOUT:-540} --work-dir artifacts/sweep --chosen artifacts/sweep/chosen.flags \
-      --rule ${RULE:-score} $([ "${RESUME:-0}" = 1 ] && echo --resume) \
-      > artifacts/study.log 2>&1
-  cp artifacts/sweep/chosen.flags ~/chosen.flags 2>/dev/null
-  grep -v '^\[guard\] PID=' artifacts/study.log | tail -n 40
+  sweep_dev
   # the replay cache too: the base answers the keep rows learn (--replay-stock-kl counts them)
   pack artifacts/sweep/*.eval.json artifacts/sweep/*.log artifacts/study.log artifacts/cache/replay-*.tsv
+  ;;
+soup)
+  # round 33: GRID's first row on three SEEDS as single runs (judged on DEV by train.py), then the
+  # median merge of their three edits (scripts/merge_edits.py) judged on DEV by eval.py with the
+  # study recipe's thresholds, and the first seed's own .dat judged again by eval.py (the check
+  # that eval.py's verdict of an exported .dat is train.py's); REUSE brings earlier triples'
+  # kept judgments (singles and merges) into the pooled table
+  set -- ${SEEDS:?give three SEEDS}
+  [ $# = 3 ] || { echo "error: SEEDS must be three seeds, not '$SEEDS'"; exit 1; }
+  V=$(awk -F'\t' '!/^#/ && NF == 2 { print $1; exit }' "${GRID:?give GRID}")
+  MERGED=artifacts/sweep/soup-$V-s$1-$3
+  THRESHOLDS=$(grep -hE '^--(min|max)-' data/stages/method-study-en.args)
+  RULE=misses sweep_dev
+  timed python3 scripts/merge_edits.py --base $DAT --out $MERGED.dat \
+      --edits artifacts/sweep/sweep-$V-s$1.dat artifacts/sweep/sweep-$V-s$2.dat artifacts/sweep/sweep-$V-s$3.dat \
+      > $MERGED.merge.log 2>&1
+  tail -n 8 $MERGED.merge.log
+  timed python3 scripts/eval.py --weight $MERGED.dat --base $DAT --suite $DEV --model-dir $SMOL \
+      --device $DEVICE $THRESHOLDS --out $MERGED.eval.json > $MERGED.eval.log 2>&1
+  tail -n 3 $MERGED.eval.log
+  timed python3 scripts/eval.py --weight artifacts/sweep/sweep-$V-s$1.dat --base $DAT --suite $DEV \
+      --model-dir $SMOL --device $DEVICE $THRESHOLDS --out artifacts/sweep/recheck-$V-s$1.eval.json \
+      > artifacts/sweep/recheck-$V-s$1.eval.log 2>&1
+  python3 - "$V" "$1" <<'PY'
+import json, sys
+v, s = sys.argv[1], sys.argv[2]
+a = json.load(open(f"artifacts/sweep/sweep-{v}-s{s}.eval.json"))["summary"]
+b = json.load(open(f"artifacts/sweep/recheck-{v}-s{s}.eval.json"))["summary"]
+keys = ("identity", "nearmiss_leak", "context_leak", "greeting_intro", "facts_kept", "loops")
+print("eval.py on the exported .dat against train.py's judgment:",
+      "; ".join(f"{k} {a[k]['k']}/{a[k]['n']} vs {b[k]['k']}/{b[k]['n']}" for k in keys))
+PY
+  python3 scripts/pool_judgments.py "single=artifacts/sweep/sweep-$V-s*.eval.json" \
+      "soup=artifacts/sweep/soup-$V-*.eval.json" | sed 's/`[^`]*`/`..`/' | tail -n 8
+  pack artifacts/sweep/*.eval.json artifacts/sweep/*.log artifacts/sweep/*.merge.json artifacts/study.log
   ;;
 final)
   # the flags: VARIANT's row of GRID (a fresh machine, e.g. real-en-v6 = round 14's z2), else the
