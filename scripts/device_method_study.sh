@@ -117,17 +117,16 @@ soup)
   [ $# = 3 ] || { echo "error: SEEDS must be three seeds, not '$SEEDS'"; exit 1; }
   V=$(awk -F'\t' '!/^#/ && NF == 2 { print $1; exit }' "${GRID:?give GRID}")
   MERGED=artifacts/sweep/soup-$V-s$1-$3
-  THRESHOLDS=$(grep -hE '^--(min|max)-' data/stages/method-study-en.args)
   RULE=misses sweep_dev
   timed python3 scripts/merge_edits.py --base $DAT --out $MERGED.dat \
       --edits artifacts/sweep/sweep-$V-s$1.dat artifacts/sweep/sweep-$V-s$2.dat artifacts/sweep/sweep-$V-s$3.dat \
       > $MERGED.merge.log 2>&1
   tail -n 8 $MERGED.merge.log
   timed python3 scripts/eval.py --weight $MERGED.dat --base $DAT --suite $DEV --model-dir $SMOL \
-      --device $DEVICE $THRESHOLDS --out $MERGED.eval.json > $MERGED.eval.log 2>&1
+      --device $DEVICE --thresholds-of data/stages/method-study-en.args --out $MERGED.eval.json > $MERGED.eval.log 2>&1
   tail -n 3 $MERGED.eval.log
   timed python3 scripts/eval.py --weight artifacts/sweep/sweep-$V-s$1.dat --base $DAT --suite $DEV \
-      --model-dir $SMOL --device $DEVICE $THRESHOLDS --out artifacts/sweep/recheck-$V-s$1.eval.json \
+      --model-dir $SMOL --device $DEVICE --thresholds-of data/stages/method-study-en.args --out artifacts/sweep/recheck-$V-s$1.eval.json \
       > artifacts/sweep/recheck-$V-s$1.eval.log 2>&1
   python3 - "$V" "$1" <<'PY'
 import json, sys

@@ -13,12 +13,13 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import asdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import chat, devlog, evaluate, paths, probes  # noqa: E402
+from nvfp4lab import chat, config, devlog, evaluate, paths, probes  # noqa: E402
 from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
 from nvfp4lab.model import DTYPES, ModelLoadError, load_model  # noqa: E402
 from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
@@ -44,7 +45,15 @@ def parse_args(argv):
     a("--max-tokens", type=int, default=32, help="answer length (train.py: --probe-max-tokens)")
     a("--eval-batch", type=int, help="chats per generate batch (default 64 on CUDA, 16 on CPU)")
     a("--out", help="JSON to write (default: <weight stem>.eval.json)")
+    a("--thresholds-of", metavar="RECIPE",
+      help="judge by the thresholds train.py --recipe RECIPE judges with (a data/stages/*.args "
+           "file); a threshold flag given here still wins")
     probes.add_threshold_args(p)
+    first, _ = p.parse_known_args(argv)
+    if first.thresholds_of:
+        # the recipe's own judgment, so an edit made outside train.py (a merge of several runs)
+        # is judged exactly as the runs were
+        p.set_defaults(**asdict(config.parse_args(["--recipe", first.thresholds_of]).thresholds))
     args = p.parse_args(argv)
     args.model_dir = args.model_dir or paths.default_model_dir()
     args.weight = paths.resolve_weight(args.weight, args.model_dir)

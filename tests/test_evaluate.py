@@ -379,3 +379,21 @@ def test_eval_script_end_to_end(tiny_qwen, tmp_path, files, capsys):
                              "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 1 and f"{bad}:2: fact row without expect" in err and err.count("\n") == 1
+
+
+def test_eval_judges_by_a_recipes_thresholds_and_a_flag_still_wins(tiny_qwen, tmp_path, files):
+    """--thresholds-of RECIPE: the thresholds train.py --recipe RECIPE judges with (a merge of
+    several runs is judged as the runs were); a threshold flag given too wins over the recipe."""
+    model_dir, dat = tiny_qwen
+    recipe = write(tmp_path / "r.args", "--mix x.tsv:1\n--max-retries 0\n--min-identity 0.95\n"
+                                        "--max-nearmiss-leak 0.05\n--max-loops 0\n")
+    out = tmp_path / "judged.json"
+    argv = ["--weight", str(dat), "--base", str(dat), "--suite", files["heldout"], "--model-dir",
+            str(model_dir), "--device", "cpu", "--max-tokens", "3", "--out", str(out),
+            "--thresholds-of", recipe]
+    assert eval_script.main(argv) == 3                  # the tiny base names nobody: identity 0
+    th = evaluate.read_json(str(out))["thresholds"]
+    assert (th["min_identity"], th["max_nearmiss_leak"], th["max_loops"]) == (0.95, 0.05, 0.0)
+    assert th["max_context_leak"] == Thresholds().max_context_leak   # not in the recipe
+    assert eval_script.main(argv + ["--min-identity", "0"]) == 0
+    assert evaluate.read_json(str(out))["thresholds"]["min_identity"] == 0.0
