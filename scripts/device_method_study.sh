@@ -118,6 +118,9 @@ soup)
   V=$(awk -F'\t' '!/^#/ && NF == 2 { print $1; exit }' "${GRID:?give GRID}")
   MERGED=artifacts/sweep/soup-$V-s$1-$3
   RULE=misses sweep_dev
+  # the single runs' judgments go under $OUT now: a call cut short by the session's device time
+  # still brings them back (the final pack below overwrites this one)
+  pack artifacts/sweep/*.eval.json artifacts/sweep/*.log artifacts/study.log > /dev/null
   timed python3 scripts/merge_edits.py --base $DAT --out $MERGED.dat \
       --edits artifacts/sweep/sweep-$V-s$1.dat artifacts/sweep/sweep-$V-s$2.dat artifacts/sweep/sweep-$V-s$3.dat \
       > $MERGED.merge.log 2>&1
