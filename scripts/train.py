@@ -5,7 +5,8 @@
 
 Which set judges what (doc/ARCHITECTURE.md): --monitor is judged during training (--probe-every)
 and at the end of every attempt, and a collapse there rolls back and retries; --heldout is judged
-ONCE, after the last attempt, for the verdict and `<output stem>.eval.json`; it never chooses
+ONCE, after the last attempt, for the verdict and `<output stem>.eval.json`, on the exported file
+as eval.py loads it (moved into place unless that judgment is a collapse); it never chooses
 between attempts. Old recipes without either keep their --probes file as before (judged after
 each attempt and for the verdict), but never during training: that would tune on held-out rows.
 
@@ -28,7 +29,7 @@ from nvfp4lab import anchor_check, chat, config, devlog, evaluate, mix, nullspac
 from nvfp4lab.config import TrainConfig  # noqa: E402
 from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
 from nvfp4lab.generate import greedy_answers  # noqa: E402
-from nvfp4lab.model import DTYPES, ModelLoadError, export_model, load_model, make_trainable  # noqa: E402
+from nvfp4lab.model import DTYPES, ModelLoadError, deltas_off, export_model, load_model, make_trainable  # noqa: E402
 from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
 from nvfp4lab.probes import format_summary  # noqa: E402
 from nvfp4lab.suite import check_disjoint, read_suite  # noqa: E402
@@ -112,10 +113,8 @@ def run(cfg: TrainConfig) -> int:
         + (f"; --probes {cfg.probes} not read (--heldout judges the run)"
            if cfg.heldout and cfg.probes else ""))
     attempts = train(cfg, model, tok, dat, sources, retry_sources, attempt_set, pools)
-    judged, result, status, why = verdict(model, tok, attempts, attempt_set, final)
-    exported = status != "collapse"
-    if exported:
-        export(cfg, model, tok, dat, attempts[-1])
+    judged, result, status, why, exported = judge_export(cfg, model, tok, dat, attempts,
+                                                         attempt_set, final)
     code = {"success": trainer.SUCCESS, "not-reached": trainer.NOT_REACHED}.get(status,
                                                                                trainer.COLLAPSED)
     seconds = time.time() - t_start
@@ -227,36 +226,46 @@ def wrong_anchors(cfg, sources, retry_sources, replay) -> tuple:
     return sources, retry_sources, replay, set()
 
 
-def verdict(model, tok, attempts, attempt_set, final) -> tuple:
-    """(the set judged, its result or None, status, why): the held-out set judged once, unless
-    every attempt collapsed; its tables are logged."""
+def judge_export(cfg: TrainConfig, model, tok, dat, attempts, attempt_set, final) -> tuple:
+    """(the set judged, its result or None, status, why, exported). The verdict judges the
+    exported file itself, loaded as eval.py and the runners load it, with the trained model's
+    deltas off as the base: what ships is what was judged. Why: round 33 judged one run's
+    in-memory model (train.py, before) and its exported file (eval.py) on the same dev suite and
+    88 of 407 answers differed (facts kept 13/16 against 15/16): in memory the norms' float32
+    deltas were rounded twice, and after loading small batches go through the GEMV kernel, so
+    near ties of greedy decoding went the other way. The file is written under a temporary name
+    and moved into place only when its judgment is not a collapse; nothing is exported when
+    every attempt collapsed."""
     last = attempts[-1]
-    judged, result = attempt_set, last.result
-    if last.status != "collapse" and final is not attempt_set:
-        # The one look at the held-out set: after the last attempt, never to choose one.
-        evaluate.with_base_answers(final, tok, model, model)
-        judged, result = final, evaluate.run(model, tok, final, base=model, profile=True)
-        log(f"{final.split} {final.path} judged once after training ({result.seconds:.1f}s)")
-    status, why = ((result.summary.verdict, result.summary.why) if result is not None
-                   else (last.status, last.why))
-    if result is not None:
+    if last.status == "collapse":
+        return attempt_set, last.result, last.status, last.why, False
+    pending = cfg.output_dat + ".unjudged"
+    try:
+        keys = export_model(model, dat, pending)
+        shipped = load_model(read_dat(pending), cfg.model_dir, torch.device(cfg.device),
+                             DTYPES[cfg.compute_dtype])
+        with deltas_off(model):
+            evaluate.with_base_answers(final, tok, shipped, model)
+            result = evaluate.run(shipped, tok, final, base=model, profile=True)
+        log(f"{final.split} {final.path} judged once after training, on the exported file "
+            f"({result.seconds:.1f}s)")
         for row in evaluate.row_table(result.rows).splitlines():
             log(row)
         log(format_summary(result.summary.legacy()))
         log(evaluate.rates_table(result.summary))
         if result.target_tokens:
             log(evaluate.target_line(result.target_tokens))
-    return judged, result, status, why
-
-
-def export(cfg: TrainConfig, model, tok, dat, last) -> None:
-    """The new .dat, the self-test answer and the loss curve of the last attempt."""
-    keys = export_model(model, dat, cfg.output_dat)
-    log(f"exported {cfg.output_dat} ({len(keys)} tensors changed)")
-    selftest = greedy_answers(model, tok, ["你是誰"], cfg.test_max_tokens)[0]
-    log(f"self-test 你是誰 -> {selftest}")
-    svg = os.path.splitext(cfg.output_dat)[0] + "-loss.svg"
-    devlog.loss_svg(last.losses, svg, f"{cfg.stage} loss (attempt {last.index})")
+        status, why = result.summary.verdict, result.summary.why
+        if status != "collapse":
+            os.replace(pending, cfg.output_dat)
+            log(f"exported {cfg.output_dat} ({len(keys)} tensors changed)")
+            log(f"self-test 你是誰 -> {greedy_answers(shipped, tok, ['你是誰'], cfg.test_max_tokens)[0]}")
+            svg = os.path.splitext(cfg.output_dat)[0] + "-loss.svg"
+            devlog.loss_svg(last.losses, svg, f"{cfg.stage} loss (attempt {last.index})")
+    finally:
+        if os.path.exists(pending):   # a collapse, or an error on the way: nothing exported
+            os.remove(pending)
+    return final, result, status, why, status != "collapse"
 
 
 def change_reporter(model, dat, log):

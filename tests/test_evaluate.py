@@ -397,3 +397,29 @@ def test_eval_judges_by_a_recipes_thresholds_and_a_flag_still_wins(tiny_qwen, tm
     assert th["max_context_leak"] == Thresholds().max_context_leak   # not in the recipe
     assert eval_script.main(argv + ["--min-identity", "0"]) == 0
     assert evaluate.read_json(str(out))["thresholds"]["min_identity"] == 0.0
+
+
+def test_the_verdict_is_eval_pys_judgment_of_the_exported_file(tiny_qwen, tmp_path, files):
+    """train.py judges the file it exports, loaded as eval.py loads it: the same answers and
+    counts, row by row (round 33: the in-memory model's judgment and eval.py's of its export
+    differed on 88 of 407 dev answers). bf16 with the norms and the embedding moved: where the
+    in-memory model rounded the norms' float32 deltas twice."""
+    argv = train_args(tiny_qwen, tmp_path, files, "--heldout", files["heldout"], "--compute-dtype",
+                      "bfloat16", "--lr", "3e-2", "--steps", "3", "--probe-max-tokens", "6",
+                      "--min-identity", "0", "--max-nearmiss-leak", "1", "--min-facts", "0",
+                      "--max-loops", "1", "--max-nll-drift", "100")
+    assert train.main(argv) == 0
+    assert not (tmp_path / "out.dat.unjudged").exists()
+    trained = evaluate.read_json(str(tmp_path / "out.eval.json"))
+    model_dir, dat = tiny_qwen
+    code = eval_script.main(["--weight", str(tmp_path / "out.dat"), "--base", str(dat), "--suite",
+                             files["heldout"], "--model-dir", str(model_dir), "--device", "cpu",
+                             "--compute-dtype", "bfloat16", "--max-tokens", "6",
+                             "--out", str(tmp_path / "again.json"), "--min-identity", "0",
+                             "--max-nearmiss-leak", "1", "--min-facts", "0", "--max-loops", "1",
+                             "--max-nll-drift", "100"])
+    again = evaluate.read_json(str(tmp_path / "again.json"))
+    assert code == 0
+    assert [r["answer"] for r in trained["rows"]] == [r["answer"] for r in again["rows"]]
+    assert [r["base_answer"] for r in trained["rows"]] == [r["base_answer"] for r in again["rows"]]
+    assert [r["nll"] for r in trained["rows"]] == [r["nll"] for r in again["rows"]]
