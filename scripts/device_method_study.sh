@@ -26,6 +26,10 @@
 #                                                  # three edits (merge_edits.py) judged on DEV by
 #                                                  # eval.py, pooled against the single runs
 #                                                  # (pool_judgments.py); REUSE as for study
+#   bash scripts/device_method_study.sh revert     # GRID's first row on SEEDS, then each edit
+#                                                  # judged on DEV with one group put back at a
+#                                                  # time (revert_groups.py; BAND layers a band,
+#                                                  # default 5); REUSE as for study
 #   bash scripts/device_method_study.sh floor      # noise_floor.py on DEV: random one-step code
 #                                                  # moves of 0-1.3% of the decoder's codes
 #   bash scripts/device_method_study.sh prepare    # only the join and the build (for a call
@@ -37,7 +41,7 @@
 # calls; it is joined into artifacts/smollm2/ here. Logs, JSON judgments and the DevLog entries
 # come back under $OUT (results.tgz); DevLog entries are appended to doc/DevLog.md by hand.
 set -uo pipefail
-STAGE=${1:?usage: device_method_study.sh baseline|study|soup|final|floor|prepare}
+STAGE=${1:?usage: device_method_study.sh baseline|study|soup|revert|final|floor|prepare}
 OUT=${OUT:-/tmp/device-out}
 mkdir -p "$OUT"
 export NVFP4LAB_DEVLOG="$OUT/DevLog.md" NVFP4LAB_ARTIFACT_LIST="$OUT/list.md" PYTHONUNBUFFERED=1
@@ -143,6 +147,23 @@ PY
   python3 scripts/pool_judgments.py "single=artifacts/sweep/sweep-$V-s*.eval.json" \
       "soup=artifacts/sweep/soup-$V-*.eval.json" | sed 's/`[^`]*`/`..`/' | tail -n 8
   pack artifacts/sweep/*.eval.json artifacts/sweep/*.log artifacts/sweep/*.merge.json artifacts/study.log
+  ;;
+revert)
+  # GRID's first row on SEEDS (sweep.py on DEV), then each run's edit judged on DEV with one group
+  # put back at a time (scripts/revert_groups.py: embed, norms, head, bands of BAND layers), the
+  # runs side by side: where in the network the identity and the lost facts live
+  V=$(awk -F'\t' '!/^#/ && NF == 2 { print $1; exit }' "${GRID:?give GRID}")
+  RULE=misses sweep_dev
+  pack artifacts/sweep/*.eval.json artifacts/sweep/*.log artifacts/study.log > /dev/null
+  for S in ${SEEDS:?give SEEDS}; do
+    [ -f artifacts/sweep/sweep-$V-s$S.dat ] || { echo "seed $S: nothing exported"; continue; }
+    timed python3 scripts/revert_groups.py --base $DAT --edit artifacts/sweep/sweep-$V-s$S.dat \
+        --suite $DEV --model-dir $SMOL --device $DEVICE --band-width ${BAND:-5} \
+        --thresholds-of data/stages/method-study-en.args > artifacts/sweep/revert-$V-s$S.log 2>&1 &
+  done
+  wait
+  for S in $SEEDS; do grep -A 14 "^| put back" artifacts/sweep/revert-$V-s$S.log | sed 's/^/  /'; done
+  pack artifacts/sweep/*.eval.json artifacts/sweep/*.revert.json artifacts/sweep/*.log artifacts/study.log
   ;;
 final)
   # the flags: VARIANT's row of GRID (a fresh machine, e.g. real-en-v6 = round 14's z2), else the

@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import asdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,11 +48,7 @@ def parse_args(argv):
       help="judge by the thresholds train.py --recipe RECIPE judges with (a data/stages/*.args "
            "file); a threshold flag given here still wins")
     probes.add_threshold_args(p)
-    first, _ = p.parse_known_args(argv)
-    if first.thresholds_of:
-        # the recipe's own judgment, so an edit made outside train.py (a merge of several runs)
-        # is judged exactly as the runs were
-        p.set_defaults(**asdict(config.parse_args(["--recipe", first.thresholds_of]).thresholds))
+    config.recipe_threshold_defaults(p, argv)
     args = p.parse_args(argv)
     args.model_dir = args.model_dir or paths.default_model_dir()
     args.weight = paths.resolve_weight(args.weight, args.model_dir)

@@ -454,3 +454,12 @@ def test_round_32_holds_v19s_greedy_margins():
     assert v1.keep_margin_weight == 1 and v1.keep_margin == 1.0
     assert replace(v1, keep_margin_weight=0.0) == v0 and replace(v2, keep_margin_weight=0.0) == v0
     assert v2.keep_margin_weight == 4
+
+
+def test_round_34_is_v19_itself():
+    """Round 34 (a diagnostic: scripts/revert_groups.py on v19's edits) trains v19 without the
+    fallback, the same row as round 33's control."""
+    d0, v19 = grid_row_and_recipes("method-study-en-r34.sweep", "d0-v19", "real-en-v19.args")
+    assert replace(v19, max_retries=0, recipe=None) == replace(d0, recipe=None)
+    s0, _ = grid_row_and_recipes("method-study-en-r33.sweep", "s0-v19", "real-en-v19.args")
+    assert d0 == s0

@@ -13,7 +13,7 @@ import argparse
 import os
 import shlex
 import typing
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 import torch
 
@@ -419,3 +419,13 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                    compute_dtype=cfg.compute_dtype or ("float32" if cfg.device == "cpu"
                                                        else "bfloat16"),
                    probes=cfg.probes if cfg.heldout or cfg.probes else LEGACY_PROBES)
+
+
+def recipe_threshold_defaults(p, argv) -> None:
+    """--thresholds-of RECIPE (eval.py, revert_groups.py): the threshold flags' defaults become
+    the thresholds train.py --recipe RECIPE judges with, so an edit made or changed outside
+    train.py (a merge of several runs, a group put back) is judged exactly as the runs were; a
+    threshold flag given too still wins."""
+    first, _ = p.parse_known_args(argv)
+    if first.thresholds_of:
+        p.set_defaults(**asdict(parse_args(["--recipe", first.thresholds_of]).thresholds))
