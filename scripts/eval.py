@@ -18,11 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import chat, config, devlog, evaluate, paths, probes  # noqa: E402
-from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
-from nvfp4lab.model import DTYPES, ModelLoadError, load_model  # noqa: E402
-from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
-from nvfp4lab.tsv import DataError  # noqa: E402
+from nvfp4lab import chat, cli, config, devlog, evaluate, paths, probes  # noqa: E402
+from nvfp4lab.dat import read_dat  # noqa: E402
+from nvfp4lab.model import DTYPES, load_model  # noqa: E402
 
 EXIT = {"success": 0, "not-reached": 3, "collapse": 4}
 
@@ -105,16 +103,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(args)
-    except (DataError, DatFormatError, ModelLoadError, NVFP4Error, FileNotFoundError,
-            KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except torch.OutOfMemoryError:
-        print(f"error: out of memory on {args.device} judging {args.weight}; try a smaller "
-              "--eval-batch", file=sys.stderr)
-        return 1
+    return cli.run_or_error(run, args, f"judging {args.weight}")
 
 
 if __name__ == "__main__":

@@ -24,12 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import chat, config, devlog, evaluate, paths, probes, revert  # noqa: E402
-from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
+from nvfp4lab import chat, cli, config, devlog, evaluate, paths, probes, revert  # noqa: E402
+from nvfp4lab.dat import read_dat  # noqa: E402
 from nvfp4lab.merge import check_same_layout  # noqa: E402
-from nvfp4lab.model import DTYPES, ModelLoadError, load_model  # noqa: E402
-from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
-from nvfp4lab.tsv import DataError  # noqa: E402
+from nvfp4lab.model import DTYPES, load_model  # noqa: E402
 
 MEASURES = ("identity", "nearmiss_leak", "context_leak", "greeting_intro", "facts_kept", "loops")
 
@@ -134,12 +132,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(args)
-    except (DataError, DatFormatError, ModelLoadError, NVFP4Error, FileNotFoundError,
-            KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return cli.run_or_error(run, args, f"judging {args.edit}")
 
 
 if __name__ == "__main__":
