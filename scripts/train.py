@@ -319,7 +319,12 @@ def eval_doc(cfg: TrainConfig, attempts, judged, result, status, why, exported, 
              seconds) -> dict:
     """<output stem>.eval.json: the verdict's judgment (held-out set, or the monitor's when every
     attempt collapsed), every attempt's monitor summary, the files and the command."""
+    # what the verdict judged: since the twentieth session the exported file (judge_export);
+    # older judgments lack the key and judged the in-memory model
+    judged_what = (None if result is None else "in-memory model (monitor)"
+                   if attempts[-1].status == "collapse" else "exported file")
     info = {"weight": cfg.output_dat if exported else None, "exported": exported,
+            "judged": judged_what,
             "base": cfg.input_dat, "model_dir": cfg.model_dir, "stage": cfg.stage,
             "suites": {"monitor": cfg.monitor, "heldout": cfg.heldout,
                        "probes": None if cfg.heldout else cfg.probes},

@@ -411,6 +411,7 @@ def test_the_verdict_is_eval_pys_judgment_of_the_exported_file(tiny_qwen, tmp_pa
     assert train.main(argv) == 0
     assert not (tmp_path / "out.dat.unjudged").exists()
     trained = evaluate.read_json(str(tmp_path / "out.eval.json"))
+    assert trained["judged"] == "exported file"
     model_dir, dat = tiny_qwen
     code = eval_script.main(["--weight", str(tmp_path / "out.dat"), "--base", str(dat), "--suite",
                              files["heldout"], "--model-dir", str(model_dir), "--device", "cpu",

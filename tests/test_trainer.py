@@ -11,7 +11,7 @@ import torch
 
 import train  # scripts/ is on sys.path (conftest)
 from conftest import ROOT
-from nvfp4lab import chat, mix, trainer
+from nvfp4lab import chat, evaluate, mix, trainer
 from nvfp4lab.dat import read_dat
 from nvfp4lab.model import DTYPES, export_model, load_model, make_trainable
 
@@ -225,7 +225,8 @@ def test_nan_loss_is_a_collapse_and_nothing_is_exported(tiny_qwen, tmp_path, sma
     assert r.returncode == 4, r.stdout + r.stderr
     assert "collapse" in r.stdout
     assert not out.exists()
-    assert not list(tmp_path.glob("out.dat.tmp*"))
+    assert not list(tmp_path.glob("out.dat.tmp*")) and not list(tmp_path.glob("out.dat.unjudged*"))
+    assert evaluate.read_json(str(tmp_path / "out.eval.json"))["judged"] is None   # NaN: nothing judged
 
 
 @pytest.mark.parametrize("content,needle", [
