@@ -4,7 +4,7 @@
         --edit artifacts/sweep/sweep-s0-v19-s28.dat --suite data/suite-en-dev-v3.tsv \
         --model-dir artifacts/smollm2 --thresholds-of data/stages/method-study-en.args
 
-Rows: the edit as it is, then the edit with the embedding, the norms, the head and each band of
+Rows: the edit as it is, then the edit with the embedding, the final norm, the head and each band of
 --band-width layers put back (nvfp4lab/revert.py), then the base itself (everything put back).
 Per row: the weights the group changed, the criteria missed, the suite's rates, and the suite
 lines whose row was fixed or broken against the edit as it is (evaluate.is_fault). Where the

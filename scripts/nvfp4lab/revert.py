@@ -1,5 +1,6 @@
 """Which part of a trained edit does what: judge the edit with one group of its tensors put back
-to the base's (the embedding, the norms, the head, a band of layers), group after group.
+to the base's (the embedding, the final norm, the head, a band of layers with their own norms),
+group after group.
 
 Why (doc/METHOD.md "Rounds 32-33"): three seeds of one recipe move mostly the same codes, and
 the dev facts they lose are in that shared part, the identity is not. Where in the network each
@@ -38,7 +39,8 @@ def layer_bands(num_layers: int, width: int) -> list[tuple[str, list[str]]]:
 
 
 def default_parts(num_layers: int, width: int) -> list[tuple[str, list[str]]]:
-    """What the script puts back one at a time: the embedding, the norms, the head, each band."""
+    """What the script puts back one at a time: the embedding, the final norm ("norms": a
+    layer's own norms go with its layer, as in update_report), the head, each band."""
     return [("embed", ["embed"]), ("norms", ["norms"]), ("head", ["head"])] + \
         layer_bands(num_layers, width)
 
