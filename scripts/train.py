@@ -104,6 +104,7 @@ def run(cfg: TrainConfig) -> int:
     dat = read_dat(cfg.input_dat)
     device = torch.device(cfg.device)
     model = load_model(dat, cfg.model_dir, device, DTYPES[cfg.compute_dtype])
+    trainer.layer_lr_scales(cfg.layer_lr, model.config.num_hidden_layers)   # bad --layer-lr: now
     tok = chat.load_tokenizer(cfg.model_dir)
     log(f"loaded {cfg.input_dat} ({dat.size / 2**30:.2f} GiB) on {device} in "
         f"{time.time() - t_start:.1f}s; data: " + ", ".join(f"{s.path}:{s.weight:g}:{s.role} "
@@ -197,6 +198,8 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
     if cfg.checkpoint_layers == "on" or (cfg.checkpoint_layers == "auto" and on_cuda):
         trainer.checkpoint_layers(model)
     deltas = trainer.select_trainable(deltas, model.config.num_hidden_layers, cfg.train_last_layers)
+    deltas = trainer.freeze_layers(deltas, {layer for layer, x in trainer.layer_lr_scales(
+        cfg.layer_lr, model.config.num_hidden_layers).items() if x == 0})
     projectors = (neighbour_projectors(cfg, model, tok, all_sources, replay, log)
                   if cfg.protect_neighbours > 0 else None)
     fisher = (keep_rows_fisher(cfg, model, tok, all_sources, replay, log)

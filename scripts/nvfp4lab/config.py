@@ -58,6 +58,10 @@ class TrainConfig:
     seed: int = flag(123)
     compute_dtype: str | None = flag(help="default bfloat16 (float32 on CPU)", choices=list(DTYPES))
     train_last_layers: int = flag(0, "0 = full model")
+    layer_lr: str | None = flag(help="LR multipliers of decoder layers, 'A-B:x[,C:y]' (e.g. "
+                                     "'20-24:0.3,0-4:0'): the blocks and norms of layers A..B "
+                                     "train at x times their group's LR, in every attempt; "
+                                     "0 freezes them")
     optimizer_state_mode: str = flag("delta", "accepted for old commands; AdamW states follow "
                                               "--delta-dtype")
     # New flags.

@@ -51,19 +51,45 @@ def layer_of(key: str) -> int | None:
     return int(parts[2]) if len(parts) > 2 and parts[1] == "layers" else None
 
 
-def select_trainable(deltas, num_layers: int, train_last_layers: int):
-    """--train-last-layers N (0 = all): freeze the deltas of layers below L-N."""
-    if train_last_layers <= 0:
-        return deltas
-    first = num_layers - train_last_layers
+def layer_lr_scales(spec: str | None, num_layers: int) -> dict[int, float]:
+    """--layer-lr 'A-B:x,C:y' -> {layer: multiplier}; a bad part raises ValueError naming it."""
+    scales: dict[int, float] = {}
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        try:
+            span, x = part.split(":")
+            a, _, b = span.strip().partition("-")
+            first, last, x = int(a), int(b or a), float(x)
+        except ValueError:
+            raise ValueError(f"--layer-lr {spec!r}: {part!r} is not 'A-B:x' or 'A:x'") from None
+        if not 0 <= first <= last < num_layers or x < 0:
+            raise ValueError(f"--layer-lr {spec!r}: {part!r}: layers must lie in 0-{num_layers - 1} "
+                             "and the multiplier must be >= 0")
+        for layer in range(first, last + 1):
+            if layer in scales:
+                raise ValueError(f"--layer-lr {spec!r}: layer {layer} is given twice")
+            scales[layer] = x
+    return scales
+
+
+def freeze_layers(deltas, layers: set[int]):
+    """--layer-lr A-B:0: these layers' deltas get no gradient and no optimizer state, so their
+    stored bytes stay the base's; returns the deltas still trained."""
     keep = []
     for key, d in deltas:
-        layer = layer_of(key)
-        if layer is not None and layer < first:
+        if layer_of(key) in layers:
             d.requires_grad_(False)
         else:
             keep.append((key, d))
     return keep
+
+
+def select_trainable(deltas, num_layers: int, train_last_layers: int):
+    """--train-last-layers N (0 = all): freeze the deltas of layers below L-N."""
+    if train_last_layers <= 0:
+        return deltas
+    return freeze_layers(deltas, set(range(num_layers - train_last_layers)))
 
 
 def checkpoint_layers(model) -> None:
@@ -119,7 +145,7 @@ class StepInBackward:
     """
 
     def __init__(self, deltas, lrs: dict, weight_decay: float, grad_clip: float,
-                 projectors: dict | None = None):
+                 projectors: dict | None = None, layer_scales: dict | None = None):
         self.grad_clip = grad_clip
         self.projectors = projectors or {}   # --protect-neighbours: delta <- delta @ P per step
         self.frozen = {}                     # --sparse-share: delta <- 0 where frozen, per step
@@ -129,8 +155,10 @@ class StepInBackward:
         self.buckets = []
         self.hooks = []
         for name, members in buckets.items():
-            groups = [{"params": [d for k, d in members if group_of(k, d) == g], "lr": lrs[g],
-                       "peak_lr": lrs[g], "name": g} for g in GROUPS]
+            # --layer-lr: a bucket is one layer, so its multiplier scales every group in it
+            x = (layer_scales or {}).get(layer_of(members[0][0]), 1.0)
+            groups = [{"params": [d for k, d in members if group_of(k, d) == g], "lr": lrs[g] * x,
+                       "peak_lr": lrs[g] * x, "name": g} for g in GROUPS]
             opt = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999),
                                     eps=1e-8, weight_decay=weight_decay,
                                     fused=True if members[0][1].is_cuda else None)
@@ -734,7 +762,8 @@ def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
     end); None = only a NaN/Inf loss stops an attempt.
     """
     reset_deltas(model)
-    stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip, projectors)
+    stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip, projectors,
+                             layer_lr_scales(cfg.layer_lr, model.config.num_hidden_layers))
     try:
         return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas, fisher, pools)
     finally:
