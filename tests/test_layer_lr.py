@@ -16,7 +16,7 @@ def test_the_spec_parses_and_bad_parts_are_named():
                                                                22: 0.3, 23: 0.3, 24: 0.3}
     assert trainer.layer_lr_scales("7:2", 30) == {7: 2.0} and trainer.layer_lr_scales(None, 30) == {}
     for spec, needle in [("a-b:1", "'a-b:1' is not"), ("3-40:1", "layers must lie in 0-29"),
-                         ("1:-1", "must be >= 0"), ("0-3:1,2:0", "layer 2 is given twice"),
+                         ("1:-1", "must be >= 0"), ("1:nan", "must be >= 0"), ("0-3:1,2:0", "layer 2 is given twice"),
                          ("4", "'4' is not")]:
         with pytest.raises(ValueError, match=needle):
             trainer.layer_lr_scales(spec, 30)

@@ -63,7 +63,7 @@ def layer_lr_scales(spec: str | None, num_layers: int) -> dict[int, float]:
             first, last, x = int(a), int(b or a), float(x)
         except ValueError:
             raise ValueError(f"--layer-lr {spec!r}: {part!r} is not 'A-B:x' or 'A:x'") from None
-        if not 0 <= first <= last < num_layers or x < 0:
+        if not (0 <= first <= last < num_layers and x >= 0):   # also refuses a NaN
             raise ValueError(f"--layer-lr {spec!r}: {part!r}: layers must lie in 0-{num_layers - 1} "
                              "and the multiplier must be >= 0")
         for layer in range(first, last + 1):
