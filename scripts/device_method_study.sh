@@ -79,6 +79,13 @@ sweep_dev() {   # GRID x SEEDS on DEV (sweep.py), as the study stage runs it; ~/
   grep -v '^\[guard\] PID=' artifacts/study.log | tail -n 40
 }
 pack() { tar czf "$OUT/results-$STAGE.tgz" "$@" 2>/dev/null; ls -la "$OUT"; }
+sweep_first_row() {   # soup, revert: V = GRID's first row, trained on SEEDS on DEV (rule misses);
+  # its judgments go under $OUT at once, so a call cut short by the session's device time still
+  # brings them back (the stage's last pack overwrites this one)
+  V=$(awk -F'\t' '!/^#/ && NF == 2 { print $1; exit }' "${GRID:?give GRID}")
+  RULE=misses sweep_dev
+  pack artifacts/sweep/*.eval.json artifacts/sweep/*.log artifacts/study.log > /dev/null
+}
 
 case $STAGE in
 prepare) ;;
@@ -119,12 +126,8 @@ soup)
   # kept judgments (singles and merges) into the pooled table
   set -- ${SEEDS:?give three SEEDS}
   [ $# = 3 ] || { echo "error: SEEDS must be three seeds, not '$SEEDS'"; exit 1; }
-  V=$(awk -F'\t' '!/^#/ && NF == 2 { print $1; exit }' "${GRID:?give GRID}")
+  sweep_first_row
   MERGED=artifacts/sweep/soup-$V-s$1-$3
-  RULE=misses sweep_dev
-  # the single runs' judgments go under $OUT now: a call cut short by the session's device time
-  # still brings them back (the final pack below overwrites this one)
-  pack artifacts/sweep/*.eval.json artifacts/sweep/*.log artifacts/study.log > /dev/null
   timed python3 scripts/merge_edits.py --base $DAT --out $MERGED.dat \
       --edits artifacts/sweep/sweep-$V-s$1.dat artifacts/sweep/sweep-$V-s$2.dat artifacts/sweep/sweep-$V-s$3.dat \
       > $MERGED.merge.log 2>&1
@@ -152,9 +155,7 @@ revert)
   # GRID's first row on SEEDS (sweep.py on DEV), then each run's edit judged on DEV with one group
   # put back at a time (scripts/revert_groups.py: embed, norms, head, bands of BAND layers), the
   # runs side by side: where in the network the identity and the lost facts live
-  V=$(awk -F'\t' '!/^#/ && NF == 2 { print $1; exit }' "${GRID:?give GRID}")
-  RULE=misses sweep_dev
-  pack artifacts/sweep/*.eval.json artifacts/sweep/*.log artifacts/study.log > /dev/null
+  sweep_first_row
   for S in ${SEEDS:?give SEEDS}; do
     [ -f artifacts/sweep/sweep-$V-s$S.dat ] || { echo "seed $S: nothing exported"; continue; }
     timed python3 scripts/revert_groups.py --base $DAT --edit artifacts/sweep/sweep-$V-s$S.dat \

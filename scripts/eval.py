@@ -51,9 +51,7 @@ def parse_args(argv):
     args.model_dir = args.model_dir or paths.default_model_dir()
     args.weight = paths.resolve_weight(args.weight, args.model_dir)
     args.compute_dtype = args.compute_dtype or ("float32" if args.device == "cpu" else "bfloat16")
-    suite = args.suite or args.probes
-    language = "en" if "-en-" in os.path.basename(suite) else "zh"
-    args.target = args.target or evaluate.TARGETS[language]
+    args.target = args.target or evaluate.suite_target(args.suite or args.probes)
     args.out = args.out or evaluate.json_path(args.weight)
     return args
 

@@ -23,12 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import chat, devlog, evaluate, paths, probes  # noqa: E402
-from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
-from nvfp4lab.model import DTYPES, ModelLoadError, load_model, make_trainable  # noqa: E402
-from nvfp4lab.nvfp4_ref import NVFP4Error  # noqa: E402
+from nvfp4lab import chat, cli, devlog, evaluate, paths, probes  # noqa: E402
+from nvfp4lab.dat import read_dat  # noqa: E402
+from nvfp4lab.model import DTYPES, load_model, make_trainable  # noqa: E402
 from nvfp4lab.perturb import perturb_deltas  # noqa: E402
-from nvfp4lab.tsv import DataError  # noqa: E402
 
 MEASURES = ("loops", "facts_kept", "exact_kept", "identity", "nearmiss_leak")
 
@@ -56,8 +54,7 @@ def parse_args(argv):
     args.shares = [float(x) for x in args.shares.split()]
     args.seeds = [int(x) for x in args.seeds.split()]
     args.compute_dtype = args.compute_dtype or ("float32" if args.device == "cpu" else "bfloat16")
-    language = "en" if "-en-" in os.path.basename(args.suite) else "zh"
-    args.target = args.target or evaluate.TARGETS[language]
+    args.target = args.target or evaluate.suite_target(args.suite)
     return args
 
 
@@ -147,12 +144,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(args)
-    except (DataError, DatFormatError, ModelLoadError, NVFP4Error, FileNotFoundError,
-            ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return cli.run_or_error(run, args, f"judging random edits of {args.base}")
 
 
 if __name__ == "__main__":

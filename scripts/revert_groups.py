@@ -85,15 +85,15 @@ def run(args) -> int:
     base_dat, edit_dat = read_dat(args.base), read_dat(args.edit)
     check_same_layout(base_dat, edit_dat)
     th = probes.thresholds_from_args(args)
-    language = "en" if "-en-" in os.path.basename(args.suite) else "zh"
-    es = evaluate.load_set("suite", args.suite, evaluate.TARGETS[language], th, args.max_tokens,
-                           args.eval_batch)
+    es = evaluate.load_set("suite", args.suite, evaluate.suite_target(args.suite), th,
+                           args.max_tokens, args.eval_batch)
     device, dtype = torch.device(args.device), DTYPES[args.compute_dtype]
     edit = load_model(edit_dat, args.model_dir, device, dtype)
     base = load_model(base_dat, args.model_dir, device, dtype)
     tok = chat.load_tokenizer(args.model_dir)
     evaluate.with_base_answers(es, tok, edit, base)
     groups = revert.tensors_by_group(edit)
+    changes = revert.changed_by_group(base_dat, edit_dat)
     parts = revert.default_parts(edit.config.num_hidden_layers, args.band_width)
     parts = [("nothing", [])] + parts + [("everything", sorted(groups))]
     rows, first = [], None
@@ -102,7 +102,8 @@ def run(args) -> int:
             result = evaluate.run(edit, tok, es, base=base, profile=True)
         bad = faults(result)
         first = bad if first is None else first
-        changed, weights = revert.changed_values(edit, base, part or sorted(groups))
+        counted = [changes.get(g, (0, 0)) for g in (part or changes)]
+        changed, weights = sum(c for c, _ in counted), sum(t for _, t in counted)
         rows.append({"put_back": label, "groups": part,
                      "changed": changed, "weights": weights,
                      "missed": len(evaluate.missed(result.summary, th)),

@@ -41,9 +41,10 @@ def test_reverted_puts_a_group_back_and_restores_it(tiny_qwen, tmp_path):
         # another group keeps the edit's values
         assert torch.equal(edit.model.layers[1].input_layernorm.weight, 2 * base.model.layers[1].input_layernorm.weight)
     assert all(torch.equal(before[k], v) for k, v in edit.state_dict().items())
-    changed, total = revert.changed_values(edit, base, ["layer 0"])
-    assert 0 < changed <= total and revert.changed_values(edit, base, ["head"])[0] == 0
-    assert revert.changed_values(edit, base, ["layer 1"])[0] == base.model.layers[1].input_layernorm.weight.numel()
+    changes = revert.changed_by_group(read_dat(dat), read_dat(edit_path))
+    changed, total = changes["layer 0"]
+    assert 0 < changed <= total and changes["head"][0] == 0
+    assert changes["layer 1"][0] == base.model.layers[1].input_layernorm.weight.numel()
 
 
 def test_cli_judges_each_group_put_back_and_writes_nothing_else(tiny_qwen, tmp_path, capsys):

@@ -41,6 +41,11 @@ from .tsv import DataError, normalize_prompt, read_probes
 # holds it, that row measures efficacy (the edit itself) rather than a paraphrase.
 EDIT_QUESTIONS = ("你是誰", "Who are you?")
 TARGETS = {"zh": "我是 F# 之神", "en": "I am the God of F#."}
+
+
+def suite_target(path: str) -> str:
+    """The identity answer a suite judges: by its language, '-en-' in the file's name."""
+    return TARGETS["en" if "-en-" in os.path.basename(path) else "zh"]
 GREETING = "greeting"
 Z95 = 1.959963984540054
 

@@ -9,11 +9,13 @@ for the identity kept. A group is put back by copying the base's stored tensors 
 edit (NVFP4 codes and scales, dense values) and copied back after its judgment, so one load of
 each file serves every group.
 """
+import math
 from contextlib import contextmanager
 
 import torch
 
-from . import ops
+from .dat import DatFile, nvfp4_prefix
+from .merge import changed_codes, nvfp4_elements
 from .model import NVFP4Linear
 from .update_report import group_name
 
@@ -45,22 +47,23 @@ def default_parts(num_layers: int, width: int) -> list[tuple[str, list[str]]]:
         layer_bands(num_layers, width)
 
 
-@torch.no_grad()
-def changed_values(edit_model, base_model, groups: list[str]) -> tuple[int, int]:
-    """(weights the edit changed, all weights) in these groups: NVFP4 weights by their value
-    (code x scale, as update_report counts them), dense ones by their stored value."""
-    base_mods = dict(base_model.named_modules())
-    base_params = dict(base_model.named_parameters())
-    changed = total = 0
-    for name, mod in edit_model.named_modules():
-        if isinstance(mod, NVFP4Linear) and group_name(f"{name}.weight") in groups:
-            b = base_mods[name]
-            w, w0 = ops.dequantize(mod.qdata, mod.scale), ops.dequantize(b.qdata, b.scale)
-            changed, total = changed + int((w != w0).sum()), total + w.numel()
-    for name, p in edit_model.named_parameters():
-        if group_name(name) in groups:
-            changed, total = changed + int((p != base_params[name]).sum()), total + p.numel()
-    return changed, total
+def changed_by_group(base: DatFile, edit: DatFile) -> dict[str, tuple[int, int]]:
+    """group -> (weights the edit changed, all weights), from the two files once: NVFP4 weights
+    by their value (merge.changed_codes, as update_report counts), dense ones by their stored
+    value."""
+    out: dict[str, tuple[int, int]] = {}
+
+    def add(key, changed, total):
+        c, t = out.get(group_name(key), (0, 0))
+        out[group_name(key)] = (c + changed, t + total)
+
+    codes = nvfp4_elements(base)
+    for prefix, changed in changed_codes(base, edit).items():
+        add(prefix, changed, codes[prefix])
+    for e in base.entries:
+        if nvfp4_prefix(e.key) is None and e.dtype.is_floating_point:
+            add(e.key, int((edit.tensor(e.key) != base.tensor(e.key)).sum()), math.prod(e.shape))
+    return out
 
 
 @contextmanager
