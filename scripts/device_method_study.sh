@@ -29,7 +29,9 @@
 #   bash scripts/device_method_study.sh revert     # GRID's first row on SEEDS, then each edit
 #                                                  # judged on DEV with one group put back at a
 #                                                  # time (revert_groups.py; BAND layers a band,
-#                                                  # default 5); REUSE as for study
+#                                                  # default 5), read by round 34's rule
+#                                                  # (read_revert.py: artifacts/sweep/next.sweep
+#                                                  # if a part is picked); REUSE as for study
 #   bash scripts/device_method_study.sh floor      # noise_floor.py on DEV: random one-step code
 #                                                  # moves of 0-1.3% of the decoder's codes
 #   bash scripts/device_method_study.sh prepare    # only the join and the build (for a call
@@ -164,7 +166,13 @@ revert)
   done
   wait
   for S in $SEEDS; do grep -A 14 "^| put back" artifacts/sweep/revert-$V-s$S.log | sed 's/^/  /'; done
-  pack artifacts/sweep/*.eval.json artifacts/sweep/*.revert.json artifacts/sweep/*.log artifacts/study.log
+  # round 34's reading rule (scripts/read_revert.py): the next round's grid, if a part holds the
+  # lost facts and not the identity (artifacts/sweep/next.sweep, read by a later call's study)
+  rm -f artifacts/sweep/next.sweep
+  python3 scripts/read_revert.py artifacts/sweep/sweep-$V-s*.revert.json --control "$GRID:$V" \
+      --grid-out artifacts/sweep/next.sweep --out artifacts/sweep/reading.json 2>&1 | tee artifacts/sweep/reading.log
+  pack artifacts/sweep/*.eval.json artifacts/sweep/*.revert.json artifacts/sweep/*.log artifacts/study.log \
+      artifacts/sweep/reading.json artifacts/sweep/next.sweep
   ;;
 final)
   # the flags: VARIANT's row of GRID (a fresh machine, e.g. real-en-v6 = round 14's z2), else the

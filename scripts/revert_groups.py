@@ -109,7 +109,11 @@ def run(args) -> int:
                      "missed": len(evaluate.missed(result.summary, th)),
                      "verdict": result.summary.verdict, "summary": result.summary,
                      "target_tokens": result.target_tokens,
-                     "fixed": sorted(first - bad), "broken": sorted(bad - first)})
+                     "fixed": sorted(first - bad), "broken": sorted(bad - first),
+                     # each fault's verdict ("changed (fact lost)", "LEAK", ...): which of the
+                     # lines fixed were lost facts (scripts/read_revert.py)
+                     "faults": {r.line: r.verdict for r in result.rows
+                                if evaluate.is_fault(r.verdict)}})
         print(f"[{label}] {result.summary.verdict}: {result.summary.why} ({result.seconds:.1f}s)",
               flush=True)
     text = table(rows)

@@ -73,6 +73,10 @@ def test_cli_judges_each_group_put_back_and_writes_nothing_else(tiny_qwen, tmp_p
     assert rows["layer 0"]["changed"] > 0 and rows["layer 1"]["changed"] == 64
     assert drift("layer 0") != drift("nothing") and drift("layer 1") != drift("nothing")
     assert rows["everything"]["fixed"] and not rows["everything"]["broken"]
+    # each row keeps its faults' verdicts (read_revert.py tells lost facts from the rest by them)
+    faults = lambda name: set(map(int, rows[name]["faults"]))   # noqa: E731
+    assert faults("nothing") - faults("everything") == set(rows["everything"]["fixed"])
+    assert all(v and v not in ("hit", "ok", "kept", "changed") for v in rows["nothing"]["faults"].values())
     assert "| layer 0 |" in capsys.readouterr().out
 
 
