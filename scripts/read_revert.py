@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from nvfp4lab import config, devlog, evaluate, revert_rule  # noqa: E402
+from nvfp4lab import cli, config, devlog, evaluate, revert_rule  # noqa: E402
 from nvfp4lab.atomic import AtomicFile  # noqa: E402
 
 import sweep  # noqa: E402
@@ -108,14 +108,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(args)
-    except FileNotFoundError as e:
-        print(f"error: {e.filename}: no such file", file=sys.stderr)
-        return 1
-    except (OSError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return cli.run_or_error(run, args, "reading the judgments")
 
 
 if __name__ == "__main__":

@@ -57,9 +57,10 @@ def parse_args(argv):
     return args
 
 
-def faults(result) -> set[int]:
-    """Suite lines whose row is a fault (a miss, a leak, a lost fact, a loop ...)."""
-    return {r.line for r in result.rows if evaluate.is_fault(r.verdict)}
+def faults(result) -> dict[int, str]:
+    """Suite line -> verdict of each row that is a fault (a miss, a leak, "changed (fact lost)",
+    a loop ...): read_revert.py tells the lost facts among the lines fixed by them."""
+    return {r.line: r.verdict for r in result.rows if evaluate.is_fault(r.verdict)}
 
 
 def table(rows: list[dict]) -> str:
@@ -100,7 +101,8 @@ def run(args) -> int:
     for label, part in parts:
         with revert.reverted(edit, base, part):
             result = evaluate.run(edit, tok, es, base=base, profile=True)
-        bad = faults(result)
+        verdicts = faults(result)
+        bad = set(verdicts)
         first = bad if first is None else first
         counted = [changes.get(g, (0, 0)) for g in (part or changes)]
         changed, weights = sum(c for c, _ in counted), sum(t for _, t in counted)
@@ -110,10 +112,7 @@ def run(args) -> int:
                      "verdict": result.summary.verdict, "summary": result.summary,
                      "target_tokens": result.target_tokens,
                      "fixed": sorted(first - bad), "broken": sorted(bad - first),
-                     # each fault's verdict ("changed (fact lost)", "LEAK", ...): which of the
-                     # lines fixed were lost facts (scripts/read_revert.py)
-                     "faults": {r.line: r.verdict for r in result.rows
-                                if evaluate.is_fault(r.verdict)}})
+                     "faults": verdicts})
         print(f"[{label}] {result.summary.verdict}: {result.summary.why} ({result.seconds:.1f}s)",
               flush=True)
     text = table(rows)
