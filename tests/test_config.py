@@ -463,3 +463,16 @@ def test_round_34_is_v19_itself():
     assert replace(v19, max_retries=0, recipe=None) == replace(d0, recipe=None)
     s0, _ = grid_row_and_recipes("method-study-en-r33.sweep", "s0-v19", "real-en-v19.args")
     assert d0 == s0
+
+
+def test_round_35_only_the_batch():
+    """Round 35's control is round 34's d0-v19 (v19 without the fallback); f1 and f2 sample 32 and
+    64 mix rows a step instead of 16 and change nothing else."""
+    f0, v19 = grid_row_and_recipes("method-study-en-r35.sweep", "f0-v19", "real-en-v19.args")
+    d0, = grid_row_and_recipes("method-study-en-r34.sweep", "d0-v19")
+    assert f0 == d0 and f0.step_chunk_rows == 16
+    assert replace(v19, max_retries=0, recipe=None) == replace(f0, recipe=None)
+    for name, rows in (("f1-rows32", 32), ("f2-rows64", 64)):
+        f, = grid_row_and_recipes("method-study-en-r35.sweep", name)
+        assert f.step_chunk_rows == rows
+        assert replace(f, step_chunk_rows=16) == f0
