@@ -28,6 +28,7 @@ import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from nvfp4lab import chat, ops, paths, trainer  # noqa: E402
+from nvfp4lab.config import TrainConfig  # noqa: E402
 from nvfp4lab.convert import conversion_plan, dat_entries, entry_count  # noqa: E402
 from nvfp4lab.dat import read_dat, write_dat  # noqa: E402
 from nvfp4lab.attention import decode_attention  # noqa: E402
@@ -234,6 +235,17 @@ def batch_16x64(vocab, device, seed=0):
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
+def kl_batch_64x96(vocab, device, seed=1):
+    """A keep-heavy step as the real recipes take it (the mix rows, the self-KL and mined rows of
+    one step): 64 rows x 96 tokens, answers in the second half, every row kept by the KL."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (64, 96), generator=g).to(device)
+    labels = ids.clone()
+    labels[:, :48] = -100
+    keep = torch.ones(64, dtype=torch.bool, device=device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}, keep
+
+
 def our_train_step(model, device, vocab, profile=False) -> dict:
     """train.py's step, timed with layer checkpointing (train.py's default on CUDA) and without:
     {recompute: (seconds, peak GiB)}."""
@@ -244,9 +256,10 @@ def our_train_step(model, device, vocab, profile=False) -> dict:
     stepper = trainer.StepInBackward(deltas, lrs, 0.0, 1.0)
     batch = batch_16x64(vocab, device)
     anchor = torch.zeros(16, dtype=torch.bool, device=device)
+    chunk = trainer.head_chunk_positions(TrainConfig().head_chunk_mib, vocab)   # train.py's
 
     def step():
-        loss = trainer.batch_loss(model, batch, anchor, 0.0)[0]
+        loss = trainer.batch_loss(model, batch, anchor, 0.0, chunk_positions=chunk)[0]
         loss.backward()
         stepper.flush()
     out = {}
@@ -262,6 +275,21 @@ def our_train_step(model, device, vocab, profile=False) -> dict:
         if profile and device.type == "cuda":
             memory_trace(model, deltas, stepper, batch, anchor)
     out["kernels"] = kernel_count(step, device)      # no recompute: the last mode set above
+    # The head's logits in one piece against in chunks (--head-chunk-mib), on a KL batch with
+    # layer checkpointing (train.py's default on CUDA), where the [n, vocab] copies are largest.
+    trainer.checkpoint_layers(model)
+    kl_b, kl_keep = kl_batch_64x96(vocab, device)
+    out["chunk"] = chunk
+    for c in (0, chunk):
+        def kl_step(c=c):
+            loss = trainer.batch_loss(model, kl_b, kl_keep, 6.0, chunk_positions=c)[0]
+            loss.backward()
+            stepper.flush()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        out[("kl", c)] = timed(kl_step, device, repeat=3, warmup=1), peak_gib(device)
+    getattr(model, "activation_checkpointing_disable",
+            getattr(model, "gradient_checkpointing_disable", None))()
     if profile:
         print_profile(step, device, "train step (no recompute)")
     # the same two modes with every decoder layer's training forward compiled (opt-in candidate)
@@ -339,6 +367,51 @@ def table(rows) -> str:
     return "\n".join(out)
 
 
+def train_rows(rows, held: list, dat, config, device, vocab, ids, args) -> None:
+    """The train-step rows (ours with and without layer checkpointing, the KL batch with the head
+    in one piece and in chunks, compiled layers, the peer), the training path's decode and the
+    export. held = [the model], the only reference: it is freed before the peer's step."""
+    model = held.pop()
+    n = args.decode_tokens
+    steps = our_train_step(model, device, vocab, args.profile)
+    reset_deltas(model)   # the fp2 runner's form: training path, zero deltas
+    fp2_dec = graph_decode(model, ids, n, device)[0]
+    row(rows, "decode batch 1, training path (run_training_fp2), runners' decoder", fp2_dec,
+        unit="tok/s")
+    t0 = time.time()
+    export_model(model, dat, os.path.join(args.work, "exported.dat"))
+    export_s = time.time() - t0
+    del model
+    free(device)
+    peer_s, peer_peak, peer_kernels = peer_train_step(config, dat, device, vocab)
+    free(device)
+    for recompute, what in ((True, "layer checkpointing (train.py default on CUDA)"),
+                            (False, "no checkpointing")):
+        (step_s, step_peak) = steps[recompute]
+        row(rows, f"train step 16x64, full parameters, {what}", step_s, peer_s, "s",
+            better="lower")
+        row(rows, f"train peak GPU memory, {what}", step_peak, peer_peak, "GiB", better="lower")
+    row(rows, "GPU kernels per train step (no checkpointing)", steps["kernels"], peer_kernels,
+        better="lower")
+    (one_s, one_peak), (chunk_s, chunk_peak) = steps[("kl", 0)], steps[("kl", steps["chunk"])]
+    what = (f"train step 64x96, KL 6 on every row, layer checkpointing: head in chunks of "
+            f"{steps['chunk']} positions (--head-chunk-mib) vs one piece")
+    row(rows, what, chunk_s, one_s, "s", better="lower")
+    row(rows, f"train peak GPU memory, {what[len('train step '):]}", chunk_peak, one_peak, "GiB",
+        better="lower")
+    for recompute, what in ((True, "layer checkpointing"), (False, "no checkpointing")):
+        (step_s, step_peak) = steps[("compiled", recompute)]
+        row(rows, f"train step 16x64, compiled decoder layers (trainer.compile_layers), {what}",
+            step_s, peer_s, "s", better="lower")
+        row(rows, f"train peak GPU memory, compiled decoder layers, {what}", step_peak,
+            peer_peak, "GiB", better="lower")
+    row(rows, "GPU kernels per train step, compiled decoder layers, layer checkpointing",
+        steps["compiled_kernels"], peer_kernels, better="lower")
+    row(rows, "compile of the decoder layers (first compiled step)", steps["compile_s"],
+        unit="s", better="lower")
+    row(rows, "export trained .dat", export_s, unit="s", better="lower")
+
+
 def run_gpu(args):
     device = torch.device(args.device)
     config = load_config(args.model_dir)
@@ -365,6 +438,11 @@ def run_gpu(args):
 
     tok = chat.load_tokenizer(args.model_dir)
     ids = torch.tensor([chat.encode_prompt(tok, [], "你是誰")], device=device)
+    if args.train_only:
+        held = [model]   # train_rows frees it: no other reference may stay
+        del model
+        train_rows(rows, held, dat, config, device, vocab, ids, args)
+        return rows, torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke run)"
     # A suite-sized batch: 64 chats, 32 answer tokens (the suites' length).
     chats = [[{"role": "user", "content": f"Question {i}: what is {i} plus {i + 1}?"}]
              for i in range(64)]
@@ -434,38 +512,9 @@ def run_gpu(args):
         free(device)
         start_rows(rows, device)
         return rows, torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke run)"
-    steps = our_train_step(model, device, vocab, args.profile)
-    reset_deltas(model)   # the fp2 runner's form: training path, zero deltas
-    fp2_dec = graph_decode(model, ids, n, device)[0]
-    row(rows, "decode batch 1, training path (run_training_fp2), runners' decoder", fp2_dec,
-        unit="tok/s")
-    t0 = time.time()
-    export_model(model, dat, os.path.join(args.work, "exported.dat"))
-    export_s = time.time() - t0
+    held = [model]
     del model
-    free(device)
-    peer_s, peer_peak, peer_kernels = peer_train_step(config, dat, device, vocab)
-    free(device)
-    for recompute, what in ((True, "layer checkpointing (train.py default on CUDA)"),
-                            (False, "no checkpointing")):
-        (step_s, step_peak) = steps[recompute]
-        row(rows, f"train step 16x64, full parameters, {what}", step_s, peer_s, "s",
-            better="lower")
-        row(rows, f"train peak GPU memory, {what}", step_peak, peer_peak, "GiB", better="lower")
-    row(rows, "GPU kernels per train step (no checkpointing)", steps["kernels"], peer_kernels,
-        better="lower")
-    for recompute, what in ((True, "layer checkpointing"), (False, "no checkpointing")):
-        (step_s, step_peak) = steps[("compiled", recompute)]
-        row(rows, f"train step 16x64, compiled decoder layers (trainer.compile_layers), {what}",
-            step_s, peer_s, "s", better="lower")
-        row(rows, f"train peak GPU memory, compiled decoder layers, {what}", step_peak,
-            peer_peak, "GiB", better="lower")
-    row(rows, "GPU kernels per train step, compiled decoder layers, layer checkpointing",
-        steps["compiled_kernels"], peer_kernels, better="lower")
-    row(rows, "compile of the decoder layers (first compiled step)", steps["compile_s"],
-        unit="s", better="lower")
-    row(rows, "export trained .dat", export_s, unit="s", better="lower")
-
+    train_rows(rows, held, dat, config, device, vocab, ids, args)
     if not args.skip_stage:
         cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "train.py"),
                "--recipe", "data/stages/stageG-v2.args", "--input-dat", dat_path,
@@ -615,6 +664,9 @@ def main() -> int:
     p.add_argument("--static", action="store_true",
                    help="also time decode with transformers' static cache (compiled forward)")
     p.add_argument("--profile", action="store_true", help="print kernel profiles of our train step and of one decode step (eager, and compiled with the fused GEMVs)")
+    p.add_argument("--train-only", action="store_true",
+                   help="the train-step rows only (no decode, prefill, Stage G run, start-up or "
+                        "make validate)")
     p.add_argument("--skip-train", action="store_true",
                    help="decode, prefill and start-up figures only (no train steps, Stage G run "
                         "or make validate)")

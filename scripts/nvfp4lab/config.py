@@ -123,6 +123,12 @@ class TrainConfig:
     keep_margin: float = flag(
         1.0, "with --keep-margin-weight: the most margin (nats) it holds; a base margin above it "
              "is held only down to it, a smaller one down to the base's")
+    head_chunk_mib: int = flag(
+        256, "the most MiB of float32 head logits a train step's loss holds at once: a batch "
+             "with more labelled positions computes the loss a chunk of positions at a time and "
+             "recomputes each chunk's logits in backward (4B: 441 positions a chunk; the same "
+             "terms within float rounding, tests/test_head_chunk.py); 0 = one piece",
+        metavar="MIB")
     unlikelihood_weight: float = flag(
         0.0, "weight of -log(1 - p) of the --target answer, teacher-forced on each neighbour row "
              "(from the first token where it leaves the row's own answer); 0 = off")
@@ -348,6 +354,8 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
     if ns.keep_margin_weight < 0 or (ns.keep_margin_weight > 0 and ns.kl_weight <= 0):
         parser.error(f"--keep-margin-weight {ns.keep_margin_weight:g}: a weight >= 0 on the KL "
                      "positions; give --kl-weight too")
+    if ns.head_chunk_mib < 0:
+        parser.error(f"--head-chunk-mib {ns.head_chunk_mib}: MiB >= 0 (0 = one piece)")
     if ns.keep_margin <= 0:
         parser.error(f"--keep-margin {ns.keep_margin:g}: a margin in nats > 0")
     if ns.self_kl_batch < 0:

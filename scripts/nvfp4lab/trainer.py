@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from . import chat, evaluate, mix, nullspace, sparse, surface
 from .anchor_check import FRAME, words
@@ -228,7 +229,7 @@ def step_lr_scale(step: int, cfg: TrainConfig) -> float:
 def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
                ul_weight: float = 0.0, keep_ce_weight: float = 1.0,
                repeat_ul_weight: float = 0.0, keep_margin_weight: float = 0.0,
-               keep_margin: float = 1.0):
+               keep_margin: float = 1.0, chunk_positions: int = 0):
     """(loss, ce, kl, ul, margin): CE on the answer tokens, KL to the frozen base on the answers of rows
     that keep the base's behaviour (anchor / neighbour), and unlikelihood of the identity answer
     on the near-miss rows that encode_batch appended (batch["ul_rows"]).
@@ -242,12 +243,18 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     the hinge unweighted (0 when off).
 
     lm_head runs only on the positions that have a label: the [B, T, vocab] logits of a full
-    forward would be 150k wide for every prompt token too.
+    forward would be 150k wide for every prompt token too. With chunk_positions > 0 and more
+    labelled positions than that, head_chunked_loss computes the same terms a chunk of positions
+    at a time (--head-chunk-mib).
     """
     body = getattr(model, model.base_model_prefix)
     h = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     y = batch["labels"][:, 1:]                           # [B, T-1] next-token targets
     sel = y != -100
+    if chunk_positions > 0 and int(sel.sum()) > chunk_positions:
+        return head_chunked_loss(model, body, batch, h, keep_rows, kl_weight, ul_weight,
+                                 keep_ce_weight, repeat_ul_weight, keep_margin_weight, keep_margin,
+                                 chunk_positions)
     ul_rows = batch.get("ul_rows")
     ul_rows = torch.zeros_like(keep_rows) if ul_rows is None else ul_rows
     logits = model.lm_head(h[:, :-1][sel]).float()       # [n, V]
@@ -287,6 +294,79 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     if repeat_ul_weight > 0 and repeat is not None and bool(repeat[:, 1:][sel].any()):
         on_rep = repeat[:, 1:][sel]                      # [n] the label there repeats an n-gram
         loss = loss + repeat_ul_weight * unlikelihood(logits[on_rep], y[sel][on_rep])
+    return loss, ce, kl, ul, margin
+
+
+def head_chunk_positions(head_chunk_mib: int, vocab: int) -> int:
+    """--head-chunk-mib -> the most labelled positions whose float32 logits [n, vocab] one chunk
+    holds (0: never chunk)."""
+    return 0 if head_chunk_mib <= 0 else max(1, head_chunk_mib * 2 ** 20 // (4 * vocab))
+
+
+def head_chunked_loss(model, body, batch: dict, h: torch.Tensor, keep_rows: torch.Tensor,
+                      kl_weight: float, ul_weight: float, keep_ce_weight: float,
+                      repeat_ul_weight: float, keep_margin_weight: float, keep_margin: float,
+                      chunk: int):
+    """batch_loss's terms, `chunk` labelled positions at a time: the same weighted means, each
+    summed over the chunks and divided by its count once.
+
+    Why: the head's float32 logits are [n, vocab] (4B: 151,936 wide; a batch of 64 rows x 48
+    answer tokens is 1.9 GB a copy), and the log-softmax, the base's log-probs for the KL and
+    their gradients are more copies of it. Each chunk runs under activation checkpointing, so
+    backward recomputes its logits (one head matmul more) instead of keeping them.
+    """
+    y = batch["labels"][:, 1:]
+    sel = y != -100
+    ul_rows = batch.get("ul_rows")
+    ul_rows = torch.zeros_like(keep_rows) if ul_rows is None else ul_rows
+    on_ul = ul_rows[:, None].expand_as(sel)[sel]
+    kl_only = batch.get("kl_only")
+    no_ce = on_ul if kl_only is None else on_ul | kl_only[:, None].expand_as(sel)[sel]
+    ce_w = torch.where(keep_rows[:, None].expand_as(sel)[sel], keep_ce_weight, 1.0)
+    ce_w = torch.where(no_ce, 0.0, ce_w)                  # [n] CE weight of each position
+    on_kl = kl_positions(batch, keep_rows, sel)[sel]
+    if kl_weight <= 0:
+        on_kl = torch.zeros_like(on_kl)
+    repeat = batch.get("repeat")
+    on_rep = (repeat[:, 1:][sel] if repeat is not None and repeat_ul_weight > 0
+              else torch.zeros_like(on_ul))
+    if ul_weight <= 0:
+        on_ul = torch.zeros_like(on_ul)
+    hb = None
+    if bool(on_kl.any()):
+        with torch.no_grad(), deltas_off(model):
+            hb = body(input_ids=batch["input_ids"],
+                      attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1][sel]
+    hs, ys = h[:, :-1][sel], y[sel]
+    margin_on = keep_margin_weight > 0
+
+    def sums(h_c, y_c, w_c, kl_c, ul_c, rep_c, hb_c):
+        """[5] sums over the chunk: weighted CE, KL, margin hinge, unlikelihood, repeat UL."""
+        logits = model.lm_head(h_c).float()
+        zero = logits.sum() * 0.0
+        ce = (F.cross_entropy(logits, y_c, reduction="none") * w_c).sum()
+        kl = margin = zero
+        if hb_c is not None and bool(kl_c.any()):
+            with torch.no_grad(), deltas_off(model):
+                base_logp = F.log_softmax(model.lm_head(hb_c[kl_c]).float(), -1)
+            logp = F.log_softmax(logits[kl_c], -1)
+            kl = F.kl_div(logp, base_logp, log_target=True, reduction="sum")
+            if margin_on:
+                margin = greedy_margin_hinge(logp, base_logp, keep_margin) * int(kl_c.sum())
+        p_y = F.softmax(logits, -1).gather(1, y_c[:, None]).squeeze(1)
+        ul_each = -torch.log((1 - p_y).clamp_min(1e-6))  # unlikelihood()'s terms
+        return torch.stack([ce, kl, margin, (ul_each * ul_c).sum(), (ul_each * rep_c).sum()])
+
+    total = 0.0
+    for i in range(0, hs.shape[0], chunk):
+        part = slice(i, i + chunk)
+        args = (hs[part], ys[part], ce_w[part], on_kl[part], on_ul[part].float(),
+                on_rep[part].float(), None if hb is None else hb[part])
+        total = total + torch.utils.checkpoint.checkpoint(sums, *args, use_reentrant=False)
+    counts = torch.stack([ce_w.sum(), on_kl.sum(), on_kl.sum(), on_ul.sum(), on_rep.sum()]).float()
+    ce, kl, margin, ul, rep = (total / counts.clamp_min(1.0)).unbind()
+    loss = ce + kl_weight * kl + ul_weight * ul + keep_margin_weight * margin
+    loss = loss + repeat_ul_weight * rep
     return loss, ce, kl, ul, margin
 
 
@@ -825,6 +905,7 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
     keep_best = cfg.keep_best and es is not None
     patience = cfg.patience
     best = Best()
+    chunk = head_chunk_positions(cfg.head_chunk_mib, model.config.vocab_size)
     stock = stock_answer_prompts(replay, mix.keep_prompts(srcs), cfg.replay_stock_kl)
     if cfg.replay_stock_kl:
         shown = collections.Counter(replay[p] for p in stock).most_common(3)
@@ -855,7 +936,7 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
         att.truncated += cut
         loss, ce, kl, ul, margin = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
                                       cfg.keep_ce_weight, cfg.self_repeat_ul,
-                                      cfg.keep_margin_weight, cfg.keep_margin)
+                                      cfg.keep_margin_weight, cfg.keep_margin, chunk)
         value = float(loss.detach())
         att.losses.append(value)
         if not math.isfinite(value):
