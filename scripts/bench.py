@@ -275,12 +275,12 @@ def our_train_step(model, device, vocab, profile=False) -> dict:
         if profile and device.type == "cuda":
             memory_trace(model, deltas, stepper, batch, anchor)
     out["kernels"] = kernel_count(step, device)      # no recompute: the last mode set above
-    # The head's logits in one piece against in chunks (--head-chunk-mib), on a KL batch with
-    # layer checkpointing (train.py's default on CUDA), where the [n, vocab] copies are largest.
+    # The head's logits in one piece against in chunks (--head-chunk-mib 256), on a KL batch
+    # with layer checkpointing (train.py's default on CUDA), where the [n, vocab] copies are largest.
     trainer.checkpoint_layers(model)
     kl_b, kl_keep = kl_batch_64x96(vocab, device)
-    out["chunk"] = chunk
-    for c in (0, chunk):
+    out["chunk"] = trainer.head_chunk_positions(256, vocab)
+    for c in (0, out["chunk"]):
         def kl_step(c=c):
             loss = trainer.batch_loss(model, kl_b, kl_keep, 6.0, chunk_positions=c)[0]
             loss.backward()
@@ -395,7 +395,7 @@ def train_rows(rows, held: list, dat, config, device, vocab, ids, args) -> None:
         better="lower")
     (one_s, one_peak), (chunk_s, chunk_peak) = steps[("kl", 0)], steps[("kl", steps["chunk"])]
     what = (f"train step 64x96, KL 6 on every row, layer checkpointing: head in chunks of "
-            f"{steps['chunk']} positions (--head-chunk-mib) vs one piece")
+            f"{steps['chunk']} positions (--head-chunk-mib 256) vs one piece")
     row(rows, what, chunk_s, one_s, "s", better="lower")
     row(rows, f"train peak GPU memory, {what[len('train step '):]}", chunk_peak, one_peak, "GiB",
         better="lower")

@@ -99,7 +99,7 @@ def test_the_flag_needs_the_kl(capsys):
 
 def test_a_run_hands_the_flags_to_every_step(tiny_qwen, tmp_path, monkeypatch, capsys):
     """train.py end to end (tiny Qwen3, 2 steps): each step's loss gets the hinge's weight and cap
-    (and --head-chunk-mib's positions, its default), and the step log shows the hinge."""
+    (and --head-chunk-mib's positions: its default, one piece), and the step log shows the hinge."""
     model_dir, dat = tiny_qwen
     who, anchor, probes = tiny_train_files(tmp_path, "Who are you?\tI am the God of F#.\n",
                                            "What is 2 plus 2?\t2 plus 2 is 4.\n",
@@ -116,6 +116,6 @@ def test_a_run_hands_the_flags_to_every_step(tiny_qwen, tmp_path, monkeypatch, c
         "--keep-margin-weight", "0.5", "--keep-margin", "2")])
     assert code in (0, 3)
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
-    assert seen == [(0.5, 2.0, trainer.head_chunk_positions(256, vocab))] * 2
+    assert seen == [(0.5, 2.0, trainer.head_chunk_positions(0, vocab))] * 2
     last = [line for line in capsys.readouterr().out.splitlines() if "step 2/2 loss" in line]
     assert len(last) == 1 and " margin " in last[0]
