@@ -246,9 +246,10 @@ def kl_batch_64x96(vocab, device, seed=1):
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}, keep
 
 
-def our_train_step(model, device, vocab, profile=False) -> dict:
+def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
     """train.py's step, timed with layer checkpointing (train.py's default on CUDA) and without:
-    {recompute: (seconds, peak GiB)}."""
+    {recompute: (seconds, peak GiB)}; with kl_rows also the 64x96 KL batch with the head in one
+    piece and in chunks: {("kl", positions a chunk, 0 = one piece): (seconds, peak GiB)}."""
     deltas = make_trainable(model, torch.bfloat16)
     model.train()
     # What train.py does: AdamW stepped layer by layer inside backward, clip 1.0 per layer.
@@ -280,7 +281,7 @@ def our_train_step(model, device, vocab, profile=False) -> dict:
     trainer.checkpoint_layers(model)
     kl_b, kl_keep = kl_batch_64x96(vocab, device)
     out["chunk"] = trainer.head_chunk_positions(256, vocab)
-    for c in (0, out["chunk"]):
+    for c in (0, out["chunk"]) if kl_rows else ():
         def kl_step(c=c):
             loss = trainer.batch_loss(model, kl_b, kl_keep, 6.0, chunk_positions=c)[0]
             loss.backward()
@@ -627,7 +628,7 @@ def run_cpu(args):
     tok = chat.load_tokenizer(str(paths.PROXY_DIR))
     ids = torch.tensor([chat.encode_prompt(tok, [], "你是誰")])
     row(rows, "proxy decode batch 1", decode_tok_s(model, ids, 32, device), unit="tok/s")
-    step_s = our_train_step(model, device, model.config.vocab_size)[False][0]
+    step_s = our_train_step(model, device, model.config.vocab_size, kl_rows=False)[False][0]
     row(rows, "proxy train step 16x64 (no checkpointing, train.py's CPU default)", step_s,
         unit="s", better="lower")
     warm_rows(rows, str(paths.PROXY_DAT), str(paths.PROXY_DIR), "cpu", args.work)
