@@ -635,10 +635,25 @@ def run_cpu(args):
     return rows, f"CPU ({os.cpu_count()} cores)"
 
 
+def command_line(argv: list[str]) -> str:
+    """The bench's command as it was given, for the table's head; the scratch folder (--work) is
+    shown as <scratch>: it is a path of the machine, not of the repository."""
+    out, hide = [], False
+    for a in argv:
+        if hide:
+            out.append("<scratch>")
+        elif a.startswith("--work="):
+            a = "--work=<scratch>"
+        if not hide:
+            out.append(a)
+        hide = a == "--work"
+    return " ".join(["python scripts/bench.py"] + out)
+
+
 def report(rows, device_name, args):
     head = (f"## {datetime.date.today()} — {device_name}\n\n"
             f"torch {torch.__version__}, transformers {transformers.__version__}; "
-            f"command: `python scripts/bench.py{' --cpu' if args.cpu else ''}`\n\n")
+            f"command: `{command_line(sys.argv[1:])}`\n\n")
     text = head + table(rows) + "\n"
     out = os.environ.get("OUT")
     if out:
