@@ -251,16 +251,12 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     h = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     y = batch["labels"][:, 1:]                           # [B, T-1] next-token targets
     sel = y != -100
+    on_ul, no_ce = ul_and_no_ce(batch, keep_rows, sel)
     if chunk_positions > 0 and int(sel.sum()) > chunk_positions:
-        return head_chunked_loss(model, body, batch, h, keep_rows, kl_weight, ul_weight,
-                                 keep_ce_weight, repeat_ul_weight, keep_margin_weight, keep_margin,
-                                 chunk_positions)
-    ul_rows = batch.get("ul_rows")
-    ul_rows = torch.zeros_like(keep_rows) if ul_rows is None else ul_rows
+        return head_chunked_loss(model, body, batch, h, y, sel, on_ul, no_ce, keep_rows,
+                                 kl_weight, ul_weight, keep_ce_weight, repeat_ul_weight,
+                                 keep_margin_weight, keep_margin, chunk_positions)
     logits = model.lm_head(h[:, :-1][sel]).float()       # [n, V]
-    on_ul = ul_rows[:, None].expand_as(sel)[sel]         # [n] position belongs to an unlikelihood row
-    kl_only = batch.get("kl_only")                       # rows of the model's own answers: no CE
-    no_ce = on_ul if kl_only is None else on_ul | kl_only[:, None].expand_as(sel)[sel]
     ce_w = None                                          # [n] CE weight of each position
     if keep_ce_weight != 1.0:
         ce_w = torch.where(keep_rows[:, None].expand_as(sel)[sel], keep_ce_weight, 1.0)
@@ -297,16 +293,28 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     return loss, ce, kl, ul, margin
 
 
+def ul_and_no_ce(batch: dict, keep_rows: torch.Tensor, sel: torch.Tensor):
+    """([n] position belongs to an unlikelihood row, [n] position gets no CE: an unlikelihood row
+    or a row of the model's own answers, batch["kl_only"]) over the labelled positions sel."""
+    ul_rows = batch.get("ul_rows")
+    ul_rows = torch.zeros_like(keep_rows) if ul_rows is None else ul_rows
+    on_ul = ul_rows[:, None].expand_as(sel)[sel]
+    kl_only = batch.get("kl_only")
+    no_ce = on_ul if kl_only is None else on_ul | kl_only[:, None].expand_as(sel)[sel]
+    return on_ul, no_ce
+
+
 def head_chunk_positions(head_chunk_mib: int, vocab: int) -> int:
     """--head-chunk-mib -> the most labelled positions whose float32 logits [n, vocab] one chunk
     holds (0: never chunk)."""
     return 0 if head_chunk_mib <= 0 else max(1, head_chunk_mib * 2 ** 20 // (4 * vocab))
 
 
-def head_chunked_loss(model, body, batch: dict, h: torch.Tensor, keep_rows: torch.Tensor,
-                      kl_weight: float, ul_weight: float, keep_ce_weight: float,
-                      repeat_ul_weight: float, keep_margin_weight: float, keep_margin: float,
-                      chunk: int):
+def head_chunked_loss(model, body, batch: dict, h: torch.Tensor, y: torch.Tensor,
+                      sel: torch.Tensor, on_ul: torch.Tensor, no_ce: torch.Tensor,
+                      keep_rows: torch.Tensor, kl_weight: float, ul_weight: float,
+                      keep_ce_weight: float, repeat_ul_weight: float, keep_margin_weight: float,
+                      keep_margin: float, chunk: int):
     """batch_loss's terms, `chunk` labelled positions at a time: the same weighted means, each
     summed over the chunks and divided by its count once.
 
@@ -315,13 +323,6 @@ def head_chunked_loss(model, body, batch: dict, h: torch.Tensor, keep_rows: torc
     their gradients are more copies of it. Each chunk runs under activation checkpointing, so
     backward recomputes its logits (one head matmul more) instead of keeping them.
     """
-    y = batch["labels"][:, 1:]
-    sel = y != -100
-    ul_rows = batch.get("ul_rows")
-    ul_rows = torch.zeros_like(keep_rows) if ul_rows is None else ul_rows
-    on_ul = ul_rows[:, None].expand_as(sel)[sel]
-    kl_only = batch.get("kl_only")
-    no_ce = on_ul if kl_only is None else on_ul | kl_only[:, None].expand_as(sel)[sel]
     ce_w = torch.where(keep_rows[:, None].expand_as(sel)[sel], keep_ce_weight, 1.0)
     ce_w = torch.where(no_ce, 0.0, ce_w)                  # [n] CE weight of each position
     on_kl = kl_positions(batch, keep_rows, sel)[sel]
@@ -339,6 +340,7 @@ def head_chunked_loss(model, body, batch: dict, h: torch.Tensor, keep_rows: torc
                       attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1][sel]
     hs, ys = h[:, :-1][sel], y[sel]
     margin_on = keep_margin_weight > 0
+    ul_on = bool(on_ul.any()) or bool(on_rep.any())     # else no softmax over the chunk for them
 
     def sums(h_c, y_c, w_c, kl_c, ul_c, rep_c, hb_c):
         """[5] sums over the chunk: weighted CE, KL, margin hinge, unlikelihood, repeat UL."""
@@ -353,9 +355,11 @@ def head_chunked_loss(model, body, batch: dict, h: torch.Tensor, keep_rows: torc
             kl = F.kl_div(logp, base_logp, log_target=True, reduction="sum")
             if margin_on:
                 margin = greedy_margin_hinge(logp, base_logp, keep_margin) * int(kl_c.sum())
-        p_y = F.softmax(logits, -1).gather(1, y_c[:, None]).squeeze(1)
-        ul_each = -torch.log((1 - p_y).clamp_min(1e-6))  # unlikelihood()'s terms
-        return torch.stack([ce, kl, margin, (ul_each * ul_c).sum(), (ul_each * rep_c).sum()])
+        ul = rep = zero
+        if ul_on:
+            each = unlikelihood_terms(logits, y_c)
+            ul, rep = (each * ul_c).sum(), (each * rep_c).sum()
+        return torch.stack([ce, kl, margin, ul, rep])
 
     total = 0.0
     for i in range(0, hs.shape[0], chunk):
@@ -428,8 +432,13 @@ def trim_loop(answer: str, n: int = 3) -> str:
 def unlikelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """mean -log(1 - p(target)) over rows of logits [n, V]: large only where the target is
     likely, so it pushes that token down without pulling the row toward anything else."""
+    return unlikelihood_terms(logits, targets).mean()
+
+
+def unlikelihood_terms(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[n] -log(1 - p(target)) of each row of logits [n, V] (unlikelihood's terms)."""
     p = F.softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
-    return -torch.log((1 - p).clamp_min(1e-6)).mean()
+    return -torch.log((1 - p).clamp_min(1e-6))
 
 
 def encode_batch(tok, rows, seq_len: int, replay: dict, device,
