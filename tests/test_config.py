@@ -476,3 +476,17 @@ def test_round_35_only_the_batch():
         f, = grid_row_and_recipes("method-study-en-r35.sweep", name)
         assert f.step_chunk_rows == rows
         assert replace(f, step_chunk_rows=16) == f0
+
+
+def test_round_36_only_the_early_layers():
+    """Round 36's control is round 35's f0-v19 (v19 without the fallback); h1 leaves layers 0-14
+    as the base stored them and h2 moves them at 0.3 of their LR, and nothing else changes. The
+    spec parses to the 15 early layers of SmolLM2's 30."""
+    from nvfp4lab.trainer import layer_lr_scales
+    h0, = grid_row_and_recipes("method-study-en-r36.sweep", "h0-v19")
+    f0, = grid_row_and_recipes("method-study-en-r35.sweep", "f0-v19")
+    assert h0 == replace(f0, recipe=h0.recipe) and h0.layer_lr is None
+    for name, x in (("h1-late15", 0.0), ("h2-late15-x0.3", 0.3)):
+        h, = grid_row_and_recipes("method-study-en-r36.sweep", name)
+        assert layer_lr_scales(h.layer_lr, 30) == {layer: x for layer in range(15)}
+        assert replace(h, layer_lr=None) == h0
