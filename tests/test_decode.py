@@ -91,7 +91,8 @@ def test_padded_prefill_gives_the_unpadded_tokens(tiny_qwen):
     (then it runs eagerly at its own length). Forced here on the CPU without graphs."""
     from nvfp4lab.decode import PREFILL_BUCKETS, prefill_bucket
     assert prefill_bucket(1, 0, 256) == 16 and prefill_bucket(17, 0, 256) == 32
-    assert prefill_bucket(17, 240, 256) is None and prefill_bucket(300, 0, 512) is None
+    assert prefill_bucket(17, 240, 256) is None and prefill_bucket(300, 0, 512) == 512
+    assert prefill_bucket(300, 0, 511) is None and prefill_bucket(2049, 0, 4096) is None
     model_dir, dat_path = tiny_qwen
     model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
     tok = chat.load_tokenizer(str(model_dir))

@@ -39,8 +39,10 @@ def set_cache_length(cache, n: int) -> None:
 
 # Prompt lengths a prefill is padded to so that it can be captured once per length and replayed
 # (StaticDecoder._prefill). A longer prompt, or one whose bucket passes the cache's end, runs
-# eagerly at its own length.
-PREFILL_BUCKETS = (16, 32, 64, 128, 256)
+# eagerly at its own length. Up to 2048: an eager 4B prefill is host-bound at any of these
+# lengths (~2,200 kernel launches whatever the length), so a replay wins even where half of a
+# bucket is padding; the buckets hold no weights, only inputs, a mask and the graph.
+PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
 def prefill_bucket(q: int, start: int, capacity: int) -> int | None:
