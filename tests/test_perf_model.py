@@ -124,7 +124,7 @@ def test_h200_check():
             assert (x <= r.h200_roofline * 1.0001) if faster else (x >= r.h200_roofline * 0.9999)
         g = r.gb10_expected
         assert (g <= r.gb10_roofline) if faster else (g >= r.gb10_roofline)
-        if r.who == "ours" and r.key != "decode_fused":
+        if r.who == "ours" and r.key not in ("decode_fused", "prefill_graph"):
             # the model with its fitted kernel costs lands within 15% on the H200
             assert 0.85 < r.efficiency < 1.15, (r.key, r.efficiency)
     # The GB10 is bandwidth-bound where the H200 is not: decode is several times slower there.
@@ -137,6 +137,12 @@ def test_h200_check():
     assert fused.h200_model > rows["decode"].h200_model
     assert 0.5 < fused.efficiency < 0.85
     assert fused.gb10_expected <= fused.gb10_roofline
+    # The graph-replayed 512-token prefill: no host time, so the model expects it ~3x the eager
+    # prefill on the H200 and is optimistic in the same way (14.0 ms modelled, 23.4 ms measured).
+    graph = rows["prefill_graph"]
+    assert graph.h200_model > 2.5 * rows["prefill"].h200_model
+    assert 0.5 < graph.efficiency < 0.75
+    assert graph.gb10_expected <= graph.gb10_roofline
 
 
 def test_cli_prints_json_with_what_a_user_needs():

@@ -425,13 +425,18 @@ H200_MEASURED = [
     # prefill replayed as a CUDA graph (its padded bucket) instead of run eagerly
     Figure("decode_fused", "decode batch 1, compiled step + fused GEMVs + prefill graph (64 tokens "
            "incl. prefill)", "ours", 355, "tok/s"),
+    # twenty-third session (doc/BENCHMARKS.md): a 512-token prompt through the runners' decoder,
+    # its bucket's prefill replayed as a CUDA graph (bench.decoder_prefill_tok_s)
+    Figure("prefill_graph", "prefill 512 tokens, runners' decoder (bucket replayed as a CUDA "
+           "graph)", "ours", 2.18e4, "tok/s"),
 ]
 
 
 def figure_tokens(f: Figure) -> int | None:
     """Tokens behind a tok/s figure (None for a figure in seconds)."""
     return {"decode": BENCH_DECODE_TOKENS, "peer_decode": BENCH_DECODE_TOKENS,
-            "decode_fused": BENCH_DECODE_TOKENS, "prefill": 512, "peer_prefill": 512}.get(f.key)
+            "decode_fused": BENCH_DECODE_TOKENS, "prefill": 512, "peer_prefill": 512,
+            "prefill_graph": 512}.get(f.key)
 
 
 def figure_timing(key: str, s: Shape, m: Machine, oh: Overheads) -> Timing:
@@ -448,8 +453,10 @@ def figure_timing(key: str, s: Shape, m: Machine, oh: Overheads) -> Timing:
         steps = BENCH_DECODE_TOKENS - 1
         return Timing(pre.model_s + steps * step.model_s, 0.0,
                       pre.roofline_s + steps * step.roofline_s)
-    if key == "prefill":
+    if key in ("prefill", "prefill_graph"):
         w = prefill(s, 512, "nvfp4", prefill_kernels(s))
+        if key == "prefill_graph":     # the same kernels, replayed: no host time per kernel
+            w.mode = "graph"
     elif key == "peer_prefill":
         w = prefill(s, 512, "bf16")
     elif key == "peer_train":
