@@ -114,6 +114,13 @@ def test_padded_prefill_gives_the_unpadded_tokens(tiny_qwen):
     near_end.pad_prefill = True
     assert prefill_bucket(len(long_ids), 0, near_end.capacity) is None
     assert near_end.greedy(long_ids, 4, stops=[])[0] == reference_greedy(model, long_ids, 4)
+    # a prompt past 256 tokens: padded to the 512 bucket (the cache grows to 512 for it)
+    longer = chat.encode_prompt(tok, [], "請寫一首關於秋天的詩。" * 40)
+    assert 256 < len(longer) <= 508
+    big = StaticDecoder(model)
+    big.pad_prefill = True
+    assert big.greedy(longer, 4, stops=[])[0] == reference_greedy(model, longer, 4)
+    assert set(big.prefill_slots) == {512}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -41,7 +41,9 @@ def set_cache_length(cache, n: int) -> None:
 # (StaticDecoder._prefill). A longer prompt, or one whose bucket passes the cache's end, runs
 # eagerly at its own length. Up to 2048: an eager 4B prefill is host-bound at any of these
 # lengths (~2,200 kernel launches whatever the length), so a replay wins even where half of a
-# bucket is padding; the buckets hold no weights, only inputs, a mask and the graph.
+# bucket is padding (512 tokens on an H200: 23.4 ms replayed, 84 ms eager). A captured bucket
+# keeps its intermediates in the graph pool the lengths share, so the pool is as large as the
+# largest bucket used so far needs.
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
