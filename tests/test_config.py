@@ -490,3 +490,28 @@ def test_round_36_only_the_early_layers():
         h, = grid_row_and_recipes("method-study-en-r36.sweep", name)
         assert layer_lr_scales(h.layer_lr, 30) == {layer: x for layer in range(15)}
         assert replace(h, layer_lr=None) == h0
+
+
+def test_round_37_only_the_indirect_rows():
+    """Round 37's control is round 36's h0-v19 (v19 without the fallback); k1 and k2 take 2 or 1 of
+    the step's 8 identity rows from the indirect questions and one of its 8 ordinary rows from
+    their near misses instead of the greetings, so the step stays 16 rows at 1:1, and nothing
+    else changes. Every file of the mix exists."""
+    whoami, greetings = "data/real-whoami-en-v2.tsv", "data/real-greetings-en-v1.tsv"
+    k0, = grid_row_and_recipes("method-study-en-r37.sweep", "k0-v19")
+    h0, = grid_row_and_recipes("method-study-en-r36.sweep", "h0-v19")
+    assert k0 == h0
+    base = dict(r.split(":", 1) for r in k0.mix.split(","))
+    assert base[whoami] == "8" and base[greetings] == "2:neighbour"
+    rest = {p: w for p, w in base.items() if p not in (whoami, greetings)}
+    for name, indirect in (("k1-indirect2", 2), ("k2-indirect1", 1)):
+        k, = grid_row_and_recipes("method-study-en-r37.sweep", name)
+        assert replace(k, mix=k0.mix) == k0
+        mix = dict(r.split(":", 1) for r in k.mix.split(","))
+        assert all((ROOT / path).is_file() for path in mix)
+        assert sum(float(w.split(":")[0]) for w in mix.values()) == 16
+        assert mix.pop("data/real-whoami-indirect-en-v1.tsv") == str(indirect)
+        assert mix.pop(whoami) == str(8 - indirect)
+        assert mix.pop("data/real-neighbours-indirect-en-v1.tsv") == "1:neighbour"
+        assert mix.pop(greetings) == "1:neighbour"
+        assert mix == rest
