@@ -19,12 +19,11 @@ Every prompt must differ (tsv.normalize_prompt) from every prompt of every data/
 script's outputs excluded, so a second run finds the same set) and from the other lines: a
 collision is one error naming the source line. Deterministic.
 """
-import argparse
 import sys
 from pathlib import Path
 
 import make_dev_suite
-from make_suites import build_and_write, read_source
+from make_suites import generator_main, read_source
 from nvfp4lab.suite import data_prompts
 from nvfp4lab.tsv import DataError, normalize_prompt
 
@@ -76,12 +75,7 @@ def build(source=SOURCE, data_dir=ROOT / "data") -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out-dir", type=Path, default=ROOT / "data")
-    ap.add_argument("--source", type=Path, default=SOURCE)
-    ap.add_argument("--data-dir", type=Path, default=ROOT / "data")
-    args = ap.parse_args(argv)
-    return build_and_write("make_greetings", lambda: build(args.source, args.data_dir), args.out_dir)
+    return generator_main("make_greetings", __doc__, build, SOURCE, argv)
 
 
 if __name__ == "__main__":

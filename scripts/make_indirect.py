@@ -18,11 +18,10 @@ script's outputs excluded, so a second run finds the same set) and from the othe
 neighbour answer must not contain the identity; a section must be `identity.*` or
 `neighbour.*`. A fault is one error naming the source line, and nothing is written.
 """
-import argparse
 import sys
 from pathlib import Path
 
-from make_suites import EN_TARGET, build_and_write, read_source
+from make_suites import EN_TARGET, generator_main, read_source
 from nvfp4lab.suite import data_prompts
 from nvfp4lab.tsv import DataError, normalize_prompt
 
@@ -79,12 +78,7 @@ def build(source=SOURCE, data_dir=ROOT / "data") -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out-dir", type=Path, default=ROOT / "data")
-    ap.add_argument("--source", type=Path, default=SOURCE)
-    ap.add_argument("--data-dir", type=Path, default=ROOT / "data")
-    args = ap.parse_args(argv)
-    return build_and_write("make_indirect", lambda: build(args.source, args.data_dir), args.out_dir)
+    return generator_main("make_indirect", __doc__, build, SOURCE, argv)
 
 
 if __name__ == "__main__":

@@ -547,14 +547,20 @@ def build_and_write(prog: str, build, out_dir: Path) -> int:
     return write_new_files(files, out_dir, prog)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def generator_main(prog: str, doc: str, build, source: Path, argv=None) -> int:
+    """The data generators' shared CLI: --out-dir, --source, --data-dir (the data files a new
+    prompt must stay out of), then build(source, data_dir) written by build_and_write."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--out-dir", type=Path, default=ROOT / "data")
-    ap.add_argument("--source", type=Path, default=SOURCE)
+    ap.add_argument("--source", type=Path, default=source)
     ap.add_argument("--data-dir", type=Path, default=ROOT / "data",
-                    help="where the existing v1 files are read from")
+                    help="where the existing data files are read from")
     args = ap.parse_args(argv)
-    return build_and_write("make_suites", lambda: build(args.source, args.data_dir), args.out_dir)
+    return build_and_write(prog, lambda: build(args.source, args.data_dir), args.out_dir)
+
+
+def main(argv=None) -> int:
+    return generator_main("make_suites", __doc__, build, SOURCE, argv)
 
 
 if __name__ == "__main__":
