@@ -32,7 +32,7 @@ from nvfp4lab.config import TrainConfig  # noqa: E402
 from nvfp4lab.convert import conversion_plan, dat_entries, entry_count  # noqa: E402
 from nvfp4lab.dat import read_dat, write_dat  # noqa: E402
 from nvfp4lab.attention import decode_attention  # noqa: E402
-from nvfp4lab.decode import StaticDecoder  # noqa: E402
+from nvfp4lab.decode import StaticDecoder, round_up  # noqa: E402
 from nvfp4lab.fuse import fuse_siblings  # noqa: E402
 from nvfp4lab.generate import greedy_chats  # noqa: E402
 from nvfp4lab.model import (export_model, load_config, load_model, make_trainable,  # noqa: E402
@@ -209,7 +209,7 @@ def decoder_prefill_tok_s(model, n, device, vocab) -> float:
     """An n-token prompt's prefill as the runners do it (StaticDecoder._prefill: padded to its
     PREFILL_BUCKETS length, one CUDA graph replay from the bucket's second use on), the next
     token read back on the host included."""
-    dec = StaticDecoder(model, capacity=-(-(n + 1) // 256) * 256)
+    dec = StaticDecoder(model, capacity=round_up(n + 1, 256))
     ids = torch.randint(0, vocab, (n,)).tolist()
 
     def run():
@@ -241,23 +241,24 @@ def batched_greedy_s(model, tok, chats, new_tokens, device, ours: bool,
     return timed(run, device, repeat=2, warmup=1)
 
 
-def batch_16x64(vocab, device, seed=0):
+def chat_batch(rows, tokens, vocab, device, seed):
+    """rows x tokens random ids whose first half is masked as a chat prompt (labels -100) and
+    whose second half is the answer trained on."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (16, 64), generator=g).to(device)
+    ids = torch.randint(0, vocab, (rows, tokens), generator=g).to(device)
     labels = ids.clone()
-    labels[:, :32] = -100     # prompt half masked, as chat rows
+    labels[:, :tokens // 2] = -100
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def batch_16x64(vocab, device, seed=0):
+    return chat_batch(16, 64, vocab, device, seed)
 
 
 def kl_batch_64x96(vocab, device, seed=1):
     """A keep-heavy step as the real recipes take it (the mix rows, the self-KL and mined rows of
     one step): 64 rows x 96 tokens, answers in the second half, every row kept by the KL."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (64, 96), generator=g).to(device)
-    labels = ids.clone()
-    labels[:, :48] = -100
-    keep = torch.ones(64, dtype=torch.bool, device=device)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}, keep
+    return chat_batch(64, 96, vocab, device, seed), torch.ones(64, dtype=torch.bool, device=device)
 
 
 def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
@@ -282,8 +283,7 @@ def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
         if recompute:
             trainer.checkpoint_layers(model)
         else:
-            getattr(model, "activation_checkpointing_disable",
-                    getattr(model, "gradient_checkpointing_disable", None))()
+            trainer.uncheckpoint_layers(model)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         out[recompute] = timed(step, device, repeat=5, warmup=2), peak_gib(device)
@@ -303,8 +303,7 @@ def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         out[("kl", c)] = timed(kl_step, device, repeat=3, warmup=1), peak_gib(device)
-    getattr(model, "activation_checkpointing_disable",
-            getattr(model, "gradient_checkpointing_disable", None))()
+    trainer.uncheckpoint_layers(model)
     if profile:
         print_profile(step, device, "train step (no recompute)")
     # the same two modes with every decoder layer's training forward compiled (opt-in candidate)
@@ -319,8 +318,7 @@ def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
             torch.cuda.reset_peak_memory_stats()
         out[("compiled", recompute)] = timed(step, device, repeat=5, warmup=2), peak_gib(device)
     out["compiled_kernels"] = kernel_count(step, device)   # with recompute: the default mode
-    getattr(model, "activation_checkpointing_disable",       # as before the compiled rows
-            getattr(model, "gradient_checkpointing_disable", None))()
+    trainer.uncheckpoint_layers(model)       # as before the compiled rows
     stepper.close()   # the hooks hold the optimizer (and its states) alive otherwise
     model.eval()
     return out

@@ -263,3 +263,15 @@ def test_refuses_to_write_over_its_input(tiny_qwen, tmp_path, small_data, capsys
     code, err = train_in_process(capsys, ["--input-dat", dat, "--model-dir", model_dir, "--output-dat", dat,
                                           "--train-data", who, "--probes", probes, "--device", "cpu"])
     assert code == 1 and "refusing" in err and err.count("\n") == 1
+
+
+def test_checkpoint_layers_and_undo(tiny_qwen):
+    """checkpoint_layers turns transformers' layer checkpointing on and uncheckpoint_layers off
+    again (bench.py times both modes on one model)."""
+    model_dir, dat_path = tiny_qwen
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    assert not model.is_gradient_checkpointing
+    trainer.checkpoint_layers(model)
+    assert model.is_gradient_checkpointing
+    trainer.uncheckpoint_layers(model)
+    assert not model.is_gradient_checkpointing

@@ -104,6 +104,12 @@ def checkpoint_layers(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def uncheckpoint_layers(model) -> None:
+    """checkpoint_layers undone: every layer keeps its activations for backward again."""
+    getattr(model, "activation_checkpointing_disable",        # transformers >= 5.2x
+            getattr(model, "gradient_checkpointing_disable", None))()
+
+
 def compile_layers(model) -> None:
     """torch.compile each decoder layer's TRAINING forward (grad on, train mode); every other call
     (generation, the no-grad base forward of the KL) keeps the eager forward, which the CUDA-graph
@@ -321,7 +327,9 @@ def head_chunked_loss(model, body, batch: dict, h: torch.Tensor, y: torch.Tensor
     Why: the head's float32 logits are [n, vocab] (4B: 151,936 wide; a batch of 64 rows x 48
     answer tokens is 1.9 GB a copy), and the log-softmax, the base's log-probs for the KL and
     their gradients are more copies of it. Each chunk runs under activation checkpointing, so
-    backward recomputes its logits (one head matmul more) instead of keeping them.
+    backward recomputes its logits and, on KL positions, the base's log-probs (up to two head
+    matmuls more) instead of keeping them: holding the base's log-probs of every chunk until
+    backward would be the one-piece memory again.
     """
     ce_w = torch.where(keep_rows[:, None].expand_as(sel)[sel], keep_ce_weight, 1.0)
     ce_w = torch.where(no_ce, 0.0, ce_w)                  # [n] CE weight of each position
