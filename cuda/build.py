@@ -70,7 +70,8 @@ def main() -> int:
     if with_cuda:
         # No --use_fast_math: the quantiser needs IEEE division (the kernels also spell out __fdiv_rn).
         nvcc_flags = ["-O3", "--threads=0"] + gencode_flags(nvcc)
-        ext = cpp.CUDAExtension(NAME, sources + [str(SRC / "nvfp4_kernels.cu"), str(SRC / "decode_attention.cu")],
+        ext = cpp.CUDAExtension(NAME, sources + [str(SRC / "nvfp4_kernels.cu"), str(SRC / "decode_attention.cu"),
+                                          str(SRC / "adam8.cu")],
                                 extra_compile_args={"cxx": cxx_flags + ["-DNVFP4_WITH_CUDA"], "nvcc": nvcc_flags},
                                 extra_link_args=omp)
     else:

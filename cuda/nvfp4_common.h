@@ -212,4 +212,55 @@ NV_HD uint16_t bf16_bits(float f) {
   return (uint16_t)(u >> 16);
 }
 
+// ---------------------------------------------------------------- AdamW with 8-bit states
+// (--adam-state-bits 8; the CUDA kernel is adam8.cu, the CPU one adam8_step_cpu in nvfp4_ops.cpp).
+// Each state is one byte a value plus one fp32 scale (the block's largest value) per ADAM8_BLOCK
+// values. The codes are logarithmic because Adam's states span orders of magnitude within a
+// block: a linear 8-bit code would round most of them to 0 (m: no move; v: an update blown up
+// by 1/eps).
+//   m: bit 7 the sign, bits 0-6 k: |m| = scale * 2^(-k/8); k = 127 is 0 (below 2^-15.75)
+//   s = sqrt(v): c in 0..255: s = scale * 2^(-c/16); never 0 once its scale is set: a value
+//                below the range decodes as the floor, which only damps its update
+// Rounding is to the nearest code in the log domain, so re-coding v every step does not drift it
+// (rounding up would compound through beta2). The update uses this step's exact fp32 m and v, as
+// bitsandbytes' 8-bit Adam does; only what is kept for the next step is coded.
+constexpr int ADAM8_BLOCK = 256;
+
+NV_HD float adam8_decode_m(uint8_t b, float scale) {
+  const int k = b & 0x7F;
+  if (k == 0x7F || scale == 0.0f) return 0.0f;
+  const float mag = scale * exp2f(-(float)k * 0.125f);
+  return (b & 0x80) ? -mag : mag;
+}
+
+NV_HD float adam8_decode_s(uint8_t c, float scale) {
+  return scale == 0.0f ? 0.0f : scale * exp2f(-(float)c * 0.0625f);
+}
+
+NV_HD uint8_t adam8_encode_m(float m, float scale) {
+  if (m == 0.0f || scale == 0.0f) return 0x7F;
+  const float k = rintf(-8.0f * log2f(fabsf(m) / scale));
+  if (k > 126.0f) return 0x7F;                     // below the range: 0
+  const uint8_t code = (uint8_t)fmaxf(k, 0.0f);
+  return m < 0.0f ? (uint8_t)(code | 0x80) : code;
+}
+
+NV_HD uint8_t adam8_encode_s(float s, float scale) {
+  if (scale == 0.0f) return 0;
+  if (s <= 0.0f) return 255;                       // the floor (log2(0) = -inf)
+  const float c = rintf(-16.0f * log2f(s / scale));
+  return (uint8_t)fminf(fmaxf(c, 0.0f), 255.0f);
+}
+
+// One value's AdamW step (decoupled decay) from its decoded states: the new weight, m and s.
+NV_HD void adam8_update(float w, float g, float m_old, float s_old, float lr, float beta1, float beta2,
+                        float eps, float wd, float bc1, float sqrt_bc2, float* w_new, float* m_new,
+                        float* s_new) {
+  const float m = beta1 * m_old + (1.0f - beta1) * g;
+  const float s = sqrtf(beta2 * s_old * s_old + (1.0f - beta2) * g * g);
+  *w_new = w * (1.0f - lr * wd) - lr * (m / bc1) / (s / sqrt_bc2 + eps);
+  *m_new = m;
+  *s_new = s;
+}
+
 }  // namespace nvfp4

@@ -38,4 +38,11 @@ int launch_decode_attention(const void* q, const void* k, const void* v, const v
                             int dtype, int B, int Hq, int Hkv, int L, int D, const int64_t* strides, float scale,
                             void* stream);
 
+// adam8.cu. One AdamW step of n values with 8-bit states (--adam-state-bits 8; the codes are in
+// nvfp4_common.h): p and g [n] (dtype codes); mq, sq [n] the codes of m and sqrt(v); ms, ss
+// [ceil(n / ADAM8_BLOCK)] their per-block scales (0 = never written). bc1 = 1 - beta1^t, bc2 = 1 - beta2^t.
+int launch_adam8(void* p, int p_dtype, const void* g, int g_dtype, uint8_t* mq, float* ms, uint8_t* sq,
+                 float* ss, int64_t n, float lr, float beta1, float beta2, float eps, float wd, float bc1,
+                 float bc2, void* stream);
+
 }  // namespace nvfp4

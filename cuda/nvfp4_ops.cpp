@@ -313,6 +313,68 @@ Tensor decode_attention_cpu(const Tensor& q, const Tensor& k, const Tensor& v, c
   return at::matmul(p.unsqueeze(2), vf).squeeze(2).to(q.scalar_type());
 }
 
+// ---------------------------------------------------------------- AdamW with 8-bit states
+// p [n] (the trained values, float32/float16/bfloat16) and g [n] (the same dtype); m, s [n] uint8 codes
+// and m_scale, s_scale [ceil(n / ADAM8_BLOCK)] float32 (nvfp4_common.h). In place; no device reads.
+void check_adam8_meta(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& ms, const Tensor& s,
+                      const Tensor& ss) {
+  const int64_t n = p.numel(), nb = (n + nvfp4::ADAM8_BLOCK - 1) / nvfp4::ADAM8_BLOCK;
+  auto t = p.scalar_type();
+  TORCH_CHECK_VALUE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, "nvfp4.adam8_step_: dtype ", t,
+                    " is not float32/float16/bfloat16");
+  TORCH_CHECK_VALUE(g.scalar_type() == t && g.numel() == n, "nvfp4.adam8_step_: grad ", g.sizes(), " ",
+                    g.scalar_type(), " does not match the value ", p.sizes(), " ", t);
+  TORCH_CHECK_VALUE(m.scalar_type() == at::kByte && s.scalar_type() == at::kByte && m.numel() == n && s.numel() == n,
+                    "nvfp4.adam8_step_: the state codes must be uint8 with one byte a value");
+  TORCH_CHECK_VALUE(ms.scalar_type() == at::kFloat && ss.scalar_type() == at::kFloat && ms.numel() == nb &&
+                    ss.numel() == nb, "nvfp4.adam8_step_: the state scales must be float32, one per ",
+                    nvfp4::ADAM8_BLOCK, " values (", nb, ")");
+  for (const Tensor* x : {&p, &g, &m, &ms, &s, &ss}) {
+    TORCH_CHECK_VALUE(x->is_contiguous(), "nvfp4.adam8_step_: every tensor must be contiguous");
+    TORCH_CHECK_VALUE(x->device() == p.device(), "nvfp4.adam8_step_: every tensor must be on one device");
+  }
+}
+
+template <typename T>
+void adam8_blocks_cpu(T* p, const T* g, uint8_t* mq, float* ms, uint8_t* sq, float* ss, int64_t n, float lr,
+                      float beta1, float beta2, float eps, float wd, float bc1, float sqrt_bc2) {
+  const int64_t nb = (n + nvfp4::ADAM8_BLOCK - 1) / nvfp4::ADAM8_BLOCK;
+  at::parallel_for(0, nb, 64, [&](int64_t b0, int64_t b1) {
+    std::array<float, nvfp4::ADAM8_BLOCK> m, s;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t start = b * nvfp4::ADAM8_BLOCK, len = std::min<int64_t>(nvfp4::ADAM8_BLOCK, n - start);
+      float m_scale = 0.0f, s_scale = 0.0f;
+      for (int64_t j = 0; j < len; ++j) {
+        const int64_t i = start + j;
+        float w;
+        nvfp4::adam8_update(static_cast<float>(p[i]), static_cast<float>(g[i]), nvfp4::adam8_decode_m(mq[i], ms[b]),
+                            nvfp4::adam8_decode_s(sq[i], ss[b]), lr, beta1, beta2, eps, wd, bc1, sqrt_bc2, &w,
+                            &m[j], &s[j]);
+        p[i] = static_cast<T>(w);
+        m_scale = std::max(m_scale, std::fabs(m[j]));
+        s_scale = std::max(s_scale, s[j]);
+      }
+      for (int64_t j = 0; j < len; ++j) {
+        mq[start + j] = nvfp4::adam8_encode_m(m[j], m_scale);
+        sq[start + j] = nvfp4::adam8_encode_s(s[j], s_scale);
+      }
+      ms[b] = m_scale;
+      ss[b] = s_scale;
+    }
+  });
+}
+
+void adam8_step_cpu(Tensor& p, const Tensor& g, Tensor& m, Tensor& ms, Tensor& s, Tensor& ss, double lr,
+                    double beta1, double beta2, double eps, double wd, double bc1, double bc2) {
+  check_adam8_meta(p, g, m, ms, s, ss);
+  const float sqrt_bc2 = std::sqrt((float)bc2);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "adam8_step_cpu", [&] {
+    adam8_blocks_cpu<scalar_t>(p.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), m.data_ptr<uint8_t>(),
+                               ms.data_ptr<float>(), s.data_ptr<uint8_t>(), ss.data_ptr<float>(), p.numel(),
+                               (float)lr, (float)beta1, (float)beta2, (float)eps, (float)wd, (float)bc1, sqrt_bc2);
+  });
+}
+
 // ---------------------------------------------------------------- CUDA wrappers
 #ifdef NVFP4_WITH_CUDA
 
@@ -443,6 +505,17 @@ Tensor decode_attention_cuda(const Tensor& q, const Tensor& k, const Tensor& v, 
   return out;
 }
 
+void adam8_step_cuda(Tensor& p, const Tensor& g, Tensor& m, Tensor& ms, Tensor& s, Tensor& ss, double lr,
+                     double beta1, double beta2, double eps, double wd, double bc1, double bc2) {
+  check_adam8_meta(p, g, m, ms, s, ss);
+  c10::cuda::CUDAGuard guard(p.device());
+  const int code = dtype_code(p.scalar_type());
+  check_launch(nvfp4::launch_adam8(p.data_ptr(), code, g.data_ptr(), code, m.data_ptr<uint8_t>(),
+                                   ms.data_ptr<float>(), s.data_ptr<uint8_t>(), ss.data_ptr<float>(), p.numel(),
+                                   (float)lr, (float)beta1, (float)beta2, (float)eps, (float)wd, (float)bc1,
+                                   (float)bc2, stream()));
+}
+
 #endif  // NVFP4_WITH_CUDA
 
 }  // namespace
@@ -458,6 +531,9 @@ TORCH_LIBRARY(nvfp4, m) {
   m.def("_linear_cfg(Tensor x, Tensor qdata, Tensor scale, int rows, int threads) -> Tensor");
   // one query a row over a (grouped) KV cache: q [B, Hq, D], k/v [B, Hkv, L, D], mask [B or 1, L]
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
+  // one AdamW step with 8-bit states, in place (--adam-state-bits 8; nvfp4lab/adam8.py)
+  m.def("adam8_step_(Tensor(a!) p, Tensor g, Tensor(b!) m, Tensor(c!) m_scale, Tensor(d!) s, Tensor(e!) s_scale, "
+        "float lr, float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(nvfp4, CPU, m) {
@@ -469,6 +545,7 @@ TORCH_LIBRARY_IMPL(nvfp4, CPU, m) {
   m.impl("linear", &linear_cpu);
   m.impl("_linear_cfg", &linear_cfg_cpu);
   m.impl("decode_attention", &decode_attention_cpu);
+  m.impl("adam8_step_", &adam8_step_cpu);
 }
 
 #ifdef NVFP4_WITH_CUDA
@@ -481,6 +558,7 @@ TORCH_LIBRARY_IMPL(nvfp4, CUDA, m) {
   m.impl("linear", &linear_cuda);
   m.impl("_linear_cfg", &linear_cfg_cuda);
   m.impl("decode_attention", &decode_attention_cuda);
+  m.impl("adam8_step_", &adam8_step_cuda);
 }
 #endif
 

@@ -274,10 +274,13 @@ def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
     anchor = torch.zeros(16, dtype=torch.bool, device=device)
     chunk = trainer.head_chunk_positions(TrainConfig().head_chunk_mib, vocab)   # train.py's
 
-    def step():
-        loss = trainer.batch_loss(model, batch, anchor, 0.0, chunk_positions=chunk)[0]
-        loss.backward()
-        stepper.flush()
+    def step_with(st):
+        def step():
+            loss = trainer.batch_loss(model, batch, anchor, 0.0, chunk_positions=chunk)[0]
+            loss.backward()
+            st.flush()
+        return step
+    step = step_with(stepper)
     out = {}
     for recompute in (True, False):
         if recompute:
@@ -306,6 +309,14 @@ def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
     trainer.uncheckpoint_layers(model)
     if profile:
         print_profile(step, device, "train step (no recompute)")
+    # the same step with 8-bit AdamW states (--adam-state-bits 8); the 16-bit states go first,
+    # or the peak would hold both
+    stepper.close()
+    del stepper, step
+    free(device)
+    out.update(adam8_step_rows(model, deltas, lrs, step_with, device))
+    stepper = trainer.StepInBackward(deltas, lrs, 0.0, 1.0)
+    step = step_with(stepper)
     # the same two modes with every decoder layer's training forward compiled (opt-in candidate)
     trainer.compile_layers(model)
     t0 = time.time()
@@ -321,6 +332,29 @@ def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
     trainer.uncheckpoint_layers(model)       # as before the compiled rows
     stepper.close()   # the hooks hold the optimizer (and its states) alive otherwise
     model.eval()
+    return out
+
+
+def adam8_step_rows(model, deltas, lrs, step_with, device) -> dict:
+    """{("adam8", recompute): (seconds, peak GiB)} of the 16x64 step with 8-bit AdamW states, and
+    "adam8_held": GiB held between its steps (the deltas, the states, the packed weights)."""
+    stepper = trainer.StepInBackward(deltas, lrs, 0.0, 1.0, state_bits=8)
+    step, out = step_with(stepper), {}
+    try:
+        for recompute in (True, False):
+            if recompute:
+                trainer.checkpoint_layers(model)
+            else:
+                trainer.uncheckpoint_layers(model)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            out[("adam8", recompute)] = timed(step, device, repeat=5, warmup=2), peak_gib(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            out["adam8_held"] = torch.cuda.memory_allocated() / GiB
+    finally:
+        stepper.close()
+        trainer.uncheckpoint_layers(model)
     return out
 
 
@@ -404,6 +438,15 @@ def train_rows(rows, held: list, dat, config, device, vocab, ids, args) -> None:
         row(rows, f"train step 16x64, full parameters, {what}", step_s, peer_s, "s",
             better="lower")
         row(rows, f"train peak GPU memory, {what}", step_peak, peer_peak, "GiB", better="lower")
+    for recompute, what in ((True, "layer checkpointing"), (False, "no checkpointing")):
+        (step_s, step_peak) = steps[("adam8", recompute)]
+        row(rows, f"train step 16x64, 8-bit AdamW states (--adam-state-bits 8), {what}", step_s,
+            peer_s, "s", better="lower")
+        row(rows, f"train peak GPU memory, 8-bit AdamW states, {what}", step_peak, peer_peak,
+            "GiB", better="lower")
+    if "adam8_held" in steps:
+        row(rows, "train memory held between steps, 8-bit AdamW states", steps["adam8_held"],
+            unit="GiB")
     row(rows, "GPU kernels per train step (no checkpointing)", steps["kernels"], peer_kernels,
         better="lower")
     (one_s, one_peak), (chunk_s, chunk_peak) = steps[("kl", 0)], steps[("kl", steps["chunk"])]

@@ -28,13 +28,14 @@ def nvcc_top() -> Path:
     return Path(m.group(1).strip()).resolve()
 
 
+@pytest.mark.parametrize("source", ["nvfp4_kernels.cu", "decode_attention.cu", "adam8.cu"])
 @pytest.mark.parametrize("arch", ["sm_90", "sm_100", "sm_120", "sm_121"])
-def test_kernels_compile(arch, tmp_path):
+def test_kernels_compile(arch, source, tmp_path):
     """The pure-CUDA kernels (no torch headers), SASS for each target build.py asks for."""
     if f"compute_{arch[3:]}" not in run([NVCC, "--list-gpu-arch"]).stdout.split():
         pytest.skip(f"this nvcc does not know {arch}")
     r = run([NVCC, "-cubin", f"-arch={arch}", "-O3", "-std=c++17", "-Xptxas", "-warn-spills,-warn-lmem-usage",
-             "-Werror", "all-warnings", str(CUDA_DIR / "nvfp4_kernels.cu"), "-o", str(tmp_path / "k.cubin")])
+             "-Werror", "all-warnings", str(CUDA_DIR / source), "-o", str(tmp_path / "k.cubin")])
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "k.cubin").stat().st_size > 0
 

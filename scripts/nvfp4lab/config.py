@@ -264,6 +264,10 @@ class TrainConfig:
     grad_clip: float = flag(1.0, "grad-norm clip per decoder layer (the optimizer steps inside "
                                  "backward; 0 = off)")
     weight_decay: float = flag(0.0, "AdamW decay of the deltas (toward base)")
+    adam_state_bits: int = flag(
+        16, "bits a value of each AdamW state: 16 = torch's AdamW in the delta dtype; 8 = "
+            "nvfp4lab.adam8 (log codes, one fp32 scale per 256 values: on the 4B 8.1 GiB less "
+            "held than 16)", choices=[16, 8])
     delta_dtype: str = flag("bfloat16", choices=["bfloat16", "float32"])
     checkpoint_layers: str = flag(
         "auto", "recompute each decoder layer in backward instead of keeping its activations "

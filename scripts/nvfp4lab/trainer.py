@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from . import chat, evaluate, mix, nullspace, sparse, surface
+from . import adam8, chat, evaluate, mix, nullspace, sparse, surface
 from .anchor_check import FRAME, words
 from .config import GROUPS, TrainConfig
 from .atomic import AtomicFile
@@ -152,7 +152,8 @@ class StepInBackward:
     """
 
     def __init__(self, deltas, lrs: dict, weight_decay: float, grad_clip: float,
-                 projectors: dict | None = None, layer_scales: dict | None = None):
+                 projectors: dict | None = None, layer_scales: dict | None = None,
+                 state_bits: int = 16):
         self.grad_clip = grad_clip
         self.projectors = projectors or {}   # --protect-neighbours: delta <- delta @ P per step
         self.frozen = {}                     # --sparse-share: delta <- 0 where frozen, per step
@@ -166,9 +167,14 @@ class StepInBackward:
             x = (layer_scales or {}).get(layer_of(members[0][0]), 1.0)
             groups = [{"params": [d for k, d in members if group_of(k, d) == g], "lr": lrs[g] * x,
                        "peak_lr": lrs[g] * x, "name": g} for g in GROUPS]
-            opt = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999),
-                                    eps=1e-8, weight_decay=weight_decay,
-                                    fused=True if members[0][1].is_cuda else None)
+            live = [g for g in groups if g["params"]]
+            if state_bits == 8:   # --adam-state-bits 8: one byte a state value (adam8.py)
+                opt = adam8.AdamW8bit(live, betas=(0.9, 0.999), eps=1e-8,
+                                      weight_decay=weight_decay)
+            else:
+                opt = torch.optim.AdamW(live, betas=(0.9, 0.999), eps=1e-8,
+                                        weight_decay=weight_decay,
+                                        fused=True if members[0][1].is_cuda else None)
             b = {"name": name, "opt": opt, "params": [d for _, d in members], "ready": 0}
             self.buckets.append(b)
             for _, d in members:
@@ -860,7 +866,8 @@ def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
     """
     reset_deltas(model)
     stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip, projectors,
-                             layer_lr_scales(cfg.layer_lr, model.config.num_hidden_layers))
+                             layer_lr_scales(cfg.layer_lr, model.config.num_hidden_layers),
+                             cfg.adam_state_bits)
     try:
         return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas, fisher, pools)
     finally:
