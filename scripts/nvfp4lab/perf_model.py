@@ -35,6 +35,11 @@ REBUILD_BYTES = NVFP4_BYTES + BF16_BYTES + BF16_BYTES
 # param, exp_avg, exp_avg_sq. Both in the tensor's own dtype.
 CLIP_ACCESSES = 3
 ADAMW_ACCESSES = 7
+# --adam-state-bits 8 (adam8.py): per value one byte a state plus one fp32 scale per 256 values.
+# Its step reads and writes the value (bf16), reads the gradient, reads and writes both codes
+# and their scales.
+ADAM8_STATE_BYTES = 2 * (1 + 4 / 256)
+ADAM8_STEP_BYTES = 2 * BF16_BYTES + BF16_BYTES + 2 * ADAM8_STATE_BYTES
 # Per logit of the loss (batch_loss / transformers' loss): lm_head writes bf16 (2), .float()
 # reads 2 writes 4, log_softmax reads 4 writes 4; backward: its grad reads 4 + 4 writes 4, the
 # cast back reads 4 writes 2.
@@ -213,7 +218,8 @@ def prefill(s: Shape, tokens: int, weights: str = "nvfp4", kernels: int | None =
 
 
 def train_step(s: Shape, rows: int = 16, seq_len: int = 64, head_rows: int | None = None,
-               checkpoint: bool = True, recipe: str = "ours", kernels: int | None = None) -> Work:
+               checkpoint: bool = True, recipe: str = "ours", kernels: int | None = None,
+               state_bits: int = 16) -> Work:
     """One full-parameter training step on rows x seq_len tokens (bench.our_train_step /
     peer_train_step). head_rows: positions with a label, the only ones lm_head sees in ours
     (batch_loss); bench masks the first half of every row. The peer (plain transformers: fp32
@@ -269,9 +275,12 @@ def train_step(s: Shape, rows: int = 16, seq_len: int = 64, head_rows: int | Non
                             + tokens * s.hidden * BF16_BYTES))
         opt_bytes = (((lw + hw + ew) * BF16_BYTES + nw * FP32_BYTES)
                      * (CLIP_ACCESSES + ADAMW_ACCESSES))
+        if state_bits == 8:   # the norms' few fp32 values are counted as bf16 ones there
+            opt_bytes = (lw + hw + ew + nw) * (CLIP_ACCESSES * BF16_BYTES + ADAM8_STEP_BYTES)
     phases.append(Phase("optimizer (clip + AdamW)", opt_bytes))
     what = (f"train step {rows}x{seq_len} ({recipe}, "
-            f"{'layer checkpointing' if checkpoint else 'no checkpointing'})")
+            f"{'layer checkpointing' if checkpoint else 'no checkpointing'}"
+            f"{', 8-bit AdamW states' if state_bits == 8 and not peer else ''})")
     return Work(what, phases, kernels, "eager-train", tokens)
 
 
@@ -279,7 +288,9 @@ def train_resident_bytes(s: Shape) -> dict:
     """What a training run holds between steps (ours): the bf16 deltas, their AdamW states, the
     packed base and the dense base (bf16 on the GPU)."""
     deltas = (nvfp4_weights(s) + embed_weights(s)) * BF16_BYTES + norm_weights(s) * FP32_BYTES
+    values = nvfp4_weights(s) + embed_weights(s) + norm_weights(s)
     return {"deltas": deltas, "adamw_states": 2 * deltas,
+            "adamw_states_8bit": values * ADAM8_STATE_BYTES,   # --adam-state-bits 8
             "packed_base": nvfp4_weights(s) * NVFP4_BYTES,
             "dense_base": (embed_weights(s) + norm_weights(s)) * BF16_BYTES}
 
@@ -566,6 +577,8 @@ ASSUMPTIONS = [
     "the per-kernel costs (GPU-side in a CUDA graph, host-side when eager) fitted on the H100 "
     "are taken to hold on the H200 and the GB10",
     "GB10 bf16 peak 125 TFLOP/s is derived from the FP4 figure, not published by NVIDIA",
+    "train_step_adam8 (--adam-state-bits 8) is counted, not measured: its optimizer bytes from "
+    "adam8.py's layout, one kernel a tensor (11 a layer) added to the fused AdamW step's count",
     "the roofline uses the vendors' bandwidth; measured device copies reach 72% of it (H100) and "
     "58% (H200), which the efficiencies absorb",
 ]
@@ -595,6 +608,9 @@ def report(s: Shape, st: Settings, oh: Overheads | None = None,
                                             kernels=st.train_kernels + prefill_kernels(s)),
         "train_step": train_step(s, st.rows, st.seq_len, st.head_rows, False,
                                  kernels=st.train_kernels),
+        # one adam8 kernel a tensor (11 a decoder layer) instead of fused AdamW's per bucket
+        "train_step_adam8": train_step(s, st.rows, st.seq_len, st.head_rows, False,
+                                       kernels=st.train_kernels + 11 * s.layers, state_bits=8),
     }
     return {
         "shape": asdict(s),
