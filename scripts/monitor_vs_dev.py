@@ -15,7 +15,8 @@ Last, whether dev's facts are lost run by run or item by item: over the runs tha
 verdicts and share one suite, the facts every run's base knew are split in halves at random (200
 splits, seeded) and the facts lost in one half are correlated with those lost in the other. An r
 near 0 says no run-level damage exists for any larger fact judge to catch: which facts go is a
-property of the facts. Arguments are judgments or quoted globs; held-out judgments (artifacts/rounds/*-heldout) are
+property of the facts. Arguments are judgments or quoted globs; held-out judgments
+(artifacts/rounds/*-heldout) are
 refused: they hold no monitor of their own that training could see, and reading them here would
 use held-out to steer. `--json` prints the numbers instead. Exit 0, or 1 with one line.
 """
@@ -68,6 +69,11 @@ def pearson(x: list[float], y: list[float]) -> float:
     return statistics.correlation(x, y)
 
 
+def mean_n(rates: list[dict]) -> float:
+    """Mean rows a run judged a measure on (0 without runs)."""
+    return statistics.mean(r["n"] for r in rates) if rates else 0
+
+
 def agreement(pairs: list[dict]) -> list[dict]:
     """Per measure: r between the monitor's and dev's rate over the runs judged on both, n runs,
     and the mean rows a run each side judged it on."""
@@ -80,8 +86,8 @@ def agreement(pairs: list[dict]) -> list[dict]:
         out.append({"measure": m, "runs": len(both), "r": pearson(x, y),
                     "still": [side for side, v in (("monitor", x), ("dev", y))
                               if len(set(v)) <= 1],   # a side that never moved: r says nothing
-                    "monitor_rows": statistics.mean(p["monitor"][m]["n"] for p in both) if both else 0,
-                    "dev_rows": statistics.mean(p["dev"][m]["n"] for p in both) if both else 0})
+                    "monitor_rows": mean_n([p["monitor"][m] for p in both]),
+                    "dev_rows": mean_n([p["dev"][m] for p in both])})
     return out
 
 
@@ -164,7 +170,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:
-        rows = [{**r, "r": None if math.isnan(r["r"]) else r["r"]} for r in rows]   # JSON has no NaN
+        # JSON has no NaN
+        rows = [{**r, "r": None if math.isnan(r["r"]) else r["r"]} for r in rows]
         print(json.dumps({"runs": len(pairs), "measures": rows, "picks": pick,
                           "fact_halves": halves}, indent=1))
         return 0
@@ -177,14 +184,16 @@ def main(argv=None) -> int:
         print(f"| {r['measure']} | {r['runs']} | {r_text} | {r['monitor_rows']:.0f} | "
               f"{r['dev_rows']:.0f} |")
     print(f"\nPicking one run of each group ({pick['groups']} groups, {pick['runs']} runs) by the "
-          f"monitor: dev criteria missed {pick['picked']:.2f} a group, against {pick['random']:.2f} "
+          f"monitor: dev criteria missed {pick['picked']:.2f} a group, against "
+          f"{pick['random']:.2f} "
           f"for a run taken at random and {pick['best']:.2f} for the best run; the pick reached "
           f"on dev in {pick['picked_reached']} groups, {pick['groups_with_a_reached_run']} groups "
           "had a run that did")
     if halves:
         lost = ", ".join(f"line {line} {n}" for line, n in sorted(
             halves["lost_per_fact"].items(), key=lambda kv: -kv[1]) if n)
-        print(f"\nFacts on {halves['suite']}: {halves['runs']} judged runs, {halves['facts']} facts "
+        print(f"\nFacts on {halves['suite']}: {halves['runs']} judged runs, {halves['facts']} "
+              "facts "
               f"every run's base knew; facts lost in one random half against the other: "
               + (f"r {halves['r']:+.2f}" if halves["r"] is not None else "r n/a")
               + f" (mean of 200 splits); runs that lost each: {lost or 'none'}")
