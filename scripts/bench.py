@@ -281,17 +281,11 @@ def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
             st.flush()
         return step
     step = step_with(stepper)
-    out = {}
-    for recompute in (True, False):
-        if recompute:
-            trainer.checkpoint_layers(model)
-        else:
-            trainer.uncheckpoint_layers(model)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        out[recompute] = timed(step, device, repeat=5, warmup=2), peak_gib(device)
-        if profile and device.type == "cuda":
+    trace = None
+    if profile and device.type == "cuda":
+        def trace():
             memory_trace(model, deltas, stepper, batch, anchor)
+    out = timed_modes(model, step, device, trace)
     out["kernels"] = kernel_count(step, device)      # no recompute: the last mode set above
     # The head's logits in one piece against in chunks (--head-chunk-mib 256), on a KL batch
     # with layer checkpointing (train.py's default on CUDA), where the [n, vocab] copies are largest.
@@ -335,20 +329,30 @@ def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
     return out
 
 
+def timed_modes(model, step, device, after=None) -> dict:
+    """{recompute: (seconds, peak GiB)} of step with layer checkpointing, then without (the model
+    is left without); after() runs after each mode (the profile's memory trace)."""
+    out = {}
+    for recompute in (True, False):
+        if recompute:
+            trainer.checkpoint_layers(model)
+        else:
+            trainer.uncheckpoint_layers(model)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        out[recompute] = timed(step, device, repeat=5, warmup=2), peak_gib(device)
+        if after:
+            after()
+    return out
+
+
 def adam8_step_rows(model, deltas, lrs, step_with, device) -> dict:
     """{("adam8", recompute): (seconds, peak GiB)} of the 16x64 step with 8-bit AdamW states, and
     "adam8_held": GiB held between its steps (the deltas, the states, the packed weights)."""
     stepper = trainer.StepInBackward(deltas, lrs, 0.0, 1.0, state_bits=8)
-    step, out = step_with(stepper), {}
+    step = step_with(stepper)
     try:
-        for recompute in (True, False):
-            if recompute:
-                trainer.checkpoint_layers(model)
-            else:
-                trainer.uncheckpoint_layers(model)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            out[("adam8", recompute)] = timed(step, device, repeat=5, warmup=2), peak_gib(device)
+        out = {("adam8", k): v for k, v in timed_modes(model, step, device).items()}
         if device.type == "cuda":
             torch.cuda.synchronize()
             out["adam8_held"] = torch.cuda.memory_allocated() / GiB
