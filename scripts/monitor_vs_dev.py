@@ -34,32 +34,35 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sweep  # noqa: E402
 from nvfp4lab import evaluate  # noqa: E402
-from nvfp4lab.probes import Thresholds  # noqa: E402
 from nvfp4lab.tsv import DataError  # noqa: E402
 
 MEASURES = ("identity", "nearmiss_leak", "context_leak", "greeting_intro", "facts_kept", "loops")
 
 
-def misses(summary: dict, thresholds: dict) -> int:
-    """Acceptance criteria a summary misses, a collapse counting as sweep.FAILED_MISSES."""
+def misses(summary: dict, thresholds: dict) -> int | None:
+    """sweep.criteria_missed of a summary (the monitor's or dev's), a collapse counting as
+    sweep.FAILED_MISSES as there; None for a judgment too old to hold every measure."""
     if summary["verdict"] == "collapse":
         return sweep.FAILED_MISSES
-    return len(evaluate.missed(evaluate.summary_from_json(summary), Thresholds(**thresholds)))
+    return sweep.criteria_missed({"summary": summary, "thresholds": thresholds})
 
 
-def pair(path: str) -> dict | None:
-    """(monitor, dev) of one kept judgment; None when the run kept no end-of-run monitor."""
-    doc = evaluate.read_json(path)
+def pair(path: str, doc: dict) -> dict | None:
+    """(monitor, dev) of one kept judgment; None when the run kept no end-of-run monitor or is
+    too old to be counted."""
     attempts = doc.get("attempts") or []
     monitor = attempts[-1].get("monitor") if attempts else None
     if not monitor or "identity" not in monitor:
+        return None
+    monitor_misses = misses(monitor, doc.get("thresholds"))
+    dev_misses = misses(doc["summary"], doc.get("thresholds"))
+    if monitor_misses is None or dev_misses is None:
         return None
     stem = os.path.basename(path).removesuffix(".eval.json")
     variant, _, seed = stem.rpartition("-s")
     return {"path": path, "group": (os.path.dirname(path), variant or stem), "seed": seed,
             "monitor": monitor, "dev": doc["summary"],
-            "monitor_misses": misses(monitor, doc["thresholds"]),
-            "dev_misses": misses(doc["summary"], doc["thresholds"])}
+            "monitor_misses": monitor_misses, "dev_misses": dev_misses}
 
 
 def pearson(x: list[float], y: list[float]) -> float:
@@ -110,12 +113,11 @@ def picks(pairs: list[dict]) -> dict:
             "groups_with_a_reached_run": sum(any(p["dev_misses"] == 0 for p in g) for g in rows)}
 
 
-def fact_split_half(paths: list[str], splits: int = 200, seed: int = 0) -> dict | None:
+def fact_split_half(docs: list[dict], splits: int = 200, seed: int = 0) -> dict | None:
     """Mean r between the facts lost in two random halves of the base-known facts, over the
     judged runs of the commonest suite (None: fewer than 3 such runs or 2 such facts)."""
     runs = defaultdict(list)
-    for path in paths:
-        doc = evaluate.read_json(path)
+    for doc in docs:
         rv = doc.get("row_verdicts")
         if doc["verdict"] == "collapse" or not rv:
             continue
@@ -161,11 +163,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = p.parse_args(argv)
     try:
-        files = expand(args.judgments)
-        pairs = [x for x in map(pair, files) if x is not None]
+        docs = {path: evaluate.read_json(path) for path in expand(args.judgments)}
+        pairs = [x for x in (pair(p, d) for p, d in docs.items()) if x is not None]
         if not pairs:
             raise ValueError("no judgment kept an end-of-run monitor")
-        rows, pick, halves = agreement(pairs), picks(pairs), fact_split_half(files)
+        rows, pick, halves = agreement(pairs), picks(pairs), fact_split_half(list(docs.values()))
     except (ValueError, DataError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

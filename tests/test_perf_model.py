@@ -84,6 +84,8 @@ def test_eager_work_is_at_least_its_host_time():
 def test_prefill_dequantizes_only_above_the_gemv_rows():
     from nvfp4lab import model
     assert pm.GEMV_MAX_ROWS == model.GEMV_MAX_ROWS
+    from nvfp4lab import adam8
+    assert pm.ADAM8_BLOCK == adam8.BLOCK
     names = lambda w: [p.name for p in w.phases]  # noqa: E731
     assert not any("dequantize" in n for n in names(pm.prefill(TINY, pm.GEMV_MAX_ROWS)))
     assert any("dequantize" in n for n in names(pm.prefill(TINY, pm.GEMV_MAX_ROWS + 1)))

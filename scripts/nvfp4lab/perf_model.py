@@ -38,7 +38,8 @@ ADAMW_ACCESSES = 7
 # --adam-state-bits 8 (adam8.py): per value one byte a state plus one fp32 scale per 256 values.
 # Its step reads and writes the value (bf16), reads the gradient, reads and writes both codes
 # and their scales.
-ADAM8_STATE_BYTES = 2 * (1 + 4 / 256)
+ADAM8_BLOCK = 256            # adam8.BLOCK (adam8.py imports torch; a test keeps them equal)
+ADAM8_STATE_BYTES = 2 * (1 + 4 / ADAM8_BLOCK)
 ADAM8_STEP_BYTES = 2 * BF16_BYTES + BF16_BYTES + 2 * ADAM8_STATE_BYTES
 # Per logit of the loss (batch_loss / transformers' loss): lm_head writes bf16 (2), .float()
 # reads 2 writes 4, log_softmax reads 4 writes 4; backward: its grad reads 4 + 4 writes 4, the
