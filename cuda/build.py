@@ -66,6 +66,11 @@ def main() -> int:
     # No -std: torch adds the standard its headers need (C++17 for older torch, C++20 since 2.10);
     # our own sources are plain C++17.
     cxx_flags = ["-O3"] + omp
+    # The shared libstdc++ by name: a g++ whose own lib dir holds only libstdc++.a (the device's
+    # /opt/gcc wrapper) links a private static copy into the .so, whose iostreams are never
+    # initialised there: every TORCH_CHECK message with a number in it then segfaults instead of
+    # raising (seen on the H200, 2026-12-04). With the shared one the .so uses torch's libstdc++.
+    link_flags = omp + ["-l:libstdc++.so.6"]
     sources = [str(SRC / "nvfp4_ops.cpp")]
     if with_cuda:
         # No --use_fast_math: the quantiser needs IEEE division (the kernels also spell out __fdiv_rn).
@@ -73,9 +78,9 @@ def main() -> int:
         ext = cpp.CUDAExtension(NAME, sources + [str(SRC / "nvfp4_kernels.cu"), str(SRC / "decode_attention.cu"),
                                           str(SRC / "adam8.cu")],
                                 extra_compile_args={"cxx": cxx_flags + ["-DNVFP4_WITH_CUDA"], "nvcc": nvcc_flags},
-                                extra_link_args=omp)
+                                extra_link_args=link_flags)
     else:
-        ext = cpp.CppExtension(NAME, sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=omp)
+        ext = cpp.CppExtension(NAME, sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
     variant = "cuda" if with_cuda else "cpu"
     build = ROOT / "build" / f"nvfp4_{variant}"
     print(f"nvfp4 build: {variant} kernels, OpenMP {'on' if omp else 'off'}"

@@ -308,7 +308,7 @@ def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
     stepper.close()
     del stepper, step
     free(device)
-    out.update(adam8_step_rows(model, deltas, lrs, step_with, device))
+    out.update(adam8_step_rows(model, deltas, lrs, step_with, device, profile))
     stepper = trainer.StepInBackward(deltas, lrs, 0.0, 1.0)
     step = step_with(stepper)
     # the same two modes with every decoder layer's training forward compiled (opt-in candidate)
@@ -325,6 +325,20 @@ def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
     out["compiled_kernels"] = kernel_count(step, device)   # with recompute: the default mode
     trainer.uncheckpoint_layers(model)       # as before the compiled rows
     stepper.close()   # the hooks hold the optimizer (and its states) alive otherwise
+    del stepper, step
+    free(device)
+    # both at once: compiled layers (fewer launches) and 8-bit states (less memory), no recompute
+    stepper = trainer.StepInBackward(deltas, lrs, 0.0, 1.0, state_bits=8)
+    step = step_with(stepper)
+    out[("compiled", "adam8")] = timed(step, device, repeat=5, warmup=2), peak_gib(device)
+    for every in (4, 3):   # and a share of the layers checkpointed, for the memory bar
+        trainer.checkpoint_layers(model, every=every)
+        step()   # compiles the checkpointed layers' graphs (not timed)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        out[("compiled", "adam8", every)] = timed(step, device, repeat=5, warmup=1), peak_gib(device)
+    trainer.uncheckpoint_layers(model)
+    stepper.close()
     model.eval()
     return out
 
@@ -346,7 +360,7 @@ def timed_modes(model, step, device, after=None) -> dict:
     return out
 
 
-def adam8_step_rows(model, deltas, lrs, step_with, device) -> dict:
+def adam8_step_rows(model, deltas, lrs, step_with, device, profile=False) -> dict:
     """{("adam8", recompute): (seconds, peak GiB)} of the 16x64 step with 8-bit AdamW states, and
     "adam8_held": GiB held between its steps (the deltas, the states, the packed weights)."""
     stepper = trainer.StepInBackward(deltas, lrs, 0.0, 1.0, state_bits=8)
@@ -356,6 +370,8 @@ def adam8_step_rows(model, deltas, lrs, step_with, device) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
             out["adam8_held"] = torch.cuda.memory_allocated() / GiB
+        if profile:
+            print_profile(step, device, "train step, 8-bit AdamW states (no recompute)")
     finally:
         stepper.close()
         trainer.uncheckpoint_layers(model)
@@ -465,6 +481,16 @@ def train_rows(rows, held: list, dat, config, device, vocab, ids, args) -> None:
             step_s, peer_s, "s", better="lower")
         row(rows, f"train peak GPU memory, compiled decoder layers, {what}", step_peak,
             peer_peak, "GiB", better="lower")
+    (step_s, step_peak) = steps[("compiled", "adam8")]
+    row(rows, "train step 16x64, compiled decoder layers + 8-bit AdamW states, no checkpointing",
+        step_s, peer_s, "s", better="lower")
+    row(rows, "train peak GPU memory, compiled decoder layers + 8-bit AdamW states, no "
+        "checkpointing", step_peak, peer_peak, "GiB", better="lower")
+    for every in (4, 3):
+        (step_s, step_peak) = steps[("compiled", "adam8", every)]
+        what = f"compiled decoder layers + 8-bit AdamW states, every {every}th layer checkpointed"
+        row(rows, f"train step 16x64, {what}", step_s, peer_s, "s", better="lower")
+        row(rows, f"train peak GPU memory, {what}", step_peak, peer_peak, "GiB", better="lower")
     row(rows, "GPU kernels per train step, compiled decoder layers, layer checkpointing",
         steps["compiled_kernels"], peer_kernels, better="lower")
     row(rows, "compile of the decoder layers (first compiled step)", steps["compile_s"],

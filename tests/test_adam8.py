@@ -85,6 +85,21 @@ def test_bad_input_is_one_clear_error():
                                     1e-3, 0.9, 0.999, 1e-8, 0.0, 0.1, 0.001)
 
 
+def test_an_error_in_the_extension_is_a_python_error_not_a_crash():
+    """The extension links the shared libstdc++ (cuda/build.py). With a private static copy (the
+    H200's g++ wrapper gave one) the first TORCH_CHECK message holding a number segfaulted."""
+    import shutil
+    import subprocess
+    from nvfp4lab import _nvfp4_C
+    if shutil.which("readelf") is None:
+        pytest.skip("no readelf")
+    needed = subprocess.run(["readelf", "-d", _nvfp4_C.__file__], capture_output=True, text=True,
+                            check=True).stdout
+    assert "[libstdc++.so.6]" in needed
+    with pytest.raises(ValueError, match=r"got shape \[3\]"):
+        torch.ops.nvfp4.quantize(torch.zeros(3))
+
+
 def test_the_flag_trains_the_tiny_model_as_16_bit_states_do(tiny_qwen):
     """StepInBackward with --adam-state-bits 8 lowers the loss of a tiny Qwen3 as the default
     does: the two loss curves stay within 1% of each other over 15 steps."""
@@ -122,7 +137,7 @@ def test_cuda_kernel_matches_the_cpu_one():
     grads = [g.to(torch.bfloat16) for g in heavy_tailed_grads(100_003, 20, seed=2)]
     out = {}
     for dev in ("cpu", "cuda"):
-        p = p0.to(dev).requires_grad_()
+        p = p0.clone().to(dev).requires_grad_()   # a leaf on each device (p0 stays as it is)
         opt = AdamW8bit([p], lr=1e-3, weight_decay=0.01)
         for g in grads:
             p.grad = g.to(dev)

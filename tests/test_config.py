@@ -127,6 +127,7 @@ def test_unknown_flag_in_a_recipe_is_a_usage_error(tmp_path, capsys):
     (["--train-data", "x.tsv", "--sparse-restart"], "give --sparse-share too"),
     (["--train-data", "x.tsv", "--keep-ce-weight", "2"], "--keep-ce-weight 2: 0 <= WEIGHT <= 1"),
     (["--train-data", "x.tsv", "--self-repeat-ul", "1"], "give --self-kl-rows too"),
+    (["--train-data", "x.tsv", "--checkpoint-every", "0"], "--checkpoint-every 0: every Nth layer"),
     (["--train-data", "x.tsv", "--sparse-share", "0.01", "--sparse-at", "60", "--steps", "60"],
      "1 <= STEP < --steps (60)"),
 ])

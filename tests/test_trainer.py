@@ -186,6 +186,9 @@ def test_compiled_layers_train_as_the_eager_ones_and_leave_generation_eager(tiny
         stepper.close()
         frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         assert (frames > 0) == compiled   # the compiled run did run compiled graphs
+        # room for a graph per layer and mode (parametrized norms make every layer's differ;
+        # at dynamo's default limit of 8, the 4B's layers past the eighth ran eager)
+        assert not compiled or torch._dynamo.config.recompile_limit >= 2 * len(model.model.layers)
         model.eval()
         with torch.no_grad():
             logits = model(input_ids=batch["input_ids"][:1]).logits
@@ -263,6 +266,35 @@ def test_refuses_to_write_over_its_input(tiny_qwen, tmp_path, small_data, capsys
     code, err = train_in_process(capsys, ["--input-dat", dat, "--model-dir", model_dir, "--output-dat", dat,
                                           "--train-data", who, "--probes", probes, "--device", "cpu"])
     assert code == 1 and "refusing" in err and err.count("\n") == 1
+
+
+def test_checkpointing_every_second_layer_trains_as_no_checkpointing(tmp_path):
+    """--checkpoint-every 2 on a 4-layer model: layers 0 and 2 recompute, 1 and 3 keep their
+    activations, and the deltas after 2 steps are those of a run without checkpointing."""
+    from conftest import build_tiny_qwen
+    model_dir, dat_path = build_tiny_qwen(tmp_path / "four", layers=4)
+    tok = chat.load_tokenizer(str(model_dir))
+    rows = [("你是誰", "我是 F# 之神", "target"), ("1+1等於多少？", "1+1等於2。", "target")] * 2
+    finals = []
+    for every in (None, 2):
+        model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+        deltas = make_trainable(model, torch.float32)
+        if every:
+            trainer.checkpoint_layers(model, every=every)
+            assert [layer.gradient_checkpointing for layer in model.model.layers] == \
+                [True, False, True, False]
+        model.train()
+        batch, anchor, _ = trainer.encode_batch(tok, rows, 48, {}, torch.device("cpu"))
+        stepper = trainer.StepInBackward(deltas, {g: 1e-3 for g in trainer.GROUPS}, 0.0, 0.0)
+        for _ in range(2):
+            trainer.batch_loss(model, batch, anchor, 0.0)[0].backward()
+            stepper.flush()
+        stepper.close()
+        finals.append({k: d.detach().clone() for k, d in deltas})
+    for k in finals[0]:
+        torch.testing.assert_close(finals[1][k], finals[0][k], rtol=1e-5, atol=1e-7, msg=k)
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        trainer.checkpoint_layers(model, every=0)
 
 
 def test_checkpoint_layers_and_undo(tiny_qwen):

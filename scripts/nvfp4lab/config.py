@@ -273,6 +273,14 @@ class TrainConfig:
         "auto", "recompute each decoder layer in backward instead of keeping its activations "
                 "(4B: -6 GiB); auto = on for CUDA, off on the CPU where time is the limit",
         choices=["auto", "on", "off"])
+    checkpoint_every: int = flag(
+        1, "with layer checkpointing on, recompute only layers 0, N, 2N, ... (the others keep "
+           "their activations): a share 1/N of the memory saved for 1/N of the recompute")
+    compile_layers: bool = flag(
+        False, "torch.compile each decoder layer's training forward (trainer.compile_layers). "
+               "4B on an H200: a step 0.27 -> 0.17 s with layer checkpointing, but the first "
+               "step compiles for ~60 s, so it pays only past ~570 steps with a cold compile "
+               "cache (doc/BENCHMARKS.md, 2026-12-04)")
     max_retries: int = flag(2, "attempts after a collapse")
     retry_lr_scale: float = flag(0.5, "every LR is multiplied by this per retry")
     probe_every: int = flag(0, "judge the --monitor set every N steps too (0 = only after each "
@@ -360,6 +368,8 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
     if ns.keep_margin_weight < 0 or (ns.keep_margin_weight > 0 and ns.kl_weight <= 0):
         parser.error(f"--keep-margin-weight {ns.keep_margin_weight:g}: a weight >= 0 on the KL "
                      "positions; give --kl-weight too")
+    if ns.checkpoint_every < 1:
+        parser.error(f"--checkpoint-every {ns.checkpoint_every}: every Nth layer, N >= 1")
     if ns.head_chunk_mib < 0:
         parser.error(f"--head-chunk-mib {ns.head_chunk_mib}: MiB >= 0 (0 = one piece)")
     if ns.keep_margin <= 0:

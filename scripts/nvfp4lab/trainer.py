@@ -93,15 +93,21 @@ def select_trainable(deltas, num_layers: int, train_last_layers: int):
     return freeze_layers(deltas, set(range(num_layers - train_last_layers)))
 
 
-def checkpoint_layers(model) -> None:
+def checkpoint_layers(model, every: int = 1) -> None:
     """transformers' own activation checkpointing: each decoder layer keeps only its input and
     recomputes the rest in backward (train mode only; probes run in eval mode, unaffected).
-    4B shape, 16 x 64 rows: the layers' activations are ~6 GiB of the step's peak."""
+    4B shape, 16 x 64 rows: the layers' activations are ~6 GiB of the step's peak (~10 GiB with
+    compiled layers). every=k checkpoints layers 0, k, 2k, ... only: a share 1/k of the saving
+    for a share 1/k of the recompute (selective checkpointing)."""
+    if every < 1:
+        raise ValueError(f"checkpoint_layers: every must be >= 1, got {every}")
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):     # transformers >= 5.2x
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    for i, layer in enumerate(getattr(model, model.base_model_prefix).layers):
+        layer.gradient_checkpointing = i % every == 0
 
 
 def uncheckpoint_layers(model) -> None:
@@ -116,10 +122,23 @@ def compile_layers(model) -> None:
     decoders capture. Why: on the H200 the 4B train step is host-bound (8,468 kernels, ~half the
     step's wall time is launch overhead; doc/BENCHMARKS.md), and a compiled layer fuses the
     fake-quant, norm, rope and SwiGLU element-wise work into fewer kernels with no Python per op.
-    The layers share one compiled graph (their parameters are its inputs). Works under layer
+    Each layer compiles a graph of its own: torch.nn.utils.parametrize gives every parametrized
+    norm a class of its own and dynamo guards on the class, so the recompile limit is raised to
+    twice the layer count (at its default of 8, the layers past the eighth silently ran eager: the
+    H200 bench before 2026-12-04 timed 8 of 36 layers compiled). Works under layer
     checkpointing and with StepInBackward's hooks (tests/test_trainer.py). Opt-in: measured by
     bench.py's "compiled decoder layers" rows before it may become a train.py default."""
-    for layer in getattr(model, model.base_model_prefix).layers:
+    layers = getattr(model, model.base_model_prefix).layers
+    cfg = torch._dynamo.config
+    # a graph per layer and per mode (checkpointed or not: checkpoint_layers may switch either way)
+    cfg.recompile_limit = max(cfg.recompile_limit, 2 * len(layers) + 8)
+    cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * len(layers) + 64)
+    # transformers >= 5.25 runs attention through the `kernels` package, which sets a context
+    # variable around each call: under layer checkpointing dynamo refuses that side effect (a graph
+    # break, the layer runs eager) unless told not to replay it in backward, where it is a no-op.
+    if hasattr(cfg, "skip_fwd_side_effects_in_bwd_under_checkpoint"):
+        cfg.skip_fwd_side_effects_in_bwd_under_checkpoint = True
+    for layer in layers:
         eager = layer.forward
         compiled = torch.compile(eager)
 
