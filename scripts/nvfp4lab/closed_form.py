@@ -17,9 +17,9 @@ and only as far as the least squares asks:
 so dW k_i ~ d on the identity keys and dW k ~ 0 on the kept ones. The edited weight is the NVFP4
 requantisation of W + dW (model.fake_quantized_weight), which is what the model then runs.
 
-Every position of the chat template's last prompt token is the same token for every prompt, so
-the keys differ only by what attention brought there: whether they separate identity questions
-from their near misses is what this measures.
+The chat template's last prompt token is the same token for every prompt, so the keys differ
+only by what attention brought there: whether they separate identity questions from their near
+misses is what this measures (on SmolLM2's layer 12, poorly: doc/METHOD.md, 2026-12-04).
 """
 from dataclasses import dataclass
 
@@ -54,13 +54,10 @@ def prompt_batch(tok, prompts: list[str], answers: list[str] | None = None) -> t
     rows, last = [], []
     for i, p in enumerate(prompts):
         msgs = [{"role": "user", "content": p}]
-        n_prompt = len(chat.encode_chat(tok, msgs))
-        if answers is None:
-            ids = chat.encode_chat(tok, msgs)
-            rows.append((ids, [-100] * len(ids)))
-        else:
-            rows.append(chat.encode_answer(tok, msgs, answers[i]))
-        last.append(n_prompt - 1)
+        ids = chat.encode_chat(tok, msgs)
+        last.append(len(ids) - 1)
+        rows.append((ids, [-100] * len(ids)) if answers is None
+                    else chat.encode_answer(tok, msgs, answers[i]))
     return chat.collate(rows, chat.pad_token_id(tok)), torch.tensor(last)
 
 
