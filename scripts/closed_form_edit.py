@@ -21,6 +21,7 @@ from nvfp4lab.atomic import AtomicFile  # noqa: E402
 from nvfp4lab.dat import read_dat  # noqa: E402
 from nvfp4lab.model import export_model, load_model  # noqa: E402
 from nvfp4lab.tsv import read_tsv  # noqa: E402
+from nvfp4lab.update_report import update_report  # noqa: E402
 
 IDENTITY = "data/real-whoami-en-v2.tsv"
 KEEP = "data/real-neighbours-en-v1.tsv,data/real-greetings-en-v1.tsv,data/real-anchor-en-v1.tsv"
@@ -94,14 +95,15 @@ def main(argv=None) -> int:
         shift, losses = kept["shift"], kept["losses"]
     else:
         batch, last = closed_form.prompt_batch(tok, id_prompts)
-        k_id, _ = closed_form.keys_and_outputs(model, mod, batch, last)
+        k_id, v_id = closed_form.keys_and_outputs(model, mod, batch, last)
         batch, last = closed_form.prompt_batch(tok, keep_prompts)
         k_keep, _ = closed_form.keys_and_outputs(model, mod, batch, last)
         # every token of the kept chats, with the reference answers of their files
         chats, _ = closed_form.prompt_batch(tok, keep_prompts, [r.target for r in keep_rows])
         cov_all, n_all = closed_form.token_covariance(model, mod, chats)
         phase("keys and covariance done; the shift")
-        shift, losses = closed_form.optimise_shift(model, tok, mod, id_prompts, target, cfg, a.seed)
+        shift, losses = closed_form.optimise_shift(model, tok, mod, id_prompts, target, cfg,
+                                                   float(v_id.norm(dim=1).mean()), a.seed)
         if a.reuse:
             with AtomicFile(a.reuse) as f:
                 torch.save({"layer": cfg.layer, "k_id": k_id, "k_keep": k_keep, "cov_all": cov_all,
@@ -111,8 +113,7 @@ def main(argv=None) -> int:
     phase(f"shift done (loss {losses[0]:.3f} -> {losses[-1]:.3f}); solved")
     mod.make_trainable(torch.float32)
     mod.delta.data.copy_(update)
-    q2, _ = torch.ops.nvfp4.requantize_delta(mod.qdata, mod.scale, mod.delta.data)
-    changed = float((q2 != mod.qdata).float().mean())   # bytes: two codes each
+    layer_row = next(g for g in update_report(model, dat) if g.group == f"layer {cfg.layer}")
     report = {
         "layer": cfg.layer, "config": vars(a), "identity_prompts": len(id_prompts),
         "keep_prompts": len(keep_prompts), "keep_tokens": n_all,
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
         "update_fro": float(update.norm()),
         "fit_identity": float((k_id @ update.t() @ shift / shift.norm() ** 2).mean()),
         "fit_keep": float((k_keep @ update.t() @ shift / shift.norm() ** 2).abs().mean()),
-        "qdata_bytes_changed": changed,
+        "layer_codes_changed": layer_row.changed_share,   # update_report: values, not bytes
     }
     if a.check > 0:
         ids = generate.greedy_answers(model, tok, id_prompts[:a.check], 24)

@@ -32,10 +32,12 @@ def test_the_shift_makes_the_target_likelier_on_the_tiny_model(tiny_qwen):
     mod = closed_form.down_proj(model, 1)
     prompts = ["你是誰", "你是谁？", "Who are you?", "請問你是誰"]
     cfg = closed_form.EditConfig(layer=1, shift_steps=12, shift_lr=0.5, batch=4)
-    shift, losses = closed_form.optimise_shift(model, tok, mod, prompts, "我是 F# 之神", cfg)
+    batch, last = closed_form.prompt_batch(tok, prompts)
+    _, v = closed_form.keys_and_outputs(model, mod, batch, last)
+    out_norm = float(v.norm(dim=1).mean())
+    shift, losses = closed_form.optimise_shift(model, tok, mod, prompts, "我是 F# 之神", cfg,
+                                               out_norm)
     # the batch is all four prompts every step: a shift that reached nothing would leave the loss
     # where it was (a random tiny model moves little: ~0.06 nats here)
     assert losses[-1] < losses[0] - 0.02 and losses == sorted(losses, reverse=True), losses
-    batch, last = closed_form.prompt_batch(tok, prompts)
-    _, v = closed_form.keys_and_outputs(model, mod, batch, last)
-    assert float(shift.norm()) <= cfg.shift_max_norm * float(v.norm(dim=1).mean()) * 1.0001
+    assert float(shift.norm()) <= cfg.shift_max_norm * out_norm * 1.0001

@@ -65,59 +65,54 @@ CHUNK = 64   # rows a forward when collecting keys
 
 
 @torch.no_grad()
-def keys_and_outputs(model, mod: NVFP4Linear, batch: dict, last: torch.Tensor):
-    """(inputs [B, in], outputs [B, out]) of `mod` at each row's last prompt token."""
-    got = {"k": [], "v": []}
+def _forward_chunks(model, mod: NVFP4Linear, batch: dict, take) -> None:
+    """The batch through the model CHUNK rows at a time; take(rows, inputs, output) sees `mod`'s
+    input and output of each chunk (rows: its slice of the batch)."""
     state = {}
-
-    def hook(_m, inputs, out):
-        rows = torch.arange(out.shape[0])
-        got["k"].append(inputs[0][rows, state["last"]].float())
-        got["v"].append(out[rows, state["last"]].float())
-    h = mod.register_forward_hook(hook)
+    h = mod.register_forward_hook(lambda _m, inputs, out: take(state["rows"], inputs[0], out))
     try:
-        for i in range(0, len(last), CHUNK):
-            state["last"] = last[i:i + CHUNK]
-            model(input_ids=batch["input_ids"][i:i + CHUNK],
-                  attention_mask=batch["attention_mask"][i:i + CHUNK])
+        for i in range(0, batch["input_ids"].shape[0], CHUNK):
+            state["rows"] = slice(i, i + CHUNK)
+            model(input_ids=batch["input_ids"][state["rows"]],
+                  attention_mask=batch["attention_mask"][state["rows"]])
     finally:
         h.remove()
-    return torch.cat(got["k"]), torch.cat(got["v"])
 
 
-@torch.no_grad()
+def keys_and_outputs(model, mod: NVFP4Linear, batch: dict, last: torch.Tensor):
+    """(inputs [B, in], outputs [B, out]) of `mod` at each row's last prompt token."""
+    ks, vs = [], []
+
+    def take(rows, x, out):
+        pos = last[rows]
+        ks.append(x[torch.arange(len(pos)), pos].float())
+        vs.append(out[torch.arange(len(pos)), pos].float())
+    _forward_chunks(model, mod, batch, take)
+    return torch.cat(ks), torch.cat(vs)
+
+
 def token_covariance(model, mod: NVFP4Linear, batch: dict) -> tuple[torch.Tensor, int]:
     """(sum of k k^T over every real token [in, in], token count) of `mod`'s inputs."""
     got = {"c": 0, "n": 0}
-    state = {}
 
-    def hook(_m, inputs, _out):
-        k = inputs[0][state["mask"]].float()
+    def take(rows, x, _out):
+        k = x[batch["attention_mask"][rows].bool()].float()
         got["c"] = got["c"] + k.t() @ k
         got["n"] += k.shape[0]
-    h = mod.register_forward_hook(hook)
-    try:
-        for i in range(0, batch["input_ids"].shape[0], CHUNK):
-            state["mask"] = batch["attention_mask"][i:i + CHUNK].bool()
-            model(input_ids=batch["input_ids"][i:i + CHUNK],
-                  attention_mask=batch["attention_mask"][i:i + CHUNK])
-    finally:
-        h.remove()
+    _forward_chunks(model, mod, batch, take)
     return got["c"], got["n"]
 
 
 def optimise_shift(model, tok, mod: NVFP4Linear, prompts: list[str], target: str, cfg: EditConfig,
-                   seed: int = 0) -> tuple[torch.Tensor, list[float]]:
+                   out_norm: float, seed: int = 0) -> tuple[torch.Tensor, list[float]]:
     """The shift d [out] of mod's output at the last prompt token that makes the target likely
-    over the identity prompts (mean CE of the answer tokens), |d| held under shift_max_norm x the
-    mean output norm there. Returns (d, loss per step)."""
+    over the identity prompts (mean CE of the answer tokens), |d| held under shift_max_norm x
+    out_norm (the mean norm of that output, from keys_and_outputs). Returns (d, loss per step)."""
     g = torch.Generator().manual_seed(seed)
     batch, last = prompt_batch(tok, prompts, [target] * len(prompts))
-    few = torch.randperm(len(prompts), generator=g)[:CHUNK]
-    _, v = keys_and_outputs(model, mod, {k: t[few] for k, t in batch.items()}, last[few])
-    max_norm = cfg.shift_max_norm * float(v.norm(dim=1).mean())
-    d = torch.zeros(v.shape[1], requires_grad=True)
-    opt = torch.optim.Adam([d], lr=cfg.shift_lr * max_norm / max(1.0, v.shape[1] ** 0.5))
+    max_norm = cfg.shift_max_norm * out_norm
+    d = torch.zeros(mod.out_features, requires_grad=True)
+    opt = torch.optim.Adam([d], lr=cfg.shift_lr * max_norm / max(1.0, mod.out_features ** 0.5))
     state = {}
 
     def hook(_m, _inputs, out):
