@@ -197,8 +197,10 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
     on_cuda = torch.device(cfg.device).type == "cuda"
     if cfg.checkpoint_layers == "on" or (cfg.checkpoint_layers == "auto" and on_cuda):
         trainer.checkpoint_layers(model, every=cfg.checkpoint_every)
-    if cfg.compile_layers:
+    if cfg.compile_layers == "on" or (cfg.compile_layers == "auto"
+                                      and trainer.compile_pays(model)):
         trainer.compile_layers(model)
+        log("compiled decoder layers: the first step compiles them (--compile-layers off: eager)")
     deltas = trainer.select_trainable(deltas, model.config.num_hidden_layers, cfg.train_last_layers)
     deltas = trainer.freeze_layers(deltas, {layer for layer, x in trainer.layer_lr_scales(
         cfg.layer_lr, model.config.num_hidden_layers).items() if x == 0})

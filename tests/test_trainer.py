@@ -157,7 +157,7 @@ def test_step_in_backward_equals_adamw_after_backward(tiny_qwen):
     assert any(bool(v.any()) for v in finals[0].values())
 
 
-def test_compiled_layers_train_as_the_eager_ones_and_leave_generation_eager(tiny_qwen):
+def test_compiled_layers_share_a_graph_train_as_the_eager_ones_and_leave_generation_eager(tiny_qwen):
     """trainer.compile_layers (bench.py's candidate for the 4B train step): the same losses and
     nearly the same deltas over 3 steps with layer checkpointing and StepInBackward (compiled
     kernels may round differently); a no-grad forward (generation, the KL's base) stays eager."""
@@ -186,8 +186,10 @@ def test_compiled_layers_train_as_the_eager_ones_and_leave_generation_eager(tiny
         stepper.close()
         frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         assert (frames > 0) == compiled   # the compiled run did run compiled graphs
-        # room for a graph per layer and mode (parametrized norms make every layer's differ;
-        # at dynamo's default limit of 8, the 4B's layers past the eighth ran eager)
+        # the layers share one graph (share_parametrized_classes): before, every parametrized
+        # norm had a class of its own, each layer compiled its own graph (4B: ~60 s), and past
+        # dynamo's default limit of 8 the 4B's other layers ran eager
+        assert not compiled or frames == 1
         assert not compiled or torch._dynamo.config.recompile_limit >= 2 * len(model.model.layers)
         model.eval()
         with torch.no_grad():
@@ -307,3 +309,14 @@ def test_checkpoint_layers_and_undo(tiny_qwen):
     assert model.is_gradient_checkpointing
     trainer.uncheckpoint_layers(model)
     assert not model.is_gradient_checkpointing
+
+
+def test_compile_is_automatic_only_where_it_was_measured_to_pay(tiny_qwen):
+    """--compile-layers auto compiles the 4B on CUDA only: never on the CPU, and never below
+    1e9 NVFP4 weights (SmolLM2's recorded eager runs must reproduce)."""
+    model_dir, dat_path = tiny_qwen
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    make_trainable(model, torch.float32)
+    assert not trainer.compile_pays(model)
+    assert trainer.COMPILE_MIN_WEIGHTS > 135e6          # SmolLM2-135M stays eager
+    assert trainer.COMPILE_MIN_WEIGHTS < 36 * 3 * 2560 * 9728   # the 4B's MLPs alone pass

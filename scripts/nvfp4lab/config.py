@@ -276,11 +276,13 @@ class TrainConfig:
     checkpoint_every: int = flag(
         1, "with layer checkpointing on, recompute only layers 0, N, 2N, ... (the others keep "
            "their activations): a share 1/N of the memory saved for 1/N of the recompute")
-    compile_layers: bool = flag(
-        False, "torch.compile each decoder layer's training forward (trainer.compile_layers). "
-               "4B on an H200: a step 0.27 -> 0.17 s with layer checkpointing, but the first "
-               "step compiles for ~60 s, so it pays only past ~570 steps with a cold compile "
-               "cache (doc/BENCHMARKS.md, 2026-12-04)")
+    compile_layers: str = flag(
+        "auto", "torch.compile each decoder layer's training forward (trainer.compile_layers; "
+                "generation stays eager). auto = on for CUDA models of at least 1e9 NVFP4 weights "
+                "when triton is there (the user's 4B: a step 0.27 -> 0.17 s with layer "
+                "checkpointing on an H200, doc/BENCHMARKS.md), off otherwise: on the CPU and for "
+                "SmolLM2, whose recorded study runs are eager and reproduce bit for bit",
+        choices=["auto", "on", "off"])
     max_retries: int = flag(2, "attempts after a collapse")
     retry_lr_scale: float = flag(0.5, "every LR is multiplied by this per retry")
     probe_every: int = flag(0, "judge the --monitor set every N steps too (0 = only after each "

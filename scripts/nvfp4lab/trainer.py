@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from torch.nn.utils import parametrize
 
 from . import adam8, chat, evaluate, mix, nullspace, sparse, surface
 from .anchor_check import FRAME, words
 from .config import GROUPS, TrainConfig
 from .atomic import AtomicFile
 from .generate import answer_batches, answer_log_probs, greedy_answers
-from .model import deltas_off, reset_deltas
+from .model import deltas_off, reset_deltas, unpacked_bytes
 from .probes import Thresholds, format_summary, repetition
 from .tsv import DataError, normalize_prompt
 
@@ -122,13 +123,16 @@ def compile_layers(model) -> None:
     decoders capture. Why: on the H200 the 4B train step is host-bound (8,468 kernels, ~half the
     step's wall time is launch overhead; doc/BENCHMARKS.md), and a compiled layer fuses the
     fake-quant, norm, rope and SwiGLU element-wise work into fewer kernels with no Python per op.
-    Each layer compiles a graph of its own: torch.nn.utils.parametrize gives every parametrized
-    norm a class of its own and dynamo guards on the class, so the recompile limit is raised to
-    twice the layer count (at its default of 8, the layers past the eighth silently ran eager: the
-    H200 bench before 2026-12-04 timed 8 of 36 layers compiled). Works under layer
-    checkpointing and with StepInBackward's hooks (tests/test_trainer.py). Opt-in: measured by
-    bench.py's "compiled decoder layers" rows before it may become a train.py default."""
+
+    The layers share one graph (one per checkpointing mode): dynamo treats a layer's parameters
+    as graph inputs and guards on the classes of its modules, and share_parametrized_classes
+    makes those the same in every layer. Without it, each parametrized norm had a class of its
+    own, every layer compiled its own graph (4B: 58.7 s at the first step, doc/BENCHMARKS.md),
+    and past dynamo's recompile limit of 8 the other layers silently ran eager. The limit is still
+    raised to twice the layer count, so that a model whose layers do differ compiles them all.
+    Works under layer checkpointing and with StepInBackward's hooks (tests/test_trainer.py)."""
     layers = getattr(model, model.base_model_prefix).layers
+    share_parametrized_classes(model)
     cfg = torch._dynamo.config
     # a graph per layer and per mode (checkpointed or not: checkpoint_layers may switch either way)
     cfg.recompile_limit = max(cfg.recompile_limit, 2 * len(layers) + 8)
@@ -147,6 +151,34 @@ def compile_layers(model) -> None:
                 return _compiled(*args, **kwargs)
             return _eager(*args, **kwargs)
         layer.forward = forward
+
+
+COMPILE_MIN_WEIGHTS = 1e9   # NVFP4 weight values; the 4B holds 3.6e9 (+ lm_head), SmolLM2 1e8
+
+
+def compile_pays(model) -> bool:
+    """--compile-layers auto: compile where it was measured to pay. The 4B on an H200: a step
+    0.274 -> 0.171 s with layer checkpointing, for a compile at the first step (doc/BENCHMARKS.md).
+    Not on the CPU (inductor's C++ build, never measured to pay on 2 cores), not without triton,
+    and not below 1e9 NVFP4 weights: SmolLM2's recorded study runs are eager, and compiled kernels
+    round differently, so their commands would no longer reproduce their numbers."""
+    from torch.utils._triton import has_triton
+    on_cuda = next(model.parameters()).is_cuda
+    return on_cuda and has_triton() and unpacked_bytes(model) // 2 >= COMPILE_MIN_WEIGHTS
+
+
+def share_parametrized_classes(model) -> None:
+    """Give every parametrized module of one original class and one set of parametrized names the
+    same class. torch.nn.utils.parametrize makes a new subclass per module (`ParametrizedQwen3-
+    RMSNorm` once per norm); the subclasses differ only in identity, since each parametrized name
+    is a property that reads the instance's own `parametrizations`. One class per kind lets
+    compiled layers share a graph (compile_layers). Nothing here removes a parametrization, which
+    would delete the shared property for every module."""
+    shared = {}
+    for mod in model.modules():
+        if parametrize.is_parametrized(mod):
+            kind = (type(mod).__bases__[0], tuple(sorted(mod.parametrizations.keys())))
+            mod.__class__ = shared.setdefault(kind, type(mod))
 
 
 def bucket_of(key: str) -> str:
