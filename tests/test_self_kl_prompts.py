@@ -96,7 +96,8 @@ def test_their_base_answers_join_the_replay_and_the_pools_reach_the_rounds(monke
     monkeypatch.setattr(train, "make_trainable", lambda model, dtype: {})
     monkeypatch.setattr(train, "change_reporter", lambda model, dat, log: None)
     cfg = train.parse_args(["--train-data", "x.tsv", "--replay", "self", "--self-kl-rows", "4",
-                            "--self-kl-prompts", str(OPEN), "--checkpoint-layers", "off"])
+                            "--self-kl-prompts", str(OPEN), "--checkpoint-layers", "off",
+                            "--compile-layers", "off"])
     srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row("What is 2 + 2?", "4", "a.tsv", 1)])]
     extra = tuple(text for _, text in read_lines(OPEN))
     pools = trainer.RowPools(self_kl_prompts=extra)
@@ -125,3 +126,18 @@ def test_replay_answers_cover_the_extra_prompts_once(tmp_path, monkeypatch):
     assert sorted(asked[0]) == ["What is 2 + 2?", "Write a slogan."]
     plain = trainer.replay_answers(None, None, srcs, str(dat), 8, str(tmp_path), lambda m: None)
     assert plain == {"What is 2 + 2?": "base: What is 2 + 2?"} and len(asked) == 2
+
+
+def test_replay_cache_reads_back_answers_with_control_characters(tmp_path, monkeypatch):
+    """An answer with a tab, a "\\r" or a line end is one TSV field, and the second run reads the
+    cache back as the first run's answers (a "\\r" from random weights once broke the read)."""
+    monkeypatch.setattr(trainer, "greedy_answers",
+                        lambda model, tok, ps, k, batch_size=None: ["a\rb\tc\nd\x0be" for _ in ps])
+    dat = tmp_path / "base.dat"
+    dat.write_bytes(b"weights")
+    srcs = [mix.Source("a.tsv", 1.0, "anchor", [Row("What is 2 + 2?", "4", "a.tsv", 1),
+                                                Row("Name a colour.", "Red.", "a.tsv", 2)])]
+    first = trainer.replay_answers(None, None, srcs, str(dat), 8, str(tmp_path), lambda m: None)
+    monkeypatch.setattr(trainer, "greedy_answers", None)   # the second run must not generate
+    again = trainer.replay_answers(None, None, srcs, str(dat), 8, str(tmp_path), lambda m: None)
+    assert first == again == {"What is 2 + 2?": "a b c d\x0be", "Name a colour.": "a b c d\x0be"}

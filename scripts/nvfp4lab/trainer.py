@@ -862,17 +862,25 @@ def replay_answers(model, tok, sources, dat_path: str, max_new_tokens: int, cach
     path = os.path.join(cache_dir, f"replay-{os.path.basename(dat_path)}-"
                                    f"{file_fingerprint(dat_path)}-{key}-{max_new_tokens}.tsv")
     if os.path.exists(path):
-        rows = [line.rstrip("\n").split("\t", 1) for line in open(path, encoding="utf-8")]
+        # newline="\n": a line ends at "\n" alone; the default also ends one at a "\r" (an
+        # answer of random weights had one: the second run with the cache died unpacking it)
+        with open(path, encoding="utf-8", newline="\n") as f:
+            rows = [line[:-1].split("\t", 1) for line in f]
         log(f"replay: {len(rows)} base answers from cache {path}")
         return {p: a for p, a in rows}
     t0 = time.time()
-    answers = greedy_answers(model, tok, prompts, max_new_tokens)
+    answers = [one_line(a) for a in greedy_answers(model, tok, prompts, max_new_tokens)]
     os.makedirs(cache_dir, exist_ok=True)
     with AtomicFile(path) as f:
         for p, a in zip(prompts, answers):
-            f.write(f"{p}\t{a.replace(chr(9), ' ').replace(chr(10), ' ')}\n".encode("utf-8"))
+            f.write(f"{p}\t{a}\n".encode("utf-8"))
     log(f"replay: generated {len(prompts)} base answers in {time.time() - t0:.1f}s -> {path}")
-    return {p: a.replace("\t", " ").replace("\n", " ") for p, a in zip(prompts, answers)}
+    return dict(zip(prompts, answers))
+
+
+def one_line(answer: str) -> str:
+    """An answer as one TSV field: tabs and line ends become spaces."""
+    return answer.replace("\t", " ").replace("\n", " ").replace("\r", " ")
 
 
 # ---------------------------------------------------------------- one attempt
