@@ -186,9 +186,9 @@ def test_compiled_layers_share_a_graph_train_as_the_eager_ones_and_leave_generat
         stepper.close()
         frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         assert (frames > 0) == compiled   # the compiled run did run compiled graphs
-        # the layers share one graph (share_parametrized_classes): before, every parametrized
-        # norm had a class of its own, each layer compiled its own graph (4B: ~60 s), and past
-        # dynamo's default limit of 8 the 4B's other layers ran eager
+        # the layers share one graph (share_parametrized_classes): each parametrized norm had a
+        # class of its own, each layer compiled its own graph (4B: 60-80 s), and past dynamo's
+        # default limit of 8 the 4B's other layers ran eager
         assert not compiled or frames == 1
         assert not compiled or torch._dynamo.config.recompile_limit >= 2 * len(model.model.layers)
         model.eval()
@@ -309,6 +309,26 @@ def test_checkpoint_layers_and_undo(tiny_qwen):
     assert model.is_gradient_checkpointing
     trainer.uncheckpoint_layers(model)
     assert not model.is_gradient_checkpointing
+
+
+
+def test_compiled_layers_without_checkpointing_share_a_graph_too(tiny_qwen):
+    """Without layer checkpointing transformers' train-mode forward builds a KV cache unless told
+    not to, and dynamo guarded on each layer's slot of it: a graph per layer (the H200 bench's
+    first compiled step took 77.5 s). batch_loss passes use_cache=False: one graph."""
+    model_dir, dat_path = tiny_qwen
+    tok = chat.load_tokenizer(str(model_dir))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = load_model(read_dat(dat_path), str(model_dir), "cpu", torch.float32)
+    make_trainable(model, torch.float32)
+    trainer.compile_layers(model)
+    model.train()
+    batch, anchor, _ = trainer.encode_batch(tok, [("你是誰", "我是 F# 之神", "target")] * 2, 32, {},
+                                            torch.device("cpu"))
+    trainer.batch_loss(model, batch, anchor, 0.0)[0].backward()
+    assert len(model.model.layers) > 1
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
 def test_compile_is_automatic_only_where_it_was_measured_to_pay(tiny_qwen):

@@ -100,8 +100,8 @@ def answer_log_probs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, to
     """
     body = getattr(model, model.base_model_prefix)
     with cached_weights(model):
-        h = body(input_ids=batch["input_ids"],
-                 attention_mask=batch["attention_mask"]).last_hidden_state
+        h = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 use_cache=False).last_hidden_state
         y = batch["labels"][:, 1:]
         sel = y != -100
         logits = model.lm_head(h[:, :-1][sel]).float()

@@ -125,11 +125,14 @@ def compile_layers(model) -> None:
     fake-quant, norm, rope and SwiGLU element-wise work into fewer kernels with no Python per op.
 
     The layers share one graph (one per checkpointing mode): dynamo treats a layer's parameters
-    as graph inputs and guards on the classes of its modules, and share_parametrized_classes
-    makes those the same in every layer. Without it, each parametrized norm had a class of its
-    own, every layer compiled its own graph (4B: 58.7 s at the first step, doc/BENCHMARKS.md),
-    and past dynamo's recompile limit of 8 the other layers silently ran eager. The limit is still
-    raised to twice the layer count, so that a model whose layers do differ compiles them all.
+    as graph inputs, so layers of one shape pass the same guards, given two things. (1) The same
+    module classes: torch.nn.utils.parametrize gives each parametrized norm a class of its own and
+    dynamo guards on it; share_parametrized_classes makes them one. (2) No KV cache: batch_loss
+    passes use_cache=False, or dynamo guards on each layer's slot of transformers' DynamicCache.
+    Without them each layer compiled its own graph (4B: 58.7-77.5 s at the first step,
+    doc/BENCHMARKS.md), and past dynamo's recompile limit of 8 the other layers silently ran
+    eager. The limit is still raised to twice the layer count, so that a model whose layers do
+    differ compiles them all.
     Works under layer checkpointing and with StepInBackward's hooks (tests/test_trainer.py)."""
     layers = getattr(model, model.base_model_prefix).layers
     share_parametrized_classes(model)
@@ -311,7 +314,11 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     at a time (--head-chunk-mib).
     """
     body = getattr(model, model.base_model_prefix)
-    h = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    # use_cache=False: a forward over whole chats needs no KV cache, and transformers builds one
+    # in train mode unless layers are checkpointed; with it, compiled layers guard on each
+    # layer's cache slot and compile a graph per layer (CPU, 4 tiny layers: 4 graphs, not 1)
+    h = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+             use_cache=False).last_hidden_state
     y = batch["labels"][:, 1:]                           # [B, T-1] next-token targets
     sel = y != -100
     on_ul, no_ce = ul_and_no_ce(batch, keep_rows, sel)
@@ -337,8 +344,8 @@ def batch_loss(model, batch: dict, keep_rows: torch.Tensor, kl_weight: float,
     a_sel = kl_positions(batch, keep_rows, sel)
     if kl_weight > 0 and bool(a_sel.any()):
         with torch.no_grad(), deltas_off(model):
-            hb = body(input_ids=batch["input_ids"],
-                      attention_mask=batch["attention_mask"]).last_hidden_state
+            hb = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      use_cache=False).last_hidden_state
             base_logp = F.log_softmax(model.lm_head(hb[:, :-1][a_sel]).float(), -1)
         logp = F.log_softmax(logits[a_sel[sel]], -1)
         kl = F.kl_div(logp, base_logp, log_target=True, reduction="batchmean")
@@ -401,8 +408,8 @@ def head_chunked_loss(model, body, batch: dict, h: torch.Tensor, y: torch.Tensor
     hb = None
     if bool(on_kl.any()):
         with torch.no_grad(), deltas_off(model):
-            hb = body(input_ids=batch["input_ids"],
-                      attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1][sel]
+            hb = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      use_cache=False).last_hidden_state[:, :-1][sel]
     hs, ys = h[:, :-1][sel], y[sel]
     margin_on = keep_margin_weight > 0
     ul_on = bool(on_ul.any()) or bool(on_rep.any())     # else no softmax over the chunk for them
