@@ -262,7 +262,7 @@ def kl_batch_64x96(vocab, device, seed=1):
 
 
 def our_train_step(model, device, vocab, profile=False, kl_rows=True) -> dict:
-    """train.py's step, eager, timed with layer checkpointing (train.py's default on CUDA) and without:
+    """train.py's step, eager, timed with layer checkpointing (on CUDA by default) and without:
     {recompute: (seconds, peak GiB)}; with kl_rows also the 64x96 KL batch with the head in one
     piece and in chunks: {("kl", positions a chunk, 0 = one piece): (seconds, peak GiB)}."""
     deltas = make_trainable(model, torch.bfloat16)
@@ -454,8 +454,8 @@ def train_rows(rows, held: list, dat, config, device, vocab, ids, args) -> None:
     free(device)
     for recompute, what in ((True, "layer checkpointing"), (False, "no checkpointing")):
         (step_s, step_peak) = steps[recompute]
-        row(rows, f"train step 16x64, full parameters, eager (--compile-layers off), {what}", step_s, peer_s, "s",
-            better="lower")
+        row(rows, f"train step 16x64, full parameters, eager (--compile-layers off), {what}",
+            step_s, peer_s, "s", better="lower")
         row(rows, f"train peak GPU memory, {what}", step_peak, peer_peak, "GiB", better="lower")
     for recompute, what in ((True, "layer checkpointing"), (False, "no checkpointing")):
         (step_s, step_peak) = steps[("adam8", recompute)]

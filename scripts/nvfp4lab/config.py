@@ -279,8 +279,8 @@ class TrainConfig:
     compile_layers: str = flag(
         "auto", "torch.compile each decoder layer's training forward (trainer.compile_layers; "
                 "generation stays eager). auto = on for CUDA models of at least 1e9 NVFP4 weights "
-                "when triton is there (the user's 4B: a step 0.27 -> 0.17 s with layer "
-                "checkpointing on an H200, doc/BENCHMARKS.md), off otherwise: on the CPU and for "
+                "when triton is there (the user's 4B: a step 0.40 -> 0.19 s with layer "
+                "checkpointing on an H200, ~10 s of compile, doc/BENCHMARKS.md), off otherwise: on the CPU and for "
                 "SmolLM2, whose recorded study runs are eager and reproduce bit for bit",
         choices=["auto", "on", "off"])
     max_retries: int = flag(2, "attempts after a collapse")

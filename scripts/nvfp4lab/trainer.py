@@ -137,7 +137,7 @@ def compile_layers(model) -> None:
     layers = getattr(model, model.base_model_prefix).layers
     share_parametrized_classes(model)
     cfg = torch._dynamo.config
-    # a graph per layer and per mode (checkpointed or not: checkpoint_layers may switch either way)
+    # room for a graph per layer and mode, should layers ever differ (they share one a mode now)
     cfg.recompile_limit = max(cfg.recompile_limit, 2 * len(layers) + 8)
     cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * len(layers) + 64)
     # transformers >= 5.25 runs attention through the `kernels` package, which sets a context
@@ -161,7 +161,8 @@ COMPILE_MIN_WEIGHTS = 1e9   # NVFP4 weight values; the 4B holds 3.6e9 (+ lm_head
 
 def compile_pays(model) -> bool:
     """--compile-layers auto: compile where it was measured to pay. The 4B on an H200: a step
-    0.274 -> 0.171 s with layer checkpointing, for a compile at the first step (doc/BENCHMARKS.md).
+    0.399 -> 0.186 s with layer checkpointing (bench.py, 2026-12-04), for a first-step compile of
+    9.6 s with a cold cache and 2.8 s with a warm one (doc/BENCHMARKS.md, twenty-sixth session).
     Not on the CPU (inductor's C++ build, never measured to pay on 2 cores), not without triton,
     and not below 1e9 NVFP4 weights: SmolLM2's recorded study runs are eager, and compiled kernels
     round differently, so their commands would no longer reproduce their numbers."""
