@@ -186,9 +186,9 @@ def test_compiled_layers_share_a_graph_train_as_the_eager_ones_and_leave_generat
         stepper.close()
         frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         assert (frames > 0) == compiled   # the compiled run did run compiled graphs
-        # the layers share one graph (share_parametrized_classes): each parametrized norm had a
-        # class of its own, each layer compiled its own graph (4B: 60-80 s), and past dynamo's
-        # default limit of 8 the 4B's other layers ran eager
+        # the layers share one graph (make_trainable shares the parametrized classes): each
+        # parametrized norm had a class of its own, each layer compiled its own graph (4B:
+        # 60-80 s), and past dynamo's default limit of 8 the 4B's other layers ran eager
         assert not compiled or frames == 1
         assert not compiled or torch._dynamo.config.recompile_limit >= 2 * len(model.model.layers)
         model.eval()
@@ -309,7 +309,6 @@ def test_checkpoint_layers_and_undo(tiny_qwen):
     assert model.is_gradient_checkpointing
     trainer.uncheckpoint_layers(model)
     assert not model.is_gradient_checkpointing
-
 
 
 def test_compiled_layers_without_checkpointing_share_a_graph_too(tiny_qwen):

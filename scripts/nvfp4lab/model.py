@@ -318,7 +318,22 @@ def make_trainable(model: nn.Module, delta_dtype=torch.bfloat16) -> list[tuple[s
     for mod in model.modules():
         if isinstance(mod, NVFP4Linear):
             mod.delta.requires_grad_(True)
+    share_parametrized_classes(model)
     return trainable_deltas(model)
+
+
+def share_parametrized_classes(model) -> None:
+    """Give every parametrized module of one original class and one set of parametrized names the
+    same class. torch.nn.utils.parametrize makes a new subclass per module (`ParametrizedQwen3-
+    RMSNorm` once per norm); the subclasses differ only in identity, since each parametrized name
+    is a property that reads the instance's own `parametrizations`. One class per kind lets
+    compiled layers share a graph (trainer.compile_layers). Nothing here removes a
+    parametrization, which would delete the shared property for every module."""
+    shared = {}
+    for mod in model.modules():
+        if parametrize.is_parametrized(mod):
+            kind = (type(mod).__bases__[0], tuple(sorted(mod.parametrizations.keys())))
+            mod.__class__ = shared.setdefault(kind, type(mod))
 
 
 def trainable_deltas(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

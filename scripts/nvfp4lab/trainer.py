@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from torch.nn.utils import parametrize
 
 from . import adam8, chat, evaluate, mix, nullspace, sparse, surface
 from .anchor_check import FRAME, words
@@ -126,16 +125,16 @@ def compile_layers(model) -> None:
 
     The layers share one graph (one per checkpointing mode): dynamo treats a layer's parameters
     as graph inputs, so layers of one shape pass the same guards, given two things. (1) The same
-    module classes: torch.nn.utils.parametrize gives each parametrized norm a class of its own and
-    dynamo guards on it; share_parametrized_classes makes them one. (2) No KV cache: batch_loss
-    passes use_cache=False, or dynamo guards on each layer's slot of transformers' DynamicCache.
+    module classes: torch.nn.utils.parametrize gives each parametrized norm a class of its own
+    and dynamo guards on it; make_trainable makes them one (model.share_parametrized_classes).
+    (2) No KV cache: batch_loss passes use_cache=False, or dynamo guards on each layer's slot of
+    transformers' DynamicCache.
     Without them each layer compiled its own graph (4B: 58.7-77.5 s at the first step,
     doc/BENCHMARKS.md), and past dynamo's recompile limit of 8 the other layers silently ran
     eager. The limit is still raised to twice the layer count, so that a model whose layers do
     differ compiles them all.
     Works under layer checkpointing and with StepInBackward's hooks (tests/test_trainer.py)."""
     layers = getattr(model, model.base_model_prefix).layers
-    share_parametrized_classes(model)
     cfg = torch._dynamo.config
     # room for a graph per layer and mode, should layers ever differ (they share one a mode now)
     cfg.recompile_limit = max(cfg.recompile_limit, 2 * len(layers) + 8)
@@ -169,20 +168,6 @@ def compile_pays(model) -> bool:
     from torch.utils._triton import has_triton
     on_cuda = next(model.parameters()).is_cuda
     return on_cuda and has_triton() and unpacked_bytes(model) // 2 >= COMPILE_MIN_WEIGHTS
-
-
-def share_parametrized_classes(model) -> None:
-    """Give every parametrized module of one original class and one set of parametrized names the
-    same class. torch.nn.utils.parametrize makes a new subclass per module (`ParametrizedQwen3-
-    RMSNorm` once per norm); the subclasses differ only in identity, since each parametrized name
-    is a property that reads the instance's own `parametrizations`. One class per kind lets
-    compiled layers share a graph (compile_layers). Nothing here removes a parametrization, which
-    would delete the shared property for every module."""
-    shared = {}
-    for mod in model.modules():
-        if parametrize.is_parametrized(mod):
-            kind = (type(mod).__bases__[0], tuple(sorted(mod.parametrizations.keys())))
-            mod.__class__ = shared.setdefault(kind, type(mod))
 
 
 def bucket_of(key: str) -> str:
