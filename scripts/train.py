@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from nvfp4lab import anchor_check, chat, config, devlog, evaluate, mix, nullspace, paths, sparse, trainer  # noqa: E402
+from nvfp4lab import anchor_check, chat, config, devlog, evaluate, mix, neurons, nullspace, paths, sparse, trainer  # noqa: E402
 from nvfp4lab.config import TrainConfig  # noqa: E402
 from nvfp4lab.dat import DatFormatError, read_dat  # noqa: E402
 from nvfp4lab.generate import greedy_answers  # noqa: E402
@@ -105,6 +105,8 @@ def run(cfg: TrainConfig) -> int:
     device = torch.device(cfg.device)
     model = load_model(dat, cfg.model_dir, device, DTYPES[cfg.compute_dtype])
     trainer.layer_lr_scales(cfg.layer_lr, model.config.num_hidden_layers)   # bad --layer-lr: now
+    if cfg.train_neurons:                                                   # and --train-neurons
+        neurons.parse_layers(cfg.train_neurons, model.config.num_hidden_layers)
     tok = chat.load_tokenizer(cfg.model_dir)
     log(f"loaded {cfg.input_dat} ({dat.size / 2**30:.2f} GiB) on {device} in "
         f"{time.time() - t_start:.1f}s; data: " + ", ".join(f"{s.path}:{s.weight:g}:{s.role} "
@@ -208,9 +210,17 @@ def train(cfg: TrainConfig, model, tok, dat, sources, retry_sources, attempt_set
                   if cfg.protect_neighbours > 0 else None)
     fisher = (keep_rows_fisher(cfg, model, tok, all_sources, replay, log)
               if cfg.sparse_protect > 0 else None)
-    return trainer.train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay,
-                                       attempt_set, log, change_reporter(model, dat, log),
-                                       projectors, fisher, pools)
+    hold = None
+    if cfg.train_neurons:
+        deltas, blocks = neuron_blocks(cfg, model, tok, deltas, all_sources, replay, log)
+        hold = neurons.NeuronHold(model, blocks) if cfg.neuron_hold_weight > 0 else None
+    try:
+        return trainer.train_with_fallback(model, tok, deltas, sources, retry_sources, cfg, replay,
+                                           attempt_set, log, change_reporter(model, dat, log),
+                                           projectors, fisher, pools, hold)
+    finally:
+        if hold is not None:
+            hold.close()
 
 
 def wrong_anchors(cfg, sources, retry_sources, replay) -> tuple:
@@ -297,6 +307,34 @@ def neighbour_projectors(cfg: TrainConfig, model, tok, sources, replay, log) -> 
 
 
 FISHER_ROWS, FISHER_BATCH = 128, 4   # anchor/neighbour rows, rows per squared gradient
+
+
+def neuron_blocks(cfg: TrainConfig, model, tok, deltas, sources, replay, log) -> tuple:
+    """--train-neurons: (the deltas still trained, the chosen blocks). The blocks are each layer's
+    quietest on a seeded sample of the anchor/neighbour rows' chats, with the base's answers
+    (--replay self) or the files' (neurons.py says why)."""
+    t0 = time.time()
+    layers = neurons.parse_layers(cfg.train_neurons, model.config.num_hidden_layers)
+    rows = [(r.prompt, r.target, s.role) for s in sources if s.role in mix.KEEP_ROLES
+            for r in s.rows]
+    if not rows:
+        raise DataError("--train-neurons chooses its blocks on the anchor/neighbour rows; the "
+                        "--mix has none")
+    rows = random.Random(cfg.seed).sample(rows, min(cfg.neuron_choice_rows, len(rows)))
+    device = torch.device(cfg.device)
+    batches = (trainer.encode_batch(tok, rows[i:i + 32], cfg.seq_len, replay, device)[0]
+               for i in range(0, len(rows), 32))
+    with deltas_off(model):
+        outputs = neurons.neuron_outputs(model, layers, batches)
+    blocks = neurons.quietest_blocks(outputs, cfg.neuron_blocks)
+    masks = neurons.masks_of(model, blocks)
+    kept = neurons.confine(deltas, masks)
+    free = sum(int(m.sum()) for m in masks.values())
+    log(f"train-neurons: {len(blocks)} blocks of {neurons.BLOCK} neurons (" + ", ".join(
+        f"layer {b.layer}: {b.first}-{b.first + neurons.BLOCK - 1}" for b in blocks)
+        + f"), {free} values may move; chosen on {len(rows)} anchor/neighbour chats in "
+        f"{time.time() - t0:.1f}s")
+    return kept, blocks
 
 
 def keep_rows_fisher(cfg: TrainConfig, model, tok, sources, replay, log) -> dict:

@@ -255,6 +255,17 @@ class TrainConfig:
         0.0, "with --sparse-share: this share of the values, those the base's answers to the "
              "anchor and neighbour rows depend on most (diagonal Fisher at the base), is never "
              "kept (0 = off)", metavar="SHARE")
+    train_neurons: str | None = flag(
+        help="confine the edit to --neuron-blocks blocks of 16 MLP neurons in each of these "
+             "decoder layers, 'A-B[,C]' (nvfp4lab/neurons.py): only their gate/up rows and "
+             "down_proj columns move, every other stored byte stays the base's; the blocks are "
+             "those whose output on the anchor/neighbour rows' chats is smallest", metavar="LAYERS")
+    neuron_blocks: int = flag(1, "with --train-neurons: blocks of 16 neurons a layer")
+    neuron_hold_weight: float = flag(
+        0.0, "with --train-neurons: weight of the hold term, the change of the blocks' output on "
+             "the anchor/neighbour rows' tokens over the MLP's whole output there (0 = off)")
+    neuron_choice_rows: int = flag(256, "with --train-neurons: anchor/neighbour chats that choose "
+                                        "the quietest blocks")
     keep_best: bool = flag(
         False, "keep the best --monitor checkpoint of each attempt (trainer.monitor_score) and "
                "end the attempt on it; a monitor collapse after a kept checkpoint stops early "
@@ -434,6 +445,14 @@ def parse_args(argv, description: str | None = None) -> TrainConfig:
         parser.error(f"--sparse-at {ns.sparse_at}: the values are chosen after a step of the run, "
                      f"1 <= STEP < --steps ({ns.steps}); give a smaller --sparse-at, or "
                      "--sparse-share 0 for a dense update")
+    if ns.train_neurons and ns.sparse_share > 0:
+        parser.error("--train-neurons and --sparse-share both choose which values move; give one")
+    if (ns.neuron_hold_weight != 0 or ns.neuron_blocks != 1) and not ns.train_neurons:
+        parser.error("--neuron-hold-weight and --neuron-blocks act on the --train-neurons blocks; "
+                     "give --train-neurons too")
+    if ns.neuron_blocks < 1 or ns.neuron_hold_weight < 0 or ns.neuron_choice_rows < 1:
+        parser.error("--neuron-blocks and --neuron-choice-rows must be >= 1 and "
+                     "--neuron-hold-weight >= 0")
     return TrainConfig(**{f.name: getattr(ns, f.name) for f in flag_fields()},
                        thresholds=thresholds_from_args(ns))
 

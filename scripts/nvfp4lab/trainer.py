@@ -910,18 +910,20 @@ def phase(att: Attempt, name: str):
 
 def train_attempt(model, tok, deltas, att: Attempt, cfg: TrainConfig, replay,
                   es: evaluate.EvalSet | None, log, projectors: dict | None = None,
-                  fisher: dict | None = None, pools: RowPools = RowPools()):
+                  fisher: dict | None = None, pools: RowPools = RowPools(), hold=None):
     """Train from the initial weights; fills att.losses/status. Never raises on collapse.
 
     es: the set that judges the attempt (during training every cfg.probe_every steps, and at its
-    end); None = only a NaN/Inf loss stops an attempt.
+    end); None = only a NaN/Inf loss stops an attempt. hold: --neuron-hold-weight's
+    neurons.NeuronHold, or None.
     """
     reset_deltas(model)
     stepper = StepInBackward(deltas, att.lrs, cfg.weight_decay, cfg.grad_clip, projectors,
                              layer_lr_scales(cfg.layer_lr, model.config.num_hidden_layers),
                              cfg.adam_state_bits)
     try:
-        return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas, fisher, pools)
+        return _train_steps(model, tok, att, cfg, replay, es, log, stepper, deltas, fisher, pools,
+                            hold)
     finally:
         stepper.close()   # a retry must never find this attempt's hooks still attached
 
@@ -971,7 +973,7 @@ class Best:
 
 
 def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, stepper, deltas,
-                 fisher, pools: RowPools):
+                 fisher, pools: RowPools, hold=None):
     device = deltas[0][1].device
     srcs = [mix.Source(s.path, s.weight * (att.anchor_scale if s.role in mix.KEEP_ROLES else 1.0),
                        s.role, s.rows) for s in att.sources]
@@ -1010,9 +1012,14 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
                                         ul_skip=cfg.unlikelihood_skip, kl_only_prompts=stock,
                                         no_kl_prompts=pools.no_kl_prompts)
         att.truncated += cut
+        if hold is not None:   # --neuron-hold-weight: every real token of the keep rows
+            hold.start(batch["attention_mask"].bool() & keep[:, None])
         loss, ce, kl, ul, margin = batch_loss(model, batch, keep, cfg.kl_weight, ul_weight,
                                       cfg.keep_ce_weight, cfg.self_repeat_ul,
                                       cfg.keep_margin_weight, cfg.keep_margin, chunk)
+        held = hold.take() if hold is not None else None
+        if held is not None:
+            loss = loss + cfg.neuron_hold_weight * held
         value = float(loss.detach())
         att.losses.append(value)
         if not math.isfinite(value):
@@ -1025,7 +1032,8 @@ def _train_steps(model, tok, att: Attempt, cfg: TrainConfig, replay, es, log, st
         if step % cfg.log_every == 0 or step == cfg.steps:
             log(f"[attempt {att.index}] step {step}/{cfg.steps} loss {value:.4f} "
                 f"(ce {float(ce.detach()):.4f} kl {float(kl.detach()):.4f} ul {float(ul.detach()):.4f}"
-                + (f" margin {float(margin.detach()):.4f}" if cfg.keep_margin_weight > 0 else "") + ") "
+                + (f" margin {float(margin.detach()):.4f}" if cfg.keep_margin_weight > 0 else "")
+                + (f" hold {float(held.detach()):.5f}" if held is not None else "") + ") "
                 f"{time.time() - t0:.1f}s")
         if es is not None and cfg.probe_every and step % cfg.probe_every == 0 and step < cfg.steps:
             with phase(att, "monitor"):
@@ -1097,7 +1105,8 @@ def safer(att: Attempt, retry_sources: list | None, lr_scale: float) -> Attempt:
 
 def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg: TrainConfig, replay,
                         es: evaluate.EvalSet | None, log, on_attempt_end=None,
-                        projectors=None, fisher=None, pools: RowPools = RowPools()) -> list:
+                        projectors=None, fisher=None, pools: RowPools = RowPools(),
+                        hold=None) -> list:
     """Attempts until one does not collapse (or retries run out). on_attempt_end(att) runs after
     each attempt's training, before a collapsed one is rolled back (train.py logs what it changed
     in the NVFP4 file there)."""
@@ -1112,7 +1121,8 @@ def train_with_fallback(model, tok, deltas, sources, retry_sources, cfg: TrainCo
         att = attempts[-1]
         log(f"[attempt {att.index}] lrs {att.lrs} anchor x{att.anchor_scale:g} data "
             + ", ".join(f"{os.path.basename(s.path)}:{s.weight:g}:{s.role}" for s in att.sources))
-        train_attempt(model, tok, deltas, att, cfg, replay, es, log, projectors, fisher, pools)
+        train_attempt(model, tok, deltas, att, cfg, replay, es, log, projectors, fisher, pools,
+                      hold)
         log(f"[attempt {att.index}] {att.status}: {att.why}")
         if on_attempt_end is not None:
             on_attempt_end(att)
