@@ -88,7 +88,7 @@ def test_their_base_answers_join_the_replay_and_the_pools_reach_the_rounds(monke
         seen["sources"] = sources
         return {}
 
-    def fallback(model, tok, deltas, sources, retry, cfg, replay, es, log, report, proj, fisher, pools):
+    def fallback(model, tok, deltas, sources, retry, cfg, replay, es, log, report, proj, fisher, pools, hold=None):
         seen["pools"], seen["train_sources"] = pools, sources
         return []
     monkeypatch.setattr(trainer, "replay_answers", replay)
