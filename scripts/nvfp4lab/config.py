@@ -263,7 +263,7 @@ class TrainConfig:
     neuron_blocks: int = flag(1, "with --train-neurons: blocks of 16 neurons a layer")
     neuron_hold_weight: float = flag(
         0.0, "with --train-neurons: weight of the hold term, the change of the blocks' output on "
-             "the anchor/neighbour rows' tokens over the MLP's whole output there (0 = off)")
+             "the anchor/neighbour rows' tokens over the base MLP's whole output there (0 = off)")
     neuron_choice_rows: int = flag(256, "with --train-neurons: anchor/neighbour chats that choose "
                                         "the quietest blocks")
     keep_best: bool = flag(
