@@ -32,8 +32,10 @@ import torch.nn.functional as F
 
 from . import ops
 from .model import NVFP4Linear
+from .nvfp4_ref import BLOCK   # neurons a block: one NVFP4 block of down_proj's input dimension
 
-BLOCK = 16   # neurons a block: one NVFP4 block of down_proj's input dimension
+# the block's parts: (projection, True = its rows are the neurons' / False = its columns are)
+PARTS = (("gate_proj", True), ("up_proj", True), ("down_proj", False))
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,10 @@ def neuron_outputs(model, layers: list[int], batches) -> dict[int, torch.Tensor]
     hooks = []
     for layer in layers:
         down = mlp_of(model, layer).down_proj
+        col = ops.dequantize(down.qdata, down.scale, torch.float32).norm(dim=0)   # [I], once
 
-        def take(_m, inputs, layer=layer, down=down):
+        def take(_m, inputs, layer=layer, col=col):
             a = inputs[0][state["mask"]].float().abs()                   # [tokens, I]
-            col = ops.dequantize(down.qdata, down.scale, torch.float32).norm(dim=0)   # [I]
             sums[layer] = sums[layer] + a.sum(0) * col.to(a.device)
         hooks.append(down.register_forward_pre_hook(take))
     try:
@@ -115,7 +117,7 @@ def masks_of(model, blocks: list[NeuronBlock]) -> dict:
     masks = {}
     for blk in blocks:
         mlp = mlp_of(model, blk.layer)
-        for name, rows in (("gate_proj", True), ("up_proj", True), ("down_proj", False)):
+        for name, rows in PARTS:
             d = getattr(mlp, name).delta
             m = masks.setdefault(d, torch.zeros(d.shape, dtype=torch.bool, device=d.device))
             if rows:
@@ -141,21 +143,22 @@ def confine(deltas, masks: dict) -> list:
     return kept
 
 
-def _ste_rows(mod: NVFP4Linear, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """(trained, base) rows of mod's weight, float32; the trained one is the NVFP4 requantization
-    of base + delta with the straight-through gradient (as QATLinearFn: d w / d delta = 1)."""
-    q, s, u = mod.qdata[rows], mod.scale[rows], mod.delta[rows]
-    w = ops.fake_quantize_delta(q, s, u.detach(), torch.float32)
-    return u.float() + (w - u.detach().float()), ops.dequantize(q, s, torch.float32)
+def _packed(mod: NVFP4Linear, neurons: slice, rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(qdata, scale) of the block's rows of mod, or of its BLOCK columns (aligned to the NVFP4
+    blocks, so they are whole blocks: [out, BLOCK / 2] codes and [out, 1] scales)."""
+    if rows:
+        return mod.qdata[neurons], mod.scale[neurons]
+    return (mod.qdata[:, neurons.start // 2:neurons.stop // 2].contiguous(),
+            mod.scale[:, neurons.start // BLOCK:neurons.stop // BLOCK].contiguous())
 
 
-def _ste_cols(mod: NVFP4Linear, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same for a block of BLOCK columns aligned to the NVFP4 blocks: [out, BLOCK] each."""
-    q = mod.qdata[:, cols.start // 2:cols.stop // 2].contiguous()
-    s = mod.scale[:, cols.start // BLOCK:cols.stop // BLOCK].contiguous()
-    u = mod.delta[:, cols]
+def _trained(mod: NVFP4Linear, neurons: slice, rows: bool) -> torch.Tensor:
+    """The block's trained rows (or columns) of mod, float32: the NVFP4 requantization of base +
+    delta with the straight-through gradient (as QATLinearFn: d w / d delta = 1)."""
+    q, s = _packed(mod, neurons, rows)
+    u = mod.delta[neurons] if rows else mod.delta[:, neurons]
     w = ops.fake_quantize_delta(q, s, u.detach().contiguous(), torch.float32)
-    return u.float() + (w - u.detach().float()), ops.dequantize(q, s, torch.float32)
+    return u.float() + (w - u.detach().float())
 
 
 class NeuronHold:
@@ -166,18 +169,23 @@ class NeuronHold:
     def __init__(self, model, blocks: list[NeuronBlock]):
         self.mask = None
         self.num = self.den = None
-        self.hooks = [mlp_of(model, blk.layer).register_forward_hook(
-            lambda m, inputs, out, blk=blk: self._add(m, inputs[0], out, blk)) for blk in blocks]
+        self.hooks = []
+        for blk in blocks:
+            mlp = mlp_of(model, blk.layer)
+            # the block's base weights, unpacked once: the base never changes during training
+            base = tuple(ops.dequantize(*_packed(getattr(mlp, name), blk.neurons, rows),
+                                        torch.float32) for name, rows in PARTS)
+            self.hooks.append(mlp.register_forward_hook(
+                lambda m, inputs, out, blk=blk, base=base: self._add(m, inputs[0], out, blk, base)))
 
-    def _add(self, mlp, x: torch.Tensor, out: torch.Tensor, blk: NeuronBlock) -> None:
+    def _add(self, mlp, x: torch.Tensor, out: torch.Tensor, blk: NeuronBlock, base) -> None:
         if self.mask is None or not torch.is_grad_enabled() or not mlp.down_proj.use_delta:
             return
         xs = x[self.mask].float()                                          # [t, H]
         if xs.shape[0] == 0:
             return
-        g, g0 = _ste_rows(mlp.gate_proj, blk.neurons)
-        u, u0 = _ste_rows(mlp.up_proj, blk.neurons)
-        d, d0 = _ste_cols(mlp.down_proj, blk.neurons)
+        g, u, d = (_trained(getattr(mlp, name), blk.neurons, rows) for name, rows in PARTS)
+        g0, u0, d0 = base
         new = (F.silu(xs @ g.t()) * (xs @ u.t())) @ d.t()                  # [t, H]
         with torch.no_grad():
             old = (F.silu(xs @ g0.t()) * (xs @ u0.t())) @ d0.t()
